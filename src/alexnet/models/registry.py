@@ -1,0 +1,107 @@
+"""Model names, their metadata, and the builder ``create_model``.
+
+Metadata numbers are the published ones; tests check them against the live models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .alexnet import AlexNet
+from .init import init_weights
+from .owt import AlexNetOWT
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    input_size: int  # native crop
+    min_input_size: int
+    default_init: str
+    params_1k: int | None = None  # parameters at 1000 classes
+    macs_native: int | None = None  # multiply-adds per image at input_size
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelInfo] = {
+    "alexnet": ModelInfo(
+        name="alexnet",
+        builder=lambda **kw: AlexNet(norm="lrn", **kw),
+        description="the 2012 paper's network: two towers, LRN, 227x227",
+        input_size=227,
+        min_input_size=AlexNet.min_input_size,
+        default_init="paper",
+        params_1k=60_965_224,
+        macs_native=724_406_816,
+    ),
+    "alexnet_bn": ModelInfo(
+        name="alexnet_bn",
+        builder=lambda **kw: AlexNet(norm="bn", **kw),
+        description="the paper's topology with BatchNorm after every conv instead of LRN",
+        input_size=227,
+        min_input_size=AlexNet.min_input_size,
+        default_init="kaiming",
+    ),
+    "alexnet_owt": ModelInfo(
+        name="alexnet_owt",
+        builder=lambda **kw: AlexNetOWT(**kw),
+        description="torchvision's 'one weird trick' AlexNet (same state_dict keys)",
+        input_size=224,
+        min_input_size=AlexNetOWT.min_input_size,
+        default_init="default",
+        params_1k=61_100_840,
+        macs_native=714_188_480,
+    ),
+}
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    *,
+    init: str | None = None,
+    weights: str | None = None,
+    seed: int | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a model by name.
+
+    ``init`` picks the initialisation scheme (default: the variant's own, see ``init.py``).
+    ``weights="torchvision"`` loads torchvision's IMAGENET1K_V1 weights (``alexnet_owt`` only);
+    with ``num_classes != 1000`` the classifier's last layer is then freshly initialised.
+    ``options`` go to the architecture (``dropout``, and ``lrn_size/alpha/beta/k`` for ``alexnet``).
+    """
+    info = get_model_info(name)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        model = info.builder(num_classes=num_classes, **options)
+    except TypeError as e:
+        raise ValueError(f"bad option for {name}: {e}") from None
+    init_weights(model, init or info.default_init)
+    if weights is not None:
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, name, weights)
+    return model

@@ -139,8 +139,7 @@ def format_table(summary: dict) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
     title = (
-        f"{summary['model']}: input {summary['input_size']}x{summary['input_size']}x3, "
-        f"{summary['num_classes']} classes"
+        f"{summary['model']}: input {summary['input_size']}x{summary['input_size']}x3, {summary['num_classes']} classes"
     )
     rule = "-" * len(fmt(head))
     return "\n".join([title, fmt(head), rule, *map(fmt, body[:-1]), rule, fmt(body[-1])])

@@ -5,8 +5,9 @@ Metadata numbers are the published ones; tests check them against the live model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

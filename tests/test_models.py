@@ -67,9 +67,15 @@ def test_seed_output_size_table() -> None:
     shown = [tuple(r["output_shape"]) for r in s["layers"] if r["type"] in ("Conv2d", "MaxPool2d", "Linear")]
     hwc = [(h, w, c) for c, h, w in (x for x in shown if len(x) == 3)]
     assert hwc == [
-        (55, 55, 96), (27, 27, 96), (27, 27, 256), (13, 13, 256),
-        (13, 13, 384), (13, 13, 384), (13, 13, 256), (6, 6, 256),
-    ]  # fmt: skip
+        (55, 55, 96),
+        (27, 27, 96),
+        (27, 27, 256),
+        (13, 13, 256),
+        (13, 13, 384),
+        (13, 13, 384),
+        (13, 13, 256),
+        (6, 6, 256),
+    ]
     assert [x for x in shown if len(x) == 1] == [(4096,), (4096,), (1000,)]
 
 

@@ -29,7 +29,170 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_summary)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_summary]
+def _setup_logging(verbose: bool = True) -> None:
+    import logging
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.INFO if verbose and rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from . import checkpoint as ckpt_io
+    from .config import apply_overrides, from_dict, load_recipe
+    from .train import train
+
+    _setup_logging()
+    overrides = list(args.set or [])
+    for flag, key in (
+        ("data", "data.path"),
+        ("model", "model.name"),
+        ("epochs", "train.epochs"),
+        ("batch_size", "train.batch_size"),
+        ("lr", "optim.lr"),
+        ("device", "train.device"),
+        ("seed", "train.seed"),
+        ("weights", "model.weights"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.strict:
+        overrides.append("train.strict_data=true")
+    resume = None
+    if args.resume:
+        resume, path = ckpt_io.load_for_resume(
+            ckpt_io.resolve(args.resume, prefer="") if Path(args.resume).is_file() else Path(args.resume)
+        )
+        cfg = apply_overrides(from_dict(resume["config"], f"checkpoint {path}"), overrides)
+        run_dir = ckpt_io.run_dir_of(path) if Path(args.resume).is_file() else Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise UserError("--out cannot be combined with --resume (a resumed run continues in its own directory)")
+    else:
+        recipe = args.recipe or ("paper" if args.data else "digits")
+        cfg = apply_overrides(load_recipe(recipe), overrides)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.recipe}-{cfg.model.name}-{stamp}"
+    result = train(cfg, run_dir, resume)
+    return 3 if result.get("stopped") else 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .config import list_recipes
+    from .models import list_models
+
+    p = sub.add_parser(
+        "train",
+        help="train a network (built-in digits with no --data)",
+        description="Train a network. With no arguments: the built-in digits dataset and the 'digits' recipe "
+        "(a few minutes on a laptop CPU). Under torchrun every process runs this same command; "
+        "--batch-size is the GLOBAL batch, split evenly across processes.",
+    )
+    p.add_argument("--data", help="ImageFolder root with train/ and val/ (default: built-in digits)")
+    p.add_argument(
+        "--recipe",
+        help=f"recipe name ({', '.join(list_recipes())}) or a YAML file "
+        "(default: digits without --data, paper with it)",
+    )
+    p.add_argument("--model", choices=list_models())
+    p.add_argument("--out", help="run directory (default: runs/<recipe>-<model>-<time>)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (all processes together)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its last checkpoint")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--weights", choices=["torchvision"], help="start from pretrained weights (alexnet_owt)")
+    p.add_argument("--strict", action="store_true", help="fail on unreadable training images instead of skipping them")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe value, e.g. optim.lr=0.02")
+    p.set_defaults(func=_train)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .config import from_dict
+    from .data.classes import is_imagenet
+    from .data.loaders import build_data
+    from .distributed import pick_device
+    from .evaluate import evaluate, format_report, to_json
+    from .weights import load_weights
+
+    _setup_logging(verbose=not args.json)
+    device = pick_device(args.device)
+    w = load_weights(args.weights, device)
+    if w.config is None:
+        raise UserError("evaluate needs a run directory or checkpoint (it knows its data and preprocessing)")
+    cfg = from_dict(w.config)
+    if args.data:
+        cfg.data.path = args.data
+    if args.batch_size:
+        cfg.train.batch_size = args.batch_size
+    cfg.data.stats = None if args.data else cfg.data.stats
+    pre = w.preprocess
+    cfg.data = replace(cfg.data, resize=pre["resize"], crop=pre["crop"], mean=list(pre["mean"]), std=list(pre["std"]))
+    if pre.get("mean_image") is not None:
+        cfg.data.normalize = "channel"
+    data = build_data(cfg, train=False, val_path=args.split_dir)
+    if pre.get("mean_image") is not None:
+        data.normalizer.mean_image = pre["mean_image"].float()
+    if data.class_names != w.class_names:
+        raise UserError(f"the data's classes ({len(data.class_names)}) differ from the model's ({len(w.class_names)})")
+    res = evaluate(w.model, data.val, data.normalizer, data.crop, len(w.class_names), device, args.tta)
+    imagenet = is_imagenet(w.class_names)
+    print(to_json(res, w.class_names, imagenet) if args.json else format_report(res, w.class_names, imagenet, w.source))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy of a trained network on a validation set")
+    p.add_argument("weights", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--data", help="ImageFolder root whose val/ is evaluated (default: the run's own data)")
+    p.add_argument("--split-dir", help="evaluate this class-folder directory instead of DATA/val")
+    p.add_argument(
+        "--tta",
+        choices=["center", "flip", "10crop"],
+        default="center",
+        help="test-time views: centre crop, centre + mirror, or the paper's 10 crops",
+    )
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_evaluate)
+
+
+def _pca_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.pca import run_pca_stats
+
+    _setup_logging()
+    out = Path(args.out) if args.out else None
+    stats, path = run_pca_stats(args.data, out, args.size, args.max_images, args.workers)
+    print(f"wrote {path} from {stats.count} images")
+    print(f"  mean     {', '.join(f'{v:.4f}' for v in stats.mean)}")
+    print(f"  std      {', '.join(f'{v:.4f}' for v in stats.std)}")
+    print(f"  eigval   {', '.join(f'{v:.4f}' for v in stats.eigval)}")
+    for row in stats.eigvec:
+        print(f"  eigvec   {', '.join(f'{v:+.4f}' for v in row)}")
+    return 0
+
+
+def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pca-stats", help="RGB mean/std, PCA eigenvalues/vectors and mean image of a training set")
+    p.add_argument("--data", required=True, help="ImageFolder root (its train/ is read)")
+    p.add_argument("--out", help="output .npz (default: DATA/alexnet-stats.npz, which training picks up)")
+    p.add_argument("--size", type=int, default=256, help="images are resized to this square first (default 256)")
+    p.add_argument("--max-images", type=int, default=20000, help="use a random sample of at most this many")
+    p.add_argument("--workers", type=int, default=-1)
+    p.set_defaults(func=_pca_stats)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_evaluate, _add_pca_stats, _add_summary]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,9 @@
 ``paper`` (§5): every weight ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7
 ("accelerates the early stages of learning by providing the ReLUs with positive inputs")
 and 0 in conv1, conv3, fc8. Deep plain nets with std 0.01 start slowly; see README.
-``kaiming``: He normal (fan_out, ReLU) for convolutions, N(0, 0.01) for linear layers,
-zero biases, as torchvision's VGG/ResNet builders do. Trains quickly with modern recipes.
+``kaiming``: He normal for every layer followed by a ReLU (fan_out for convolutions, fan_in
+for fc6/fc7), N(0, 0.01) for the classifier fc8, zero biases. Keeps activations at unit scale
+through all seven ReLU layers, so the plain LRN network starts learning at once.
 ``default``: PyTorch's own layer defaults, which is what ``torchvision.models.alexnet`` uses.
 """
 
@@ -39,6 +40,9 @@ def init_weights(model: nn.Module, scheme: str) -> None:
             bias = 1.0 if scheme == "paper" and i in PAPER_BIAS_ONE_CONV else 0.0
             nn.init.constant_(m.bias, bias)
     for i, m in enumerate(fcs, start=6):
-        nn.init.normal_(m.weight, 0.0, 0.01)
+        if scheme == "kaiming" and i < 5 + len(fcs):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        else:
+            nn.init.normal_(m.weight, 0.0, 0.01)
         bias = 1.0 if scheme == "paper" and i in PAPER_BIAS_ONE_FC else 0.0
         nn.init.constant_(m.bias, bias)

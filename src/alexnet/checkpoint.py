@@ -1,0 +1,104 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), and finding the right file.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists: the unwrapped model's
+state_dict, optimizer, schedule, grad scaler, epoch and step, RNG state, the resolved config,
+the variant and the class names. Loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger("alexnet")
+FORMAT = "alexnet-checkpoint/1"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``:
+    a crash at any moment leaves either the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by this package; anything else gets one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+            raise UserError(f"{path}: refused to load: the file contains code or objects, not plain weights") from None
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path}: not an alexnet checkpoint (no '{FORMAT}' marker)")
+    return ckpt
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """Candidate files to resume from, newest first: last.pt, then step checkpoints."""
+    ck = run_dir / "checkpoints"
+    steps = sorted(ck.glob("step-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [p for p in [ck / "last.pt", *steps] if p.is_file()]
+
+
+def resolve(path_or_run: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint file, or a run directory (its ``best.pt`` or ``last.pt``)."""
+    p = Path(path_or_run)
+    if p.is_dir():
+        for name in ([prefer] if prefer else []) + ["best", "last"]:
+            f = p / "checkpoints" / f"{name}.pt"
+            if f.is_file():
+                return f
+        raise UserError(f"{p}: no checkpoints/best.pt or checkpoints/last.pt inside (is it a run directory?)")
+    if not p.exists():
+        raise UserError(f"no such run directory or checkpoint: {p}")
+    return p
+
+
+def load_for_resume(path_or_run: str | Path) -> tuple[dict[str, Any], Path]:
+    """The newest readable checkpoint of a run; a corrupt one is named and the previous one used."""
+    p = Path(path_or_run)
+    candidates = run_checkpoints(p) if p.is_dir() else [p]
+    if not candidates:
+        raise UserError(f"{p}: no checkpoints to resume from")
+    errors = []
+    for c in candidates:
+        try:
+            return load(c), c
+        except UserError as e:
+            if "refused to load" in str(e):
+                raise
+            errors.append(str(e))
+            log.warning("%s; trying the previous checkpoint", e)
+    raise UserError("no readable checkpoint: " + "; ".join(errors))
+
+
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """``RUN/checkpoints/x.pt`` -> ``RUN``."""
+    return checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent

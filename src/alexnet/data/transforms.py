@@ -1,0 +1,174 @@
+"""Image transforms: per-image resizing (workers) and batched augmentation (on the device).
+
+Per image, in data-loader workers: decode and resize to a fixed uint8 square
+(paper §2: shorter side to 256, centre 256x256), or RandomResizedCrop for the modern recipe.
+Per batch, on the training device: random crops and flips (one gather), PCA colour noise,
+normalisation. The same batched code serves the built-in dataset and image folders.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+from . import keyed_random as kr
+
+# The common ImageNet PCA values on a [0, 1] scale (fb.resnet.torch, from Krizhevsky's statistics):
+# eigenvalues of the RGB covariance, eigenvectors as columns.
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+def resize_square(size: int) -> v2.Compose:
+    """Paper §2: rescale the shorter side to ``size``, keep the central ``size`` x ``size`` patch."""
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+
+
+def random_resized_crop(crop: int, min_scale: float) -> v2.Compose:
+    """Modern recipe (torchvision references): random area and aspect ratio, resized to ``crop``."""
+    return v2.Compose([v2.RandomResizedCrop(crop, scale=(min_scale, 1.0), antialias=True), v2.PILToTensor()])
+
+
+def pca_noise(x: torch.Tensor, alpha: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor) -> torch.Tensor:
+    """Paper §4.1: add sum_i alpha_i * lambda_i * p_i to every pixel of an image.
+
+    ``x`` is (B, 3, H, W) on the [0, 1] scale; ``alpha`` (B, 3) holds one draw per image and
+    presentation (N(0, 0.1) in the paper); ``eigvec`` holds the p_i as columns."""
+    shift = (alpha.to(x.device) * eigval.to(x.device)) @ eigvec.to(x.device).T  # (B, 3): rgb offset per image
+    return x + shift[:, :, None, None].to(x.dtype)
+
+
+def crop_flip(x: torch.Tensor, crop: int, flip: bool, key: torch.Tensor) -> torch.Tensor:
+    """Independent random ``crop`` x ``crop`` window (and horizontal flip) per image, as one gather.
+
+    ``x``: (B, C, S, S) of any dtype, ``key``: (B,) per-sample keys -> (B, C, crop, crop)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    key = key.to(dev)
+    oy = kr.randint(key, 0, h - crop + 1)
+    ox = kr.randint(key, 1, w - crop + 1)
+    ar = torch.arange(crop, device=dev)
+    iy = oy[:, None] + ar  # (B, crop)
+    ix = ox[:, None] + ar
+    if flip:
+        mirror = kr.uniform(key, 2) < 0.5
+        ix = torch.where(mirror[:, None], ox[:, None] + crop - 1 - ar, ix)
+    bi = torch.arange(b, device=dev)[:, None, None]
+    out = x.permute(0, 2, 3, 1)[bi, iy[:, :, None], ix[:, None, :]]  # (B, crop, crop, C)
+    return out.permute(0, 3, 1, 2)
+
+
+def resized_crop_batch(x: torch.Tensor, crop: int, min_scale: float, key: torch.Tensor) -> torch.Tensor:
+    """RandomResizedCrop for a whole batch at once (scale ``[min_scale, 1]``, ratio 3/4..4/3) via roi_align.
+
+    For in-memory sources whose images are already square; folders do it per image in the workers."""
+    from torchvision.ops import roi_align
+
+    b, _, h, w = x.shape
+    key = key.to(x.device)
+    area = (min_scale + (1 - min_scale) * kr.uniform(key, 3)) * h * w
+    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * kr.uniform(key, 4)
+    ratio = torch.exp(log_ratio)
+    cw = torch.sqrt(area * ratio).clamp(max=w)
+    ch = torch.sqrt(area / ratio).clamp(max=h)
+    x0 = kr.uniform(key, 5) * (w - cw)
+    y0 = kr.uniform(key, 6) * (h - ch)
+    boxes = torch.stack([torch.arange(b, device=x.device, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
+    return roi_align(x, boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def random_flip(x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    mirror = kr.uniform(key.to(x.device), 2) < 0.5
+    return torch.where(mirror[:, None, None, None], x.flip(-1), x)
+
+
+@dataclass
+class Normalizer:
+    """uint8 batch -> float batch: [0, 1] scale, optional PCA noise, then mean/std or mean image."""
+
+    mean: torch.Tensor  # (3,)
+    std: torch.Tensor  # (3,)
+    mean_image: torch.Tensor | None = None  # (3, S, S) on the [0, 1] scale: paper-style pixel mean
+    eigval: torch.Tensor | None = None
+    eigvec: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Normalizer:
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Normalizer(mv(self.mean), mv(self.std), mv(self.mean_image), mv(self.eigval), mv(self.eigvec))
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        if self.mean_image is not None:  # before cropping, so the mean is cropped and flipped with the image
+            if x.shape[-2:] != self.mean_image.shape[-2:]:
+                mi = torch.nn.functional.interpolate(self.mean_image[None], size=x.shape[-2:], mode="bilinear")[0]
+            else:
+                mi = self.mean_image
+            x = x - mi
+        return x
+
+    def finish(self, x: torch.Tensor, pca_std: float = 0.0, key: torch.Tensor | None = None) -> torch.Tensor:
+        if pca_std > 0 and self.eigval is not None and key is not None:
+            k = key.to(x.device)
+            alpha = torch.stack([kr.normal(k, 10 + i) for i in range(3)], dim=1) * pca_std  # (B, 3)
+            x = pca_noise(x, alpha, self.eigval, self.eigvec)
+        if self.mean_image is not None:
+            return x  # pixel-mean mode: the paper subtracts the mean only
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic path (evaluation, prediction): uint8 (B, 3, H, W) -> normalised float."""
+        return self.finish(self.scale(x))
+
+
+@dataclass
+class BatchAugment:
+    """Training augmentation on uint8 batches. ``mode``: paper (crop + flip), shift (crop only),
+    modern (flip only; the crop was a RandomResizedCrop per image)."""
+
+    mode: str
+    crop: int
+    normalizer: Normalizer
+    pca_std: float = 0.0
+    min_scale: float = 0.08
+
+    def __call__(self, x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """``x``: uint8 (B, 3, S, S); ``key``: (B,) from ``keyed_random.keys(seed, epoch, index)``."""
+        x = self.normalizer.scale(x)
+        if self.mode == "paper":
+            x = crop_flip(x, self.crop, flip=True, key=key)
+        elif self.mode == "shift":
+            x = crop_flip(x, self.crop, flip=False, key=key)
+        elif self.mode == "modern":
+            if x.shape[-1] != self.crop:  # in-memory source: the crop has not happened yet
+                x = resized_crop_batch(x, self.crop, self.min_scale, key)
+            x = random_flip(x, key)
+        else:
+            raise ValueError(f"unknown augmentation {self.mode!r}")
+        return self.normalizer.finish(x.contiguous(), self.pca_std, key)
+
+
+# --- test-time views (paper §4.1: "averaging the predictions made by the network's softmax layer on the
+# ten patches": four corners + centre, and their horizontal reflections). (B, C, S, S) -> list of (B, C, c, c).
+
+
+def tta_center(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
+    return [v2.functional.center_crop(x, [crop, crop])]
+
+
+def tta_flip(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
+    c = v2.functional.center_crop(x, [crop, crop])
+    return [c, c.flip(-1)]
+
+
+def tta_10crop(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
+    return list(v2.functional.ten_crop(x, [crop, crop]))
+
+
+TTA = {"center": tta_center, "flip": tta_flip, "10crop": tta_10crop}

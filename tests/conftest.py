@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_imagefolder(
+    root: Path,
+    classes: int = 3,
+    per_class: int = 6,
+    size: tuple[int, int] = (90, 80),
+    val_per_class: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Tiny ImageFolder: class c is a noisy image tinted towards a class colour (learnable)."""
+    rng = np.random.default_rng(seed)
+    colours = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (200, 200, 40), (40, 200, 200)]
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for c in range(classes):
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.array(colours[c % len(colours)], dtype=np.float32)
+                img = base + rng.normal(0, 40, size=(size[1], size[0], 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"img_{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return make_imagefolder(tmp_path / "data")
+
+
+# Small, fast settings for real training runs in tests: the paper network at 67x67 crops.
+FAST = [
+    "--model",
+    "alexnet",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "6",
+    "--set",
+    "data.resize=72",
+    "--set",
+    "data.crop=67",
+    "--set",
+    "data.workers=0",
+    "--set",
+    "train.amp=none",
+    "--set",
+    "train.log_every=1",
+]

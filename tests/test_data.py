@@ -1,0 +1,128 @@
+"""Transforms, PCA noise, test-time views, colour statistics, built-in data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.data import keyed_random
+from alexnet.data.digits import load_digits_split
+from alexnet.data.stats import ColourStats
+from alexnet.data.transforms import (
+    IMAGENET_EIGVAL,
+    IMAGENET_EIGVEC,
+    BatchAugment,
+    Normalizer,
+    crop_flip,
+    pca_noise,
+    tta_10crop,
+)
+from alexnet.evaluate import predict_probs
+from alexnet.models import create_model
+
+from .conftest import FAST
+
+
+def test_pca_noise_has_zero_mean_and_the_configured_covariance() -> None:
+    n = 200_000
+    eigval = torch.tensor(IMAGENET_EIGVAL)
+    eigvec = torch.tensor(IMAGENET_EIGVEC)
+    key = keyed_random.keys(0, 0, torch.arange(n))
+    norm = Normalizer(torch.zeros(3), torch.ones(3), None, eigval, eigvec)
+    shifted = norm.finish(torch.zeros(n, 3, 1, 1), pca_std=0.1, key=key)[:, :, 0, 0].double()  # (n, 3)
+    assert shifted.mean(0).abs().max() < 2e-4
+    expected = eigvec.double() @ torch.diag((0.1 * eigval.double()) ** 2) @ eigvec.double().T
+    cov = torch.cov(shifted.T)
+    torch.testing.assert_close(cov, expected, rtol=0.02, atol=1e-7)
+    # one draw per image: every pixel of an image moves by the same rgb offset
+    alpha = torch.randn(4, 3)
+    out = pca_noise(torch.zeros(4, 3, 5, 5), alpha, eigval, eigvec)
+    assert torch.equal(out, out[:, :, :1, :1].expand_as(out))
+
+
+def test_pca_noise_differs_per_presentation() -> None:
+    eigval, eigvec = torch.tensor(IMAGENET_EIGVAL), torch.tensor(IMAGENET_EIGVEC)
+    norm = Normalizer(torch.zeros(3), torch.ones(3), None, eigval, eigvec)
+    idx = torch.arange(4)
+    a = norm.finish(torch.zeros(4, 3, 2, 2), 0.1, keyed_random.keys(0, 0, idx))
+    b = norm.finish(torch.zeros(4, 3, 2, 2), 0.1, keyed_random.keys(0, 1, idx))
+    assert not torch.allclose(a, b)
+
+
+def test_crop_flip_takes_windows_of_the_image() -> None:
+    x = torch.arange(2 * 3 * 10 * 10).view(2, 3, 10, 10)
+    key = keyed_random.keys(0, 0, torch.arange(2))
+    out = crop_flip(x, 6, flip=True, key=key)
+    assert out.shape == (2, 3, 6, 6)
+    for b in range(2):
+        windows = [x[b, :, i : i + 6, j : j + 6] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(-1)) for w in windows)
+
+
+def test_augmentation_is_independent_of_batch_composition() -> None:
+    x = torch.randint(0, 255, (8, 3, 20, 20), dtype=torch.uint8)
+    aug = BatchAugment("paper", 16, Normalizer(torch.zeros(3), torch.ones(3)), 0.0)
+    idx = torch.arange(8)
+    whole = aug(x, keyed_random.keys(3, 1, idx))
+    halves = torch.cat([aug(x[:4], keyed_random.keys(3, 1, idx[:4])), aug(x[4:], keyed_random.keys(3, 1, idx[4:]))])
+    assert torch.equal(whole, halves)
+
+
+def test_ten_crop_equals_manual_average_of_the_ten_views() -> None:
+    torch.manual_seed(0)
+    model = create_model("alexnet_owt", num_classes=7).eval()
+    x = torch.randn(2, 3, 80, 80)
+    probs = predict_probs(model, x, 70, "10crop", torch.device("cpu"))
+    views = []
+    for top, left in ((0, 0), (0, 10), (10, 0), (10, 10), (5, 5)):
+        views.append(x[:, :, top : top + 70, left : left + 70])
+    views += [v.flip(-1) for v in views]
+    with torch.no_grad():
+        manual = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
+    torch.testing.assert_close(probs, manual, rtol=1e-5, atol=1e-6)
+    assert len(tta_10crop(x, 70)) == 10
+
+
+def test_builtin_digits_split_is_fixed_and_stratified() -> None:
+    a = load_digits_split(72, 0.2, seed=0)
+    b = load_digits_split(72, 0.2, seed=0)
+    assert torch.equal(a["val_y"], b["val_y"]) and torch.equal(a["train_x"], b["train_x"])
+    assert a["train_x"].shape[1:] == (3, 72, 72) and a["train_x"].dtype == torch.uint8
+    assert len(a["train_y"]) + len(a["val_y"]) == 1797
+    counts = a["val_y"].bincount()
+    assert counts.min() >= 35 and counts.max() <= 37
+
+
+def test_pca_stats_command(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "stats.npz"
+    assert main(["pca-stats", "--data", str(tiny_folder), "--out", str(out), "--size", "32", "--workers", "0"]) == 0
+    s = ColourStats.load(out)
+    assert s.count == 18 and s.mean_image.shape == (3, 32, 32)
+    assert np.all(np.diff(s.eigval) <= 0) and s.eigval.min() >= 0
+    np.testing.assert_allclose(s.eigvec.T @ s.eigvec, np.eye(3), atol=1e-6)
+    # the red class pulls the red mean up: channel means differ from grey
+    assert s.mean.shape == (3,) and np.all((s.mean > 0) & (s.mean < 1))
+    assert "eigval" in capsys.readouterr().out
+
+
+def test_training_picks_up_the_dataset_stats(tiny_folder: Path, tmp_path: Path) -> None:
+    from alexnet.config import load_recipe
+    from alexnet.data.loaders import build_data
+
+    assert main(["pca-stats", "--data", str(tiny_folder), "--size", "72", "--workers", "0"]) == 0
+    cfg = load_recipe("paper")
+    cfg.data.path, cfg.data.resize, cfg.data.crop, cfg.data.workers = str(tiny_folder), 72, 67, 0
+    data = build_data(cfg)
+    assert data.normalizer.mean_image is not None and data.normalizer.mean_image.shape == (3, 72, 72)
+    assert data.stats.count == 9 * 2
+
+
+def test_stats_are_computed_when_missing_and_kept_with_the_run(tiny_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 0  # paper recipe: pixel mean
+    s = ColourStats.load(run / "stats.npz")
+    assert s.count == 18 and s.mean_image.shape == (3, 72, 72)

@@ -1,0 +1,209 @@
+"""Training end to end on tiny data: the run directory, resume, overrides, schedules, optimisers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from alexnet import checkpoint as ckpt_io
+from alexnet.cli import main
+from alexnet.config import Config, ScheduleConfig, apply_overrides, load_recipe
+from alexnet.errors import UserError
+from alexnet.optim import PaperSGD, Schedule
+
+from .conftest import FAST
+
+EPOCH_KEYS = {
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "images_per_sec",
+    "seconds",
+}
+
+
+def test_one_epoch_writes_the_run_directory(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--set", "optim.lr=0.003"]) == 0
+    assert (run / "config.yaml").is_file()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["data"]["path"] == str(tiny_folder) and cfg["optim"]["lr"] == 0.003
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and EPOCH_KEYS <= set(rows[0])
+    assert rows[0]["val_n"] == 9
+    for name in ("last.pt", "best.pt"):
+        ck = ckpt_io.load(run / "checkpoints" / name)
+        assert ck["class_names"] == ["class_0", "class_1", "class_2"]
+        assert ck["variant"] == "alexnet" and ck["epoch"] == 1
+        assert ck["config"]["optim"]["lr"] == 0.003
+        assert {"torch"} <= set(ck["rng"]) and "optimizer" in ck and "schedule" in ck
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    err = capsys.readouterr().err
+    assert "best val top-1" in err and str(run) in err
+
+
+def test_existing_run_is_not_overwritten(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 0
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return ckpt_io.load(path)["model"]
+
+
+def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path) -> None:
+    common = [
+        "--data",
+        str(tiny_folder),
+        *FAST,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--set",
+        "optim.lr=0.002",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.keep_last=20",
+        "--set",
+        "data.pca_noise=0.1",
+    ]
+    full = tmp_path / "full"
+    assert main(["train", "--out", str(full), *common]) == 0  # 5 steps an epoch, 10 in all
+    # Pretend the run died after step 6 (mid-epoch 2): resume from that checkpoint in a copy.
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    for f in (cut / "checkpoints").glob("*.pt"):
+        if f.name != "step-00000006.pt":
+            f.unlink()
+    (cut / "metrics.jsonl").write_text("\n".join((full / "metrics.jsonl").read_text().splitlines()[:1]) + "\n")
+    ck = ckpt_io.load(cut / "checkpoints" / "step-00000006.pt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == (1, 1)
+    assert main(["train", "--resume", str(cut)]) == 0
+    a, b = _weights(full / "checkpoints" / "last.pt"), _weights(cut / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (full / "metrics.jsonl").read_text().count("\n") == (cut / "metrics.jsonl").read_text().count("\n")
+    last_full = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])
+    last_cut = json.loads((cut / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last_full["val_top1"] == last_cut["val_top1"] and last_full["train_loss"] == pytest.approx(
+        last_cut["train_loss"]
+    )
+
+
+def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    cfg = apply_overrides(load_recipe("paper"), ["optim.lr=0.05", "train.amp=bf16", "data.mean=[0.1,0.2,0.3]"])
+    assert cfg.optim.lr == 0.05 and cfg.train.amp == "bf16" and cfg.data.mean == [0.1, 0.2, 0.3]
+    cases = {
+        "optim.lrr=0.1": "unknown config key 'optim.lrr'",
+        "foo.bar=1": "no section 'foo'",
+        "optim.lr=abc": "optim.lr must be a number",
+        "optim.lr=0": "optim.lr must be > 0",
+        "train.batch_size=0": "train.batch_size must be > 0",
+        "train.amp=fp8": "train.amp: 'fp8' is not allowed",
+        "data.crop=300": "data.crop (300) cannot be larger than data.resize (256)",
+        "model.name=vgg": "unknown model 'vgg'",
+    }
+    for override, message in cases.items():
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            apply_overrides(load_recipe("paper"), [override])
+        out = tmp_path / "never"
+        assert main(["train", "--out", str(out), "--set", override]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and message.split(" (")[0] in err
+        assert not out.exists()
+    assert main(["train", "--recipe", "nope"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["paper", "torchvision", "fast", "digits"])
+def test_recipes_load(name: str) -> None:
+    cfg = load_recipe(name)
+    assert isinstance(cfg, Config) and cfg.recipe == name
+
+
+def test_paper_recipe_values() -> None:
+    cfg = load_recipe("paper")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.train.batch_size) == (0.01, 0.9, 5e-4, 128)
+    assert (cfg.schedule.name, cfg.schedule.factor, cfg.schedule.max_drops, cfg.train.epochs) == ("plateau", 0.1, 3, 90)
+    assert (cfg.model.init, cfg.data.crop, cfg.data.pca_noise) == ("paper", 227, 0.1)
+
+
+def test_plateau_schedule_drops_exactly_as_configured() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.01)
+    sched = Schedule(opt, ScheduleConfig(name="plateau", factor=0.1, patience=1, max_drops=3), 0.01, 100, 10)
+    # val accuracy: improves, then stalls; patience=1 means the 2nd epoch without improvement drops
+    accs = [0.1, 0.2, 0.2, 0.2, 0.3, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25]
+    lrs = []
+    for a in accs:
+        sched.after_epoch(a)
+        lrs.append(opt.param_groups[0]["lr"])
+    expected = [0.01, 0.01, 0.01, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 1e-5]
+    assert lrs == pytest.approx(expected)
+    assert sched.drops == 3  # never a 4th drop
+
+
+def test_step_and_onecycle_schedules() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    s = Schedule(opt, ScheduleConfig(name="step", step_size=2, factor=0.5), 1.0, 6, 1)
+    lrs = []
+    for _ in range(6):
+        s.after_epoch(None)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [1.0, 0.5, 0.5, 0.25, 0.25, 0.125]
+    s = Schedule(opt, ScheduleConfig(name="onecycle", warmup_epochs=1), 1.0, 4, 10)
+    seen = [opt.param_groups[0]["lr"]]
+    for _ in range(40):
+        s.after_step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen[0] == pytest.approx(0.1) and max(seen) == pytest.approx(1.0) and seen[10] == pytest.approx(1.0)
+    assert seen[-1] == pytest.approx(0.0)
+
+
+def _run_rules(drop_at: int | None, steps: int = 8) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    torch.manual_seed(0)
+    target = torch.randn(5)
+    w_paper = torch.nn.Parameter(torch.randn(5))
+    w_torch = torch.nn.Parameter(w_paper.detach().clone())
+    paper = PaperSGD([w_paper], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ref = torch.optim.SGD([w_torch], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    out_p, out_t = [], []
+    for i in range(steps):
+        if drop_at is not None and i == drop_at:
+            for o in (paper, ref):
+                o.param_groups[0]["lr"] = 0.01
+        for w, o in ((w_paper, paper), (w_torch, ref)):
+            o.zero_grad()
+            ((w - target) ** 2).sum().backward()
+            o.step()
+        out_p.append(w_paper.detach().clone())
+        out_t.append(w_torch.detach().clone())
+    return out_p, out_t
+
+
+def test_paper_update_rule_equals_sgd_at_constant_lr_and_differs_after_a_drop() -> None:
+    p, t = _run_rules(drop_at=None)
+    for a, b in zip(p, t):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    p, t = _run_rules(drop_at=4)
+    for a, b in zip(p[:4], t[:4]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # right after the drop: the paper's velocity still carries the old lr
+    assert (p[4] - t[4]).abs().max() > 1e-3

@@ -57,6 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         ("device", "train.device"),
         ("seed", "train.seed"),
         ("weights", "model.weights"),
+        ("towers", "train.towers"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -108,6 +109,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--weights", choices=["torchvision"], help="start from pretrained weights (alexnet_owt)")
     p.add_argument("--strict", action="store_true", help="fail on unreadable training images instead of skipping them")
+    p.add_argument(
+        "--towers", metavar="DEV_A,DEV_B", help="the paper's two-device split, e.g. cuda:0,cuda:1 (cpu,cpu to test)"
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe value, e.g. optim.lr=0.02")
     p.set_defaults(func=_train)
 
@@ -124,7 +128,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     _setup_logging(verbose=not args.json)
     device = pick_device(args.device)
-    w = load_weights(args.weights, device)
+    w = load_weights(args.weights, device, args.towers)
     if w.config is None:
         raise UserError("evaluate needs a run directory or checkpoint (it knows its data and preprocessing)")
     cfg = from_dict(w.config)
@@ -162,6 +166,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices (alexnet, alexnet_bn)")
     p.set_defaults(func=_evaluate)
 
 

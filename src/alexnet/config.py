@@ -86,6 +86,7 @@ class TrainConfig:
     keep_last: int = 3  # step checkpoints kept besides last.pt / best.pt
     log_every: int = 20  # steps between plain log lines when not on a terminal
     strict_data: bool = False  # fail on unreadable training images instead of skipping them
+    towers: str | None = None  # "DEV_A,DEV_B": the paper's two-device split (alexnet / alexnet_bn only)
 
 
 @dataclass
@@ -197,6 +198,11 @@ def _check(cfg: Config) -> None:
             raise UserError(f"{key} must be >= 0, got {v}")
         if key in UNIT_INTERVAL and not 0 <= v <= 1:
             raise UserError(f"{key} must be between 0 and 1, got {v}")
+    if cfg.train.towers is not None:
+        if cfg.model.name not in ("alexnet", "alexnet_bn"):
+            raise UserError(f"train.towers needs a two-tower model (alexnet or alexnet_bn), not {cfg.model.name}")
+        if len(cfg.train.towers.split(",")) != 2:
+            raise UserError(f"train.towers must name two devices like cuda:0,cuda:1, got {cfg.train.towers!r}")
     if cfg.data.crop is not None and cfg.data.crop > cfg.data.resize:
         raise UserError(f"data.crop ({cfg.data.crop}) cannot be larger than data.resize ({cfg.data.resize})")
     for key in ("mean", "std"):

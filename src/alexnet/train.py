@@ -53,6 +53,18 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     return model
 
 
+def to_towers(model: nn.Module, spec: str, dist: distributed.DistInfo) -> nn.Module:
+    """The paper's two-device split. Not combined with DDP in this version: one process, two devices."""
+    from .models.towers import TowerAlexNet
+
+    if dist.enabled:
+        raise UserError("--towers runs in one process on two devices; it is not combined with torchrun/DDP")
+    devices = tuple(distributed.pick_device(d.strip()) for d in spec.split(","))
+    if devices[0] != dist.device:
+        raise UserError(f"with --towers the training device is tower A's: use --device {devices[0]} or auto")
+    return TowerAlexNet.from_grouped(model, devices)
+
+
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
     """Refuse to overwrite a run; make sure the directory is writable before any work starts."""
     if not resuming and run_dir.exists() and any((run_dir / n).exists() for n in ("config.yaml", "checkpoints")):
@@ -136,6 +148,8 @@ def _train(
         raise UserError("the data's classes differ from the checkpoint's; resume with the same --data")
 
     raw_model = build_model(cfg, num_classes).to(device)
+    if t_cfg.towers:
+        raw_model = to_towers(raw_model, t_cfg.towers, dist)
     if t_cfg.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     lr = cfg.optim.lr * (t_cfg.batch_size / cfg.optim.lr_scale_batch if cfg.optim.lr_scale_batch else 1.0)

@@ -39,7 +39,23 @@ def _model_from_state(variant: str, num_classes: int, state: dict[str, torch.Ten
     return model
 
 
-def load_weights(spec: str, device: torch.device | str = "cpu") -> Loaded:
+def load_weights(spec: str, device: torch.device | str = "cpu", towers: str | None = None) -> Loaded:
+    """``towers="DEV_A,DEV_B"`` splits a two-tower model across two devices (the paper's layout)."""
+    loaded = _load(spec, device)
+    if towers:
+        from .distributed import pick_device
+        from .models.towers import TowerAlexNet
+
+        if loaded.variant not in ("alexnet", "alexnet_bn"):
+            raise UserError(f"--towers needs a two-tower model (alexnet or alexnet_bn), not {loaded.variant}")
+        devices = tuple(pick_device(d.strip()) for d in towers.split(","))
+        if len(devices) != 2:
+            raise UserError(f"--towers must name two devices like cuda:0,cuda:1, got {towers!r}")
+        loaded.model = TowerAlexNet.from_grouped(loaded.model.cpu(), devices).eval()
+    return loaded
+
+
+def _load(spec: str, device: torch.device | str) -> Loaded:
     if spec == "torchvision":
         model = create_model("alexnet_owt", 1000, weights="torchvision")
         pre = {"resize": 256, "crop": 224, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "mean_image": None}

@@ -1,0 +1,177 @@
+"""The paper's two-device split (§3.2): one AlexNet whose two towers live on two devices.
+
+Tower A holds conv1 kernels 0-47, conv2/conv4/conv5 group 0 and fc6/fc7 neurons 0-2047;
+tower B the other halves. Devices talk exactly where the paper's GPUs did:
+- into conv3: each tower computes its 192 conv3 maps from all 256 conv2 maps;
+- into fc6 and fc7: each tower holds 2048 of the 4096 neurons and reads all inputs;
+- into fc8: fc8 lives whole on device A and reads both towers' fc7 halves (the paper
+  splits fc8 too; one 4096 x classes layer on A costs one 2048-float transfer per image).
+
+The weights are the grouped single-device ``AlexNet``'s, sliced. ``state_dict()`` returns the
+grouped form and ``load_state_dict()`` takes it, so checkpoints move between the two forms
+with no conversion.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+from .alexnet import AlexNet
+from .layers import check_input_size
+
+# grouped-model key -> (tower slicing rule). "out": rows split in halves; "all": only on tower A.
+CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+BNS = ("bn1", "bn2", "bn3", "bn4", "bn5")
+FCS = ("fc6", "fc7")
+
+
+class _Tower(nn.Module):
+    def __init__(self, norm: str, lrn: dict[str, float], dropout: float) -> None:
+        super().__init__()
+        bn = norm == "bn"
+        self.bn = bn
+        self.conv1 = nn.Conv2d(3, 48, 11, stride=4, bias=not bn)
+        self.conv2 = nn.Conv2d(48, 128, 5, padding=2, bias=not bn)
+        self.conv3 = nn.Conv2d(256, 192, 3, padding=1, bias=not bn)  # reads both towers
+        self.conv4 = nn.Conv2d(192, 192, 3, padding=1, bias=not bn)
+        self.conv5 = nn.Conv2d(192, 128, 3, padding=1, bias=not bn)
+        if bn:
+            self.bn1, self.bn2 = nn.BatchNorm2d(48), nn.BatchNorm2d(128)
+            self.bn3, self.bn4, self.bn5 = nn.BatchNorm2d(192), nn.BatchNorm2d(192), nn.BatchNorm2d(128)
+        else:
+            self.norm = nn.LocalResponseNorm(int(lrn["size"]), lrn["alpha"], lrn["beta"], lrn["k"])
+        self.pool = nn.MaxPool2d(3, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.fc6 = nn.Linear(256 * 6 * 6, 2048)  # reads both towers
+        self.fc7 = nn.Linear(4096, 2048)  # reads both towers
+        self.drop = nn.Dropout(dropout)
+        self.relu = nn.ReLU(inplace=True)
+
+    def _block(self, x: torch.Tensor, conv: str) -> torch.Tensor:
+        x = getattr(self, conv)(x)
+        if self.bn:
+            x = getattr(self, "bn" + conv[-1])(x)
+        return self.relu(x)
+
+    def stage1(self, x: torch.Tensor) -> torch.Tensor:  # image -> own half of pool2
+        x = self._block(x, "conv1")  # (B, 48, 55, 55)
+        x = self.pool(x if self.bn else self.norm(x))  # (B, 48, 27, 27)
+        x = self._block(x, "conv2")  # (B, 128, 27, 27)
+        return self.pool(x if self.bn else self.norm(x))  # (B, 128, 13, 13)
+
+    def stage2(self, both: torch.Tensor) -> torch.Tensor:  # all 256 pool2 maps -> own half of pool3
+        x = self._block(both, "conv3")  # (B, 192, 13, 13)
+        x = self._block(x, "conv4")  # (B, 192, 13, 13)
+        x = self._block(x, "conv5")  # (B, 128, 13, 13)
+        return self.avgpool(self.pool(x))  # (B, 128, 6, 6)
+
+
+class TowerAlexNet(nn.Module):
+    """AlexNet with tower A on ``devices[0]`` and tower B on ``devices[1]`` (model parallel)."""
+
+    min_input_size = AlexNet.min_input_size
+
+    def __init__(self, num_classes: int, devices: tuple[torch.device, torch.device], *, norm: str = "lrn",
+                 dropout: float = 0.5, lrn: dict[str, float] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.devices = (torch.device(devices[0]), torch.device(devices[1]))
+        self.norm = norm
+        self.num_classes = num_classes
+        lrn = lrn or {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+        self.tower_a = _Tower(norm, lrn, dropout).to(self.devices[0])
+        self.tower_b = _Tower(norm, lrn, dropout).to(self.devices[1])
+        self.fc8 = nn.Linear(4096, num_classes).to(self.devices[0])
+
+    @classmethod
+    def from_grouped(cls, model: AlexNet, devices: tuple[Any, Any]) -> TowerAlexNet:
+        lrn = {}
+        if model.norm == "lrn":
+            m = model.features.norm1.lrn
+            lrn = {"size": m.size, "alpha": m.alpha, "beta": m.beta, "k": m.k}
+        t = cls(model.num_classes, devices, norm=model.norm, dropout=model.classifier.drop6.p, lrn=lrn or None)
+        t.load_state_dict(model.state_dict())
+        return t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x, self.min_input_size, "alexnet (towers)")
+        da, db = self.devices
+        a = self.tower_a.stage1(x.to(da))  # (B, 128, 13, 13) on A
+        b = self.tower_b.stage1(x.to(db))  # (B, 128, 13, 13) on B
+        both_a = torch.cat([a, b.to(da)], 1)  # cross-device: into conv3
+        both_b = torch.cat([a.to(db), b], 1)
+        a = torch.flatten(self.tower_a.stage2(both_a), 1)  # (B, 4608)
+        b = torch.flatten(self.tower_b.stage2(both_b), 1)
+        f_a = torch.cat([a, b.to(da)], 1)  # (B, 9216) cross-device: into fc6
+        f_b = torch.cat([a.to(db), b], 1)
+        ta, tb = self.tower_a, self.tower_b
+        h_a, h_b = ta.drop(ta.relu(ta.fc6(f_a))), tb.drop(tb.relu(tb.fc6(f_b)))  # (B, 2048) each
+        g_a = torch.cat([h_a, h_b.to(da)], 1)  # cross-device: into fc7
+        g_b = torch.cat([h_a.to(db), h_b], 1)
+        h_a, h_b = ta.drop(ta.relu(ta.fc7(g_a))), tb.drop(tb.relu(tb.fc7(g_b)))
+        return self.fc8(torch.cat([h_a, h_b.to(da)], 1))  # (B, classes) on A: into fc8
+
+    # --- the grouped single-device layout, both ways ---------------------------------------------------
+
+    def _pairs(self) -> list[tuple[str, str, str]]:
+        """(grouped key, tower attribute path, how): halves of rows, or the whole tensor on A."""
+        out = []
+        for conv in CONVS:
+            out.append((f"features.{conv}.weight", f"{conv}.weight", "rows"))
+            if self.norm == "lrn":
+                out.append((f"features.{conv}.bias", f"{conv}.bias", "rows"))
+        if self.norm == "bn":
+            for bn in BNS:
+                for p in ("weight", "bias", "running_mean", "running_var"):
+                    out.append((f"features.{bn}.{p}", f"{bn}.{p}", "rows"))
+                out.append((f"features.{bn}.num_batches_tracked", f"{bn}.num_batches_tracked", "same"))
+        for fc in FCS:
+            out += [
+                (f"classifier.{fc}.weight", f"{fc}.weight", "rows"),
+                (f"classifier.{fc}.bias", f"{fc}.bias", "rows"),
+            ]
+        return out
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> OrderedDict[str, torch.Tensor]:  # type: ignore[override]
+        sd: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for key, path, how in self._pairs():
+            ta = (
+                self.tower_a.get_parameter(path)
+                if "running" not in path and "num_batches" not in path
+                else self.tower_a.get_buffer(path)
+            )
+            tb = (
+                self.tower_b.get_parameter(path)
+                if "running" not in path and "num_batches" not in path
+                else self.tower_b.get_buffer(path)
+            )
+            sd[key] = (
+                ta.detach().cpu().clone() if how == "same" else torch.cat([ta.detach().cpu(), tb.detach().cpu()], 0)
+            )
+        sd["classifier.fc8.weight"] = self.fc8.weight.detach().cpu().clone()
+        sd["classifier.fc8.bias"] = self.fc8.bias.detach().cpu().clone()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        expected = {k for k, _, _ in self._pairs()} | {"classifier.fc8.weight", "classifier.fc8.bias"}
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"tower model: missing keys {missing[:4]}, unexpected keys {unexpected[:4]}")
+        with torch.no_grad():
+            for key, path, how in self._pairs():
+                if key not in state_dict:
+                    continue
+                full = state_dict[key]
+                for i, tower in enumerate((self.tower_a, self.tower_b)):
+                    try:
+                        dst = tower.get_parameter(path)
+                    except AttributeError:
+                        dst = tower.get_buffer(path)
+                    half = full if how == "same" else full.chunk(2, 0)[i]
+                    dst.copy_(half)
+            self.fc8.weight.copy_(state_dict["classifier.fc8.weight"])
+            self.fc8.bias.copy_(state_dict["classifier.fc8.bias"])
+        return None

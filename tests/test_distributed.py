@@ -1,0 +1,138 @@
+"""torchrun / DDP on CPU (Gloo): same weights as one process, exact evaluation, resume across world sizes;
+and the paper's two-tower model-parallel split."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet import checkpoint as ckpt_io
+from alexnet import create_model
+from alexnet.cli import main
+from alexnet.models.towers import TowerAlexNet
+
+from .conftest import FAST
+
+# dropout off: DDP ranks draw their own masks; constant lr: a shorter run is a prefix of a longer one
+COMMON = [*FAST, "--batch-size", "4", "--set", "model.dropout=0", "--set", "schedule.name=constant",
+          "--set", "optim.lr=0.001", "--set", "data.normalize=channel", "--set", "data.pca_noise=0.1"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "alexnet", *args]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = ckpt_io.load(a)["model"], ckpt_io.load(b)["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.fixture
+def odd_folder(tmp_path: Path) -> Path:
+    from .conftest import make_imagefolder
+
+    return make_imagefolder(tmp_path / "odd", classes=3, per_class=6, val_per_class=3)  # 9 val images: odd
+
+
+def test_ddp_two_processes_match_one(odd_folder: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "--data", str(odd_folder), "--out", str(one), *COMMON, "--epochs", "2"]) == 0
+    res = _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(two), *COMMON, "--epochs", "2"])
+    assert "world 2" in res.stderr
+    _assert_same_weights(one / "checkpoints" / "last.pt", two / "checkpoints" / "last.pt")
+    rows1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    rows2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    for r1, r2 in zip(rows1, rows2, strict=True):
+        assert r2["val_n"] == r1["val_n"] == 9  # every val image exactly once, no padding
+        assert r2["val_top1"] == r1["val_top1"]
+        assert r2["val_loss"] == pytest.approx(r1["val_loss"], rel=1e-4)
+    # evaluation under torchrun on the odd-sized set: n equals the dataset size
+    ev = _torchrun(2, ["evaluate", str(two), "--json", "--device", "cpu"])
+    d = json.loads(ev.stdout.strip().splitlines()[0])
+    assert d["n"] == 9
+
+
+def test_ddp_run_resumes_on_a_different_world_size(odd_folder: Path, tmp_path: Path) -> None:
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", "--data", str(odd_folder), "--out", str(full), *COMMON, "--epochs", "2"]) == 0
+    _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(part), *COMMON, "--epochs", "1"])
+    assert main(["train", "--resume", str(part), "--epochs", "2"]) == 0  # 2 processes -> 1
+    _assert_same_weights(full / "checkpoints" / "last.pt", part / "checkpoints" / "last.pt")
+    _torchrun(2, ["train", "--resume", str(part), "--epochs", "3"])  # and 1 -> 2
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet_bn"])
+def test_towers_match_the_grouped_model(name: str) -> None:
+    torch.manual_seed(0)
+    grouped = create_model(name, num_classes=10, init="kaiming", dropout=0.0)
+    towers = TowerAlexNet.from_grouped(grouped, ("cpu", "cpu"))
+    x = torch.randn(3, 3, 227, 227)
+    target = torch.randint(0, 10, (3,))
+    out_g, out_t = grouped(x), towers(x)
+    torch.testing.assert_close(out_t, out_g, rtol=1e-5, atol=1e-5)
+    torch.nn.functional.cross_entropy(out_g, target).backward()
+    torch.nn.functional.cross_entropy(out_t, target).backward()
+    grads_t = _grouped_grads(towers)
+    for k, p in grouped.named_parameters():
+        torch.testing.assert_close(grads_t[k], p.grad, rtol=1e-5, atol=1e-5, msg=k)
+    # one SGD step gives the same weights
+    for model in (grouped, towers):
+        torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4).step()
+    after_t = towers.state_dict()
+    for k, v in grouped.state_dict().items():
+        torch.testing.assert_close(after_t[k], v, rtol=1e-5, atol=1e-5, msg=k)
+
+
+def _grouped_grads(towers: TowerAlexNet) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, path, _how in towers._pairs():
+        if "running" in path or "num_batches" in path:
+            continue
+        ga, gb = towers.tower_a.get_parameter(path).grad, towers.tower_b.get_parameter(path).grad
+        out[key] = torch.cat([ga, gb], 0)
+    out["classifier.fc8.weight"] = towers.fc8.weight.grad
+    out["classifier.fc8.bias"] = towers.fc8.bias.grad
+    return out
+
+
+def test_towers_state_dict_round_trip_and_devices() -> None:
+    grouped = create_model("alexnet", num_classes=5)
+    towers = TowerAlexNet.from_grouped(grouped, ("cpu", "cpu"))
+    sd = towers.state_dict()
+    assert sd.keys() == grouped.state_dict().keys()
+    fresh = create_model("alexnet", num_classes=5, init="kaiming")
+    fresh.load_state_dict(sd)  # tower checkpoint -> grouped model
+    assert towers.tower_a.conv2.weight.shape == (128, 48, 5, 5)  # group 0 of conv2
+    assert towers.tower_a.conv3.weight.shape == (192, 256, 3, 3)  # conv3 reads both towers
+    assert towers.tower_a.fc6.weight.shape == (2048, 9216)
+    torch.testing.assert_close(towers.tower_b.conv1.weight, grouped.features.conv1.weight[48:])
+
+
+def test_train_with_towers_on_cpu(tiny_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "towers"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *COMMON, "--towers", "cpu,cpu"]) == 0
+    plain = tmp_path / "plain"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(plain), *COMMON]) == 0
+    _assert_same_weights(run / "checkpoints" / "last.pt", plain / "checkpoints" / "last.pt")
+    assert main(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "x"), *COMMON,
+                 "--model", "alexnet_owt", "--towers", "cpu,cpu"]) == 2  # fmt: skip

@@ -1,0 +1,78 @@
+"""`alexnet evaluate`: JSON report, test-time augmentation, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alexnet.cli import main
+
+from .conftest import FAST
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from .conftest import make_imagefolder
+
+    root = tmp_path_factory.mktemp("eval")
+    data = make_imagefolder(root / "data", classes=3, per_class=8, val_per_class=5)
+    run = root / "run"
+    args = ["train", "--data", str(data), "--out", str(run), *FAST, "--epochs", "2", "--set", "data.normalize=channel"]
+    assert main([*args, "--set", "optim.lr=0.002"]) == 0
+    return run, data
+
+
+@pytest.mark.parametrize("tta", ["center", "flip", "10crop"])
+def test_evaluate_json(trained_run: tuple[Path, Path], tta: str, capsys: pytest.CaptureFixture) -> None:
+    run, _ = trained_run
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--tta", tta, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert {"top1", "top5", "loss", "n", "tta"} <= set(d)
+    assert d["n"] == 15 and d["tta"] == tta
+    assert 0 <= d["top1"] <= d["top5"] <= 1
+    assert set(d["per_class"]) == {"class_0", "class_1", "class_2"}
+    assert "paper" not in d  # not ImageNet
+
+
+def test_evaluate_matches_training_metrics(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    run, _ = trained_run
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda r: r["val_top1"])
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["top1"] == best["val_top1"]
+    assert d["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_evaluate_report_and_other_data(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    run, data = trained_run
+    assert main(["evaluate", str(run), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 accuracy" in out and "per-class top-1" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "/no/such/run"], "no such run directory or checkpoint"),
+        (["evaluate", "{run}", "--data", "/no/such/data"], "data path not found"),
+    ],
+)
+def test_evaluate_errors(trained_run: tuple[Path, Path], args: list[str], message: str,
+                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    run, _ = trained_run
+    assert main([a.format(run=run) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    assert main(["evaluate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "corrupt or truncated" in err

@@ -197,7 +197,90 @@ def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_pca_stats)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_evaluate, _add_pca_stats, _add_summary]
+def _predict(args: argparse.Namespace) -> int:
+    from .distributed import pick_device
+    from .predict import predict
+    from .weights import load_weights
+
+    _setup_logging(verbose=False)
+    device = pick_device(args.device)
+    w = load_weights(args.weights, device, args.towers)
+    if args.topk < 1:
+        raise UserError("--topk must be at least 1")
+    return predict(w, args.paths, args.topk, args.tta, args.batch_size, device, args.json)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-k classes for image files, folders or globs")
+    p.add_argument(
+        "weights", metavar="WEIGHTS", help="run directory, checkpoint .pt, exported .safetensors, or 'torchvision'"
+    )
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files, directories (recursive) or globs")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--tta", choices=["center", "flip", "10crop"], default="center")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_predict)
+
+
+def _features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .distributed import pick_device
+    from .predict import features
+    from .weights import load_weights
+
+    _setup_logging(verbose=False)
+    device = pick_device(args.device)
+    w = load_weights(args.weights, device)
+    return features(w, args.paths, Path(args.out), args.layer, args.batch_size, device)
+
+
+def _add_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="fc7 (or another layer's) vectors for image files, as .npz")
+    p.add_argument("weights", metavar="WEIGHTS")
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("--out", required=True, help="output .npz: arrays 'features' (N, D), 'files' (N,), 'layer'")
+    p.add_argument("--layer", default="fc7", help="fc7 (default, 4096-d), fc6, pool5, logits, or a module name")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_features)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import export
+    from .weights import load_weights
+
+    _setup_logging(verbose=False)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    print(export(load_weights(args.weights, "cpu"), args.format, out))
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write ONNX, TorchScript or safetensors")
+    p.add_argument("weights", metavar="WEIGHTS")
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=_export)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train,
+    _add_evaluate,
+    _add_predict,
+    _add_features,
+    _add_export,
+    _add_pca_stats,
+    _add_summary,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,13 +21,18 @@ def load_digits_split(size: int, val_fraction: float = 0.2, seed: int = 0) -> di
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()  # (N, 3, S, S)
     y = torch.from_numpy(d.target).long()
+    tr, va = split_indices(y, val_fraction, seed)
+    return {"train_x": x[tr], "train_y": y[tr], "val_x": x[va], "val_y": y[va]}
+
+
+def split_indices(y: torch.Tensor, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified: the same share of every digit held out; fixed by ``seed``."""
     g = torch.Generator().manual_seed(seed)
     train_idx, val_idx = [], []
-    for c in range(10):  # stratified: the same share of every digit held out
+    for c in range(10):
         idx = (y == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_val = round(len(idx) * val_fraction)
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
-    tr, va = torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
-    return {"train_x": x[tr], "train_y": y[tr], "val_x": x[va], "val_y": y[va]}
+    return torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values

@@ -41,7 +41,9 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: refused, too many pixels ({e})") from None
+        raise ImageError(
+            f"{path}: refused, over the limit of {max_pixels:,} pixels (decompression bomb?): {e}"
+        ) from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -55,7 +57,10 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16-bit / 32-bit greyscale
+    if im.mode.startswith("I;16"):  # 16-bit greyscale: full range 0..65535 -> 0..255
+        a = np.asarray(im, dtype=np.float64) / 257.0
+        return Image.fromarray(a.round().clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):  # 32-bit int / float greyscale: no fixed range, stretch min..max
         a = np.asarray(im, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0

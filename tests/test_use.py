@@ -1,0 +1,279 @@
+"""Using a trained network: predict, features, export, pretrained weights, safe loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import create_model
+from alexnet.cli import main
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (short) run of the built-in demo: the paper's network, 5 of the demo's 10 epochs (~50 s)."""
+    run = tmp_path_factory.mktemp("digits") / "run"
+    args = ["train", "--out", str(run), "--epochs", "5", "--set", "schedule.warmup_epochs=1"]  # fmt: skip
+    assert main(args) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def val_digit_files(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
+    """60 held-out digits as the 8x8 greyscale PNGs a user would have."""
+    from sklearn.datasets import load_digits
+
+    from alexnet.data.digits import split_indices
+
+    d = load_digits()
+    _, val = split_indices(torch.from_numpy(d.target), 0.2, seed=0)
+    out = tmp_path_factory.mktemp("digit_pngs")
+    files = []
+    for i in val[::6][:60].tolist():
+        p = out / f"digit_{i}.png"
+        Image.fromarray((d.images[i] * 255 / 16).round().astype(np.uint8), "L").save(p)
+        files.append((p, int(d.target[i])))
+    return files
+
+
+def _jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.strip().splitlines()]
+
+
+def test_predict_digits(digits_run: Path, val_digit_files: list, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["predict", str(digits_run), *[str(p) for p, _ in val_digit_files], "--json", "--topk", "3"]) == 0
+    rows = _jsonl(capsys.readouterr().out)
+    assert len(rows) == len(val_digit_files)
+    truth = {str(p): y for p, y in val_digit_files}
+    right = sum(r["top"][0]["index"] == truth[r["file"]] for r in rows)
+    assert right / len(rows) >= 0.8
+    r = rows[0]
+    assert len(r["top"]) == 3 and r["top"][0]["class"] == str(r["top"][0]["index"])
+    assert r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
+
+
+def _write_png_header_only(path: Path, w: int, h: int) -> None:
+    """A PNG that claims w x h pixels: what a decompression bomb looks like to a decoder."""
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="session")
+def odd_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    files = {}
+
+    def save(name: str, img: Image.Image, **kw) -> None:
+        files[name] = d / name
+        img.save(d / name, **kw)
+
+    save("grey.png", Image.fromarray(rgb[..., 0], "L"))
+    save("cmyk.jpg", Image.fromarray(rgb, "RGB").convert("CMYK"))
+    save("rgba.png", Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"))
+    save("palette.png", Image.fromarray(rgb, "RGB").convert("P"))
+    save("sixteen.png", Image.fromarray(rgb[..., 0].astype(np.uint16) * 257))
+    save("one.png", Image.new("RGB", (1, 1), (200, 10, 10)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    save("exif.jpg", Image.fromarray(rgb, "RGB"), exif=exif)
+    return files
+
+
+def test_odd_image_modes_just_work(digits_run: Path, odd_images: dict, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["predict", str(digits_run), *map(str, odd_images.values()), "--json"]) == 0
+    rows = _jsonl(capsys.readouterr().out)
+    assert [r["file"] for r in rows] == list(map(str, odd_images.values()))
+    assert all("top" in r for r in rows)
+
+
+def test_exif_orientation_is_applied(odd_images: dict) -> None:
+    from alexnet.data.images import load_rgb
+
+    assert load_rgb(odd_images["exif.jpg"]).size == (40, 50)  # stored 50x40, rotated by EXIF
+    assert load_rgb(odd_images["sixteen.png"]).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.png", "no such file or directory"),
+        (lambda d: (d / "emptydir").mkdir() or d / "emptydir", "directory has no image files"),
+        (lambda d: _write(d / "notes.jpg", b"not an image"), "not an image file"),
+        (lambda d: _write(d / "empty.png", b""), "empty file"),
+        (lambda d: _truncated_jpeg(d / "cut.jpg"), "truncated"),
+        (lambda d: _write_png_header_only(d / "bomb.png", 30000, 30000) or d / "bomb.png", "over the limit"),
+    ],
+    ids=["missing", "empty-dir", "non-image", "empty-file", "truncated-jpeg", "decompression-bomb"],
+)
+def test_bad_input_is_reported_and_the_rest_predicted(digits_run: Path, val_digit_files: list, tmp_path: Path,
+                                                      make, message: str, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    bad = make(tmp_path)
+    good = str(val_digit_files[0][0])
+    capsys.readouterr()
+    assert main(["predict", str(digits_run), str(bad), good, "--json"]) == 1
+    out, err = capsys.readouterr()
+    rows = _jsonl(out)
+    assert rows[0]["file"] == str(bad) and message in rows[0]["error"]
+    assert rows[1]["file"] == good and "top" in rows[1]
+    assert "Traceback" not in err
+    # table mode: an error line on stderr, the good file still predicted
+    assert main(["predict", str(digits_run), str(bad), good]) == 1
+    out, err = capsys.readouterr()
+    assert message in err and good[-30:] in out
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[:800])
+    return path
+
+
+def test_features_npz(digits_run: Path, val_digit_files: list, tmp_path: Path) -> None:
+    out = tmp_path / "f.npz"
+    paths = [str(p) for p, _ in val_digit_files[:5]]
+    assert main(["features", str(digits_run), *paths, "--out", str(out)]) == 0
+    z = np.load(out)  # plain numpy, no pickle
+    assert z["features"].shape == (5, 4096) and z["features"].dtype == np.float32
+    assert list(z["files"]) == paths and str(z["layer"]) == "fc7"
+    assert (z["features"] >= 0).all()  # post-ReLU activations
+    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "pool5"]) == 0
+    assert np.load(out)["features"].shape == (5, 9216)
+    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "conv5"]) == 0
+    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "nope"]) == 2
+
+
+def test_safetensors_round_trip(
+    digits_run: Path, val_digit_files: list, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    st = tmp_path / "model.safetensors"
+    assert main(["export", str(digits_run), "--format", "safetensors", "--out", str(st)]) == 0
+    assert main(["export", str(digits_run), "--format", "safetensors", "--out", str(st)]) == 2  # no silent overwrite
+    paths = [str(p) for p, _ in val_digit_files[:8]]
+    capsys.readouterr()
+    assert main(["predict", str(digits_run), *paths, "--json"]) == 0
+    from_ckpt = _jsonl(capsys.readouterr().out)
+    assert main(["predict", str(st), *paths, "--json"]) == 0
+    from_st = _jsonl(capsys.readouterr().out)
+    for a, b in zip(from_ckpt, from_st, strict=True):
+        assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
+        assert a["top"][0]["prob"] == pytest.approx(b["top"][0]["prob"], abs=1e-6)
+    from safetensors import safe_open
+
+    with safe_open(str(st), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["variant"] == "alexnet" and json.loads(meta["class_names"]) == [str(i) for i in range(10)]
+    assert json.loads(meta["preprocess"])["crop"] == 72
+
+
+def test_onnx_parity(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(digits_run), "--format", "onnx", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    diff = float(line.rsplit(" ", 1)[1])
+    assert diff < 1e-4
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    from alexnet.weights import load_weights
+
+    model = load_weights(str(digits_run)).model
+    x = torch.randn(5, 3, 72, 72)  # a batch size the export never saw: the batch axis is dynamic
+    got = session.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(x).numpy()).max() < 1e-4
+
+
+def test_torchscript_export(digits_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    assert main(["export", str(digits_run), "--format", "torchscript", "--out", str(out)]) == 0
+    assert torch.jit.load(str(out))(torch.randn(2, 3, 72, 72)).shape == (2, 10)
+
+
+@pytest.fixture
+def torchvision_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
+    """Put a locally made state dict where torchvision's weights API looks, instead of downloading."""
+    tv = pytest.importorskip("torchvision")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    ref = tv.models.alexnet()
+    ckdir = tmp_path / "torch" / "hub" / "checkpoints"
+    ckdir.mkdir(parents=True)
+    torch.save(ref.state_dict(), ckdir / "alexnet-owt-7be5be79.pth")
+    return ref.eval()
+
+
+def test_torchvision_weights_through_the_local_cache(torchvision_cache: torch.nn.Module, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    model = create_model("alexnet_owt", weights="torchvision").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(x), torchvision_cache(x))
+    finetune = create_model("alexnet_owt", num_classes=7, weights="torchvision")
+    assert finetune.classifier[6].out_features == 7
+    torch.testing.assert_close(finetune.features[0].weight, torchvision_cache.features[0].weight)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(img)
+    capsys.readouterr()
+    assert main(["predict", "torchvision", str(img), "--json", "--topk", "2"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert len(row["top"]) == 2 and "(n" in row["top"][0]["class"]  # ImageNet names with WordNet ids
+
+
+def test_finetune_from_torchvision_weights(
+    torchvision_cache: torch.nn.Module, tiny_folder: Path, tmp_path: Path
+) -> None:
+    from .conftest import FAST
+
+    run = tmp_path / "ft"
+    args = ["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--model", "alexnet_owt", "--weights",
+            "torchvision", "--set", "model.freeze_features=true", "--set", "data.normalize=channel"]  # fmt: skip
+    assert main(args) == 0
+    from alexnet import checkpoint as ckpt_io
+
+    w = ckpt_io.load(run / "checkpoints" / "last.pt")["model"]
+    torch.testing.assert_close(w["features.0.weight"], torchvision_cache.features[0].weight)  # frozen
+    assert w["classifier.6.weight"].shape == (3, 4096)
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_malicious_pickle_is_refused(tmp_path: Path, val_digit_files: list, capsys: pytest.CaptureFixture) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"format": "alexnet-checkpoint/1", "model": _Evil(marker)}, f)
+    torch.save({"format": "alexnet-checkpoint/1", "model": _Evil(marker)}, tmp_path / "evil2.pt")
+    for path in (evil, tmp_path / "evil2.pt"):
+        for cmd in (["predict", str(path), str(val_digit_files[0][0])], ["evaluate", str(path)]):
+            assert main(cmd) == 2
+            err = capsys.readouterr().err
+            assert "refused to load" in err or "corrupt" in err
+            assert "Traceback" not in err
+    assert not marker.exists()

@@ -272,12 +272,84 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
+def _figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import run_dir_of
+    from .distributed import pick_device
+    from .figures import make_figures
+    from .weights import load_weights
+
+    _setup_logging(verbose=False)
+    device = pick_device(args.device)
+    w = load_weights(args.weights, device)
+    src = Path(args.weights)
+    run_dir = src if src.is_dir() else (run_dir_of(src) if (run_dir_of(src) / "metrics.jsonl").is_file() else None)
+    which = [x.strip() for x in args.which.split(",") if x.strip()]
+    for path in make_figures(
+        w, run_dir, args.data, Path(args.out), which, device, args.max_val, args.max_train, args.workers
+    ):
+        print(path)
+    return 0
+
+
+def _add_figures(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("figures", help="the paper's figures for your network, curves and confusion (PNG)")
+    p.add_argument("weights", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
+    p.add_argument("--out", required=True, help="directory for the PNG files")
+    p.add_argument("--which", default="filters,predictions,neighbours,curves,confusion")
+    p.add_argument("--max-val", type=int, default=2000, help="validation images used (seeded sample)")
+    p.add_argument("--max-train", type=int, default=5000, help="training images searched for neighbours")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_figures)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .distributed import pick_device
+    from .figures import make_figures
+    from .report import write_report
+    from .weights import load_weights
+
+    _setup_logging(verbose=False)
+    run = Path(args.run)
+    if not (run / "metrics.jsonl").is_file():
+        raise UserError(f"{run}: not a run directory (no metrics.jsonl)")
+    device = pick_device(args.device)
+    w = load_weights(str(run), device)
+    figs = run / "figures"
+    which = ["curves", "filters", "predictions", "neighbours", "confusion"]
+    if args.no_data_figures:
+        which = ["curves", "filters"]
+    make_figures(w, run, args.data, figs, which, device, args.max_val, args.max_train, 0)
+    md, page = write_report(run, w.class_names, figs)
+    print(md)
+    print(page)
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="report.md + report.html for a run, figures embedded")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
+    p.add_argument("--no-data-figures", action="store_true", help="only curves and filters (no data needed)")
+    p.add_argument("--max-val", type=int, default=2000)
+    p.add_argument("--max-train", type=int, default=5000)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_report)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_evaluate,
     _add_predict,
     _add_features,
     _add_export,
+    _add_figures,
+    _add_report,
     _add_pca_stats,
     _add_summary,
 ]

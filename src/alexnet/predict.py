@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from .data.classes import display_name, is_imagenet
+from .data.transforms import tta_center
 from .errors import UserError
 from .evaluate import predict_probs
 from .inference import collect_files, run
@@ -53,7 +55,15 @@ def predict(loaded: Loaded, paths: list[str], topk: int, tta: str, batch_size: i
     return 1 if failed else 0
 
 
-def _layer_fn(model: nn.Module, layer: str) -> callable:
+def feature_fn(loaded: Loaded, layer: str = "fc7") -> Callable[[torch.Tensor], torch.Tensor]:
+    """Normalised full-size batch -> the centre crop's ``layer`` activations, flattened. Shared by the
+    `features` command and the neighbours figure."""
+    fn = _layer_fn(loaded.model, layer)
+    crop = int(loaded.preprocess["crop"])
+    return lambda x: fn(tta_center(x, crop)[0])
+
+
+def _layer_fn(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """fc7 (default): the 4096-d activations the paper's Fig. 4 compares; pool5: the 9216-d conv features;
     fc6; or any module name from `alexnet summary` (e.g. conv5), flattened."""
     if layer == "fc7":
@@ -87,7 +97,7 @@ def features(loaded: Loaded, paths: list[str], out: Path, layer: str, batch_size
         raise UserError(f"--out must end in .npz (numpy's format), got {out}")
     if not out.parent.exists():
         raise UserError(f"output directory does not exist: {out.parent}")
-    fn = _layer_fn(loaded.model, layer)
+    fn = feature_fn(loaded, layer)
     items = collect_files(paths)
     vectors, files, failed = [], [], 0
     for item, vec in run(loaded, items, batch_size, device, fn):

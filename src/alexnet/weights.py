@@ -62,6 +62,12 @@ def _load(spec: str, device: torch.device | str) -> Loaded:
         names = [w for w, _ in imagenet_classes()]
         return Loaded(model.to(device).eval(), "alexnet_owt", names, pre, None, "torchvision IMAGENET1K_V1")
     path = Path(spec)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        # a run directory with an export: prefer it unless a checkpoint is newer
+        st = path / "model.safetensors"
+        newest_ckpt = max((p.stat().st_mtime for p in (path / "checkpoints").glob("*.pt")), default=0.0)
+        if st.stat().st_mtime >= newest_ckpt:
+            path = st
     if path.suffix == ".safetensors":
         from .export import load_safetensors
 

@@ -1,0 +1,113 @@
+"""`alexnet figures` and `alexnet report`: real PNGs derived from the model and data."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.cli import main
+from alexnet.figures import FIGURES, filters_figure, nearest
+from alexnet.weights import load_weights
+
+from .conftest import FAST, make_imagefolder
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("figs")
+    data = make_imagefolder(root / "data", classes=4, per_class=10, val_per_class=4)
+    run = root / "run"
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        *FAST,
+        "--epochs",
+        "2",
+        "--set",
+        "data.normalize=channel",
+        "--set",
+        "optim.lr=0.002",
+    ]
+    assert main(args) == 0
+    return run, data
+
+
+def _check_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        w, h = im.size
+        a = np.asarray(im.convert("RGB"), dtype=np.float32)
+    assert 400 <= w <= 3000 and 250 <= h <= 3000, (path.name, w, h)
+    assert a.std() > 10, f"{path.name} looks blank"
+    return a
+
+
+def test_all_figures(folder_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run, _ = folder_run
+    out = tmp_path / "figs"
+    assert main(["figures", str(run), "--out", str(out)]) == 0
+    for name in FIGURES:
+        _check_png(out / f"{name}.png")
+    assert main(["figures", str(run), "--out", str(out), "--which", "filters,bogus"]) == 2
+    assert "unknown figure bogus" in capsys.readouterr().err
+
+
+def test_filters_follow_conv1(folder_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, _ = folder_run
+    loaded = load_weights(str(run))
+    a = _check_png(filters_figure(loaded, _mk(tmp_path / "a")))
+    with torch.no_grad():
+        loaded.model.features.conv1.weight[:48] = torch.randn_like(loaded.model.features.conv1.weight[:48])
+    b = _check_png(filters_figure(loaded, _mk(tmp_path / "b")))
+    assert a.shape == b.shape and np.abs(a - b).max() > 0
+    h = a.shape[0]
+    assert np.abs(a[h // 2 :] - b[h // 2 :]).max() == 0  # tower B's half of the picture is unchanged
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True)
+    return p
+
+
+def test_neighbours_use_the_features_command_vectors(folder_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    run, data = folder_run
+    out = tmp_path / "figs"
+    assert main(["figures", str(run), "--out", str(out), "--which", "neighbours"]) == 0
+    record = json.loads((out / "neighbours.json").read_text())
+    assert main(["features", str(run), str(data / "train"), "--out", str(tmp_path / "train.npz")]) == 0
+    assert main(["features", str(run), str(data / "val"), "--out", str(tmp_path / "val.npz")]) == 0
+    tr, va = np.load(tmp_path / "train.npz"), np.load(tmp_path / "val.npz")
+    val_files = list(va["files"])
+    for row in record:
+        q = val_files.index(row["query"])
+        idx = nearest(torch.from_numpy(va["features"][q : q + 1]), torch.from_numpy(tr["features"]), 6)[0]
+        assert [str(tr["files"][i]) for i in idx] == row["neighbours"]
+
+
+def test_report_links_every_figure(folder_run: tuple[Path, Path]) -> None:
+    run, _ = folder_run
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {Path(x).stem for x in links} == set(FIGURES)
+    for link in links:
+        _check_png(run / link)
+    page = (run / "report.html").read_text()
+    for link in links:
+        assert f'src="{link}"' in page
+    assert "paper, 1 CNN, ILSVRC-2012 val" in md and "Configuration" in md
+
+
+def test_report_needs_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err

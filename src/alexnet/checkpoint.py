@@ -42,6 +42,28 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise UserError(f"could not write checkpoint {path}: {e.strerror or e}") from None
 
 
+def publish(ckpt: dict[str, Any], ckpt_dir: Path, step: int, names: tuple[str, ...], keep_last: int) -> Path:
+    """Write ``step-N.pt`` once (atomically), then point ``last.pt`` (and ``best.pt``...) at it through
+    hard links swapped in with an atomic rename: no extra writes, and a kill at any moment leaves every
+    name pointing at a complete file. The newest ``keep_last`` step files are kept for fallback."""
+    step_file = ckpt_dir / f"step-{step:08d}.pt"
+    atomic_save(ckpt, step_file)
+    for name in names:
+        target = ckpt_dir / f"{name}.pt"
+        tmp = ckpt_dir / f".{name}.pt.link-{os.getpid()}"
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(step_file, tmp)
+            os.replace(tmp, target)
+        except OSError:  # no hard links on this filesystem: write a copy
+            tmp.unlink(missing_ok=True)
+            atomic_save(ckpt, target)
+    steps = sorted(ckpt_dir.glob("step-*.pt"))
+    for old in steps[: max(0, len(steps) - keep_last)]:
+        old.unlink(missing_ok=True)
+    return ckpt_dir / f"{names[0]}.pt" if names else step_file
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by this package; anything else gets one clear error."""
     path = Path(path)
@@ -50,7 +72,7 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+        if "GLOBAL" in str(e) or "Unsupported global" in str(e):  # a pickled callable: would run code
             raise UserError(f"{path}: refused to load: the file contains code or objects, not plain weights") from None
         raise UserError(f"{path}: corrupt or truncated checkpoint ({str(e).splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
@@ -63,7 +85,7 @@ def load(path: str | Path) -> dict[str, Any]:
 def run_checkpoints(run_dir: Path) -> list[Path]:
     """Candidate files to resume from, newest first: last.pt, then step checkpoints."""
     ck = run_dir / "checkpoints"
-    steps = sorted(ck.glob("step-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    steps = sorted(ck.glob("step-*.pt"), reverse=True)  # zero-padded step numbers: newest first
     return [p for p in [ck / "last.pt", *steps] if p.is_file()]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -29,13 +30,27 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_summary)
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (so redirection and test capture work)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 def _setup_logging(verbose: bool = True) -> None:
-    import logging
     import os
 
+    log = logging.getLogger("alexnet")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
     rank = int(os.environ.get("RANK", "0"))
-    level = logging.INFO if verbose and rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    log.setLevel(logging.INFO if verbose and rank == 0 else logging.WARNING)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -79,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.recipe}-{cfg.model.name}-{stamp}"
     result = train(cfg, run_dir, resume)
-    return 3 if result.get("stopped") else 0
+    return 128 + result["stopped"] if result.get("stopped") else 0  # 143 after SIGTERM, 130 after SIGINT
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

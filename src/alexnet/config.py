@@ -111,7 +111,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.eval_tta": ("center", "flip", "10crop"),
     "model.init": ("paper", "kaiming", "default"),
 }
-POSITIVE = {"optim.lr", "train.epochs", "train.batch_size", "data.resize", "data.crop", "schedule.step_size"}
+POSITIVE = {"optim.lr", "train.epochs", "train.batch_size", "data.resize", "data.crop", "schedule.step_size",
+            "train.keep_last"}  # fmt: skip
 NON_NEGATIVE = {
     "optim.weight_decay",
     "optim.momentum",

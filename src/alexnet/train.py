@@ -7,6 +7,7 @@ config.yaml, metrics.jsonl, tensorboard/ and checkpoints/{last,best,step-N}.pt; 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import time
@@ -72,6 +73,15 @@ def check_run_dir(run_dir: Path, resuming: bool) -> None:
             f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, "
             "or choose a new one with --out DIR"
         )
+    ancestor = run_dir
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        raise UserError(f"cannot write to run directory {run_dir}: {ancestor} is not a writable directory")
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it takes a write (disk full, read-only mounts)."""
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -140,6 +150,8 @@ def _train(
         torch.backends.cudnn.allow_tf32 = True
 
     data: DataBundle = build_data(cfg, dist.rank, dist.world, train=True, pin_memory=device.type == "cuda")
+    if main:
+        make_run_dir(run_dir)
     assert data.train is not None
     if data.skipped and main:
         log.warning("skipping %d unreadable files:\n  %s", len(data.skipped), "\n  ".join(data.skipped[:50]))
@@ -218,12 +230,7 @@ def _train(
 
     def save_step_checkpoint(epoch: int, step_in_epoch: int) -> Path:
         ck = make_checkpoint(epoch, step_in_epoch)
-        ckpt_io.atomic_save(ck, run_dir / "checkpoints" / f"step-{global_step:08d}.pt")
-        ckpt_io.atomic_save(ck, run_dir / "checkpoints" / "last.pt")
-        steps = sorted((run_dir / "checkpoints").glob("step-*.pt"))
-        for old in steps[: max(0, len(steps) - t_cfg.keep_last)]:
-            old.unlink(missing_ok=True)
-        return run_dir / "checkpoints" / "last.pt"
+        return ckpt_io.publish(ck, run_dir / "checkpoints", global_step, ("last",), t_cfg.keep_last)
 
     norm_device_aug = data.augment
     norm_device_aug.normalizer = data.augment.normalizer.to(device)
@@ -235,6 +242,7 @@ def _train(
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.float64, device=device)
             count = torch.zeros((), dtype=torch.float64, device=device)
+            unreadable = torch.zeros((), dtype=torch.int64, device=device)  # images that failed to decode
             first = start_batch if epoch == start_epoch else 0
             if first == 0:
                 partial = {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
@@ -273,6 +281,7 @@ def _train(
                 step_in_epoch += 1
                 with torch.no_grad():
                     valid = (y >= 0).sum()
+                    unreadable += y.numel() - valid
                     loss_sum += loss.detach().double() * valid
                     correct += (logits.argmax(1) == y).sum()
                     count += valid
@@ -299,8 +308,12 @@ def _train(
                                 run_dir,
                             )
                         logger.close()
-                        return {"stopped": True, "run_dir": str(run_dir), "global_step": global_step}
+                        return {"stopped": stop.signal, "run_dir": str(run_dir), "global_step": global_step}
             progress.close()
+            if int(distributed.all_reduce_sum(unreadable)) and main:
+                log.warning(
+                    "epoch %d: skipped %d images that failed to decode (listed above)", epoch + 1, int(unreadable)
+                )
             partial = _accumulate(partial, loss_sum, correct, count, time.perf_counter() - t0)
             t_eval = time.perf_counter()
             stats = torch.tensor(
@@ -353,10 +366,10 @@ def _train(
                     row["images_per_sec"],
                     row["seconds"],
                 )
-                ck = make_checkpoint(epoch + 1, 0)
-                ckpt_io.atomic_save(ck, run_dir / "checkpoints" / "last.pt")
-                if best["epoch"] == epoch + 1:
-                    ckpt_io.atomic_save(ck, run_dir / "checkpoints" / "best.pt")
+                names = ("last", "best") if best["epoch"] == epoch + 1 else ("last",)
+                ckpt_io.publish(
+                    make_checkpoint(epoch + 1, 0), run_dir / "checkpoints", global_step, names, t_cfg.keep_last
+                )
             if stop.signal is not None:
                 if main:
                     log.info(
@@ -366,7 +379,7 @@ def _train(
                         run_dir,
                     )
                 logger.close()
-                return {"stopped": True, "run_dir": str(run_dir), "global_step": global_step}
+                return {"stopped": stop.signal, "run_dir": str(run_dir), "global_step": global_step}
     logger.close()
     if main:
         log.info(

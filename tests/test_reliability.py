@@ -1,0 +1,221 @@
+"""Crash safety and hostile input: kills, signals, corrupt checkpoints, bad files, NaN, bad output dirs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from alexnet import checkpoint as ckpt_io
+from alexnet.cli import main
+from alexnet.data.images import ImageError, load_rgb
+from alexnet.data.transforms import random_resized_crop, resize_square
+from alexnet.errors import UserError
+
+from .conftest import FAST
+
+# 3 classes x 6 = 18 training images, batch 4 -> 5 steps an epoch; a checkpoint after every step
+KILL_ARGS = [*FAST, "--epochs", "3", "--batch-size", "4", "--set", "optim.lr=0.002", "--set", "data.normalize=channel",
+             "--set", "train.checkpoint_every=1", "--set", "train.keep_last=2"]  # fmt: skip
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "alexnet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
+
+
+def _wait_for_checkpoint(run: Path, newer_than: int, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        steps = sorted((run / "checkpoints").glob("step-*.pt")) if (run / "checkpoints").exists() else []
+        if steps and int(steps[-1].stem.split("-")[1]) > newer_than:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def _last_step(run: Path) -> int:
+    return max((int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*.pt")), default=0)
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_exact(tiny_folder: Path, tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(ref), *KILL_ARGS]) == 0
+    run = tmp_path / "killed"
+    rng = random.Random(1234)
+    args = ["train", "--data", str(tiny_folder), "--out", str(run), *KILL_ARGS]
+    kills = 0
+    while kills < 3:
+        proc = _spawn(args)
+        if _wait_for_checkpoint(run, _last_step(run) if (run / "checkpoints").exists() else 0, proc):
+            time.sleep(rng.uniform(0.0, 0.4))  # somewhere in the next step, or mid-save
+            proc.kill()  # SIGKILL: no handler runs
+            proc.wait()
+            if proc.returncode == -signal.SIGKILL:
+                kills += 1
+        else:
+            proc.wait()
+        args = ["train", "--resume", str(run)]
+        if proc.returncode == 0:
+            break
+    proc = _spawn(args)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert kills >= 1
+    a = ckpt_io.load(ref / "checkpoints" / "last.pt")["model"]
+    b = ckpt_io.load(run / "checkpoints" / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_and_says_how_to_resume(tiny_folder: Path, tmp_path: Path, sig: int, code: int) -> None:
+    run = tmp_path / "sig"
+    proc = _spawn(["train", "--data", str(tiny_folder), "--out", str(run), *KILL_ARGS, "--epochs", "50"])
+    assert _wait_for_checkpoint(run, 0, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert f"alexnet train --resume {run}" in err and "Traceback" not in err
+    ck = ckpt_io.load(run / "checkpoints" / "last.pt")
+    assert ck["global_step"] >= 1
+    assert main(["train", "--resume", str(run), "--epochs", str(ck["epoch"] + 1)]) == 0
+
+
+def test_corrupt_last_checkpoint_falls_back(
+    tiny_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *KILL_ARGS, "--epochs", "1"]) == 0
+    last = run / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.unlink()  # break the hard link, then write a truncated copy
+    last.write_bytes(data[: len(data) // 3])
+    ck, path = ckpt_io.load_for_resume(run)
+    assert path.name.startswith("step-") and ck["global_step"] == int(path.stem.split("-")[1])
+    assert "last.pt" in caplog.text and "corrupt or truncated" in caplog.text
+    for f in (run / "checkpoints").glob("step-*.pt"):
+        f.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="no readable checkpoint"):
+        ckpt_io.load_for_resume(run)
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "nan"
+    args = ["train", "--data", str(tiny_folder), "--out", str(run), *KILL_ARGS, "--set", "optim.lr=1e12"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "loss became nan" in err.lower() and "at step" in err and "lower learning rate" in err
+    assert "Traceback" not in err
+
+
+def test_unwritable_output_is_detected_before_training(tiny_folder: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--data", str(tiny_folder), "--out", str(blocker / "run"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to run directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_full_disk_on_save_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "v": 1}, path)
+
+    def no_space(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(UserError, match="No space left on device"):
+        ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "v": 2}, path)
+    assert ckpt_io.load(path)["v"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def _hostile_folder(root: Path) -> list[str]:
+    from .conftest import make_imagefolder
+
+    make_imagefolder(root, classes=3, per_class=5)
+    d = root / "train" / "class_0"
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)
+    Image.fromarray(rgb[..., 0], "L").save(d / "grey.png")
+    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA").save(d / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(d / "palette.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(d / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(rgb).save(d / "exif.jpg", exif=exif)
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "notes.txt").write_text("not an image")
+    (d / "fake.png").write_bytes(os.urandom(300))
+    Image.fromarray(rgb).save(d / "cut.jpg", quality=95)
+    (d / "cut.jpg").write_bytes((d / "cut.jpg").read_bytes()[:700])
+    return ["zero.jpg", "notes.txt", "fake.png"]
+
+
+def test_hostile_training_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    bad = _hostile_folder(data)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), *FAST, "--set", "data.normalize=channel"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping {len(bad)} unreadable files" in err
+    for name in bad:
+        assert name in err
+    assert "cut.jpg" in err  # truncated: passes the header check, skipped when decoding fails
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "strict"), *FAST, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable image files" in err and all(name in err for name in bad)
+    assert not (tmp_path / "strict").exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(w=st.integers(1, 300), h=st.integers(1, 300),
+       mode=st.sampled_from(["RGB", "L", "RGBA", "P", "CMYK", "LA", "1", "I;16", "I", "F"]))  # fmt: skip
+def test_transforms_accept_any_size_and_mode(tmp_path: Path, w: int, h: int, mode: str) -> None:
+    img = Image.new(mode, (w, h))
+    path = tmp_path / f"x_{w}_{h}.{'tiff' if mode in ('I', 'F', 'I;16') else 'png' if mode != 'CMYK' else 'jpg'}"
+    img.save(path)
+    rgb = load_rgb(path)
+    assert rgb.mode == "RGB" and rgb.size == (w, h)
+    out = resize_square(32)(rgb)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    assert random_resized_crop(24, 0.08)(rgb).shape == (3, 24, 24)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=0, max_size=2000), ext=st.sampled_from([".jpg", ".png", ".gif", ".bmp", ".webp"]))
+def test_random_bytes_only_raise_image_error(tmp_path: Path, data: bytes, ext: str) -> None:
+    path = tmp_path / f"blob{ext}"
+    path.write_bytes(data)
+    try:
+        load_rgb(path)
+    except ImageError as e:
+        assert str(path) in str(e)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM"]),
+       tail=st.binary(min_size=0, max_size=500))  # fmt: skip
+def test_corrupt_headers_only_raise_image_error(tmp_path: Path, prefix: bytes, tail: bytes) -> None:
+    path = tmp_path / "blob.img"
+    path.write_bytes(prefix + tail)
+    try:
+        load_rgb(path)
+    except ImageError:
+        pass

@@ -357,6 +357,29 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_report)
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from .data.store import prepare
+
+    _setup_logging()
+    m = prepare(args.data, args.out, args.size, args.format, args.quality, args.workers, progress=True)
+    counts = ", ".join(f"{k} {v['count_written']}" for k, v in m["splits"].items())
+    print(f"wrote {args.out}: {counts} images at {m['size']}x{m['size']} ({m['format']})")
+    return 0
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="decode and resize an ImageFolder once into a fast memory-mapped store")
+    p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
+    p.add_argument("--out", required=True, help="store directory (then use --data STORE anywhere)")
+    p.add_argument(
+        "--size", type=int, default=256, help="images resized (shorter side) and centre-cropped to this square"
+    )
+    p.add_argument("--format", choices=["raw", "jpeg"], default="raw", help="raw uint8 (fastest) or JPEG (smaller)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality for --format jpeg")
+    p.add_argument("--workers", type=int, default=-1, help="processes (default: all cores)")
+    p.set_defaults(func=_prepare)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_evaluate,
@@ -365,6 +388,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_figures,
     _add_report,
+    _add_prepare,
     _add_pca_stats,
     _add_summary,
 ]

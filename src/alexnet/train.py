@@ -159,6 +159,7 @@ def _train(
     if resume is not None and resume["class_names"] != data.class_names:
         raise UserError("the data's classes differ from the checkpoint's; resume with the same --data")
 
+    torch.manual_seed(t_cfg.seed)  # the init depends on the seed alone, not on what the data pipeline drew
     raw_model = build_model(cfg, num_classes).to(device)
     if t_cfg.towers:
         raw_model = to_towers(raw_model, t_cfg.towers, dist)

@@ -23,6 +23,7 @@ from . import digits
 from .classes import is_imagenet
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
 from .stats import STATS_FILENAME, ColourStats, compute_stats
+from .store import StoreImages, is_store, open_store
 from .transforms import BatchAugment, Normalizer, random_resized_crop, resize_square
 
 log = logging.getLogger("alexnet")
@@ -93,7 +94,7 @@ class Batches:
 
 @dataclass
 class TensorSource:
-    x: torch.Tensor  # uint8 (N, 3, S, S)
+    x: torch.Tensor | StoreImages  # uint8 (N, 3, S, S), indexed with a tensor of indices
     y: torch.Tensor  # (N,)
 
     def __len__(self) -> int:
@@ -124,8 +125,11 @@ def resolve_stats(
     d = cfg.data
     if d.stats:
         return ColourStats.load(d.stats)
-    if d.path is None and train_source is not None:  # built-in: computed on the fly from the train split
-        return compute_stats((train_source.x[i : i + 256] for i in range(0, len(train_source), 256)), "digits/train")
+    if train_source is not None:  # built-in digits or a prepared store: computed from (a sample of) the train split
+        n = len(train_source)
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:AUTO_STATS_IMAGES].sort().values
+        source = "digits/train" if d.path is None else f"{d.path} ({len(pick)} of {n} images)"
+        return compute_stats((train_source.x[pick[i : i + 256]] for i in range(0, len(pick), 256)), source)
     if d.path is not None:
         candidate = Path(d.path) / STATS_FILENAME
         if candidate.is_file():
@@ -189,6 +193,28 @@ def build_data(
         class_names = list(digits.CLASS_NAMES)
         stats = resolve_stats(cfg, train_src)
         train_ds: TensorSource | FolderDataset | None = train_src
+    elif is_store(d.path):
+        store_train, y_train, class_names = open_store(d.path, "train")
+        store_val, y_val, _ = open_store(d.path, "val")
+        if d.resize != store_train.size:
+            log.info(
+                "%s holds %dx%d images: using data.resize=%d",
+                d.path,
+                store_train.size,
+                store_train.size,
+                store_train.size,
+            )
+            d.resize = store_train.size
+            if crop > d.resize:
+                raise UserError(
+                    f"data.crop {crop} is larger than the store's images ({d.resize}); prepare it with a larger --size"
+                )
+        train_src = TensorSource(store_train, y_train)
+        val_src = TensorSource(store_val, y_val)
+        train_ds = train_src if train else None
+        stats = resolve_stats(
+            cfg, train_src if d.stats is None and not (Path(d.path) / STATS_FILENAME).is_file() else None
+        )
     else:
         root = Path(d.path)
         if not root.exists():

@@ -10,6 +10,7 @@ import torch
 from ..errors import UserError
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
 from .stats import STATS_FILENAME, ColourStats, compute_stats
+from .store import is_store, open_store
 from .transforms import resize_square
 
 
@@ -17,10 +18,18 @@ def run_pca_stats(
     data: str, out: Path | None, size: int = 256, max_images: int = 20000, workers: int = -1
 ) -> tuple[ColourStats, Path]:
     root = Path(data)
-    index = scan_folder(root / "train" if (root / "train").is_dir() else root, check=True)
     out = out or root / STATS_FILENAME
     if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
         raise UserError(f"cannot write {out}: directory not writable (choose another place with --out)")
+    if is_store(root):
+        images, _, _ = open_store(root, "train")
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:max_images].sort().values
+        stats = compute_stats(
+            (images[pick[i : i + 256]] for i in range(0, len(pick), 256)), f"{root} ({len(pick)} images)"
+        )
+        stats.save(out)
+        return stats, out
+    index = scan_folder(root / "train" if (root / "train").is_dir() else root, check=True)
     stats = folder_stats(index, size, max_images, workers)
     stats.save(out)
     return stats, out

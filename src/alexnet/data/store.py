@@ -1,0 +1,217 @@
+"""A prepared input store: decode and resize once, then read uint8 batches from a memory map.
+
+`alexnet prepare --data DIR --out STORE` writes, per split (train, val):
+  ``<split>.u8``          raw images, uint8 (N, 3, S, S), memory-mapped when read       (--format raw)
+  ``<split>.jpeg`` + ``<split>.offsets.npy``  re-encoded JPEGs, decoded per batch          (--format jpeg)
+  ``<split>.labels.npy``  int64 labels;  ``<split>.files.json``  source paths
+and ``manifest.json`` (size, format, classes, counts, progress, sha256 of every file). Writing is
+chunked and resumable: an interrupted `prepare` continues where it stopped. `--data STORE` then
+works for train, evaluate and pca-stats with no other change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .folder import FolderIndex, default_workers, scan_folder
+from .images import ImageError, load_rgb
+from .transforms import resize_square
+
+log = logging.getLogger("alexnet")
+MANIFEST = "manifest.json"
+VERSION = 1
+CHUNK = 256
+
+
+def is_store(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _encode(args: tuple[str, int, str, int]) -> tuple[bytes | None, str | None]:
+    path, size, fmt, quality = args
+    try:
+        img = resize_square(size)(load_rgb(path))  # uint8 (3, S, S)
+    except ImageError as e:
+        return None, str(e)
+    if fmt == "raw":
+        return img.numpy().tobytes(), None
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int = 90, workers: int = -1, chunk: int = CHUNK,
+            progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    src, dst = Path(data), Path(out)
+    if fmt not in ("raw", "jpeg"):
+        raise UserError(f"--format must be raw or jpeg, got {fmt!r}")
+    if size < 1:
+        raise UserError(f"--size must be positive, got {size}")
+    if is_store(src):
+        raise UserError(f"{src} is already a prepared store")
+    train = scan_folder(src / "train", check=True)
+    indexes = {"train": train, "val": scan_folder(src / "val", classes=train.classes, check=True)}
+    dst.mkdir(parents=True, exist_ok=True)
+    mpath = dst / MANIFEST
+    manifest: dict[str, Any]
+    if mpath.is_file():
+        manifest = json.loads(mpath.read_text())
+        if (manifest["size"], manifest["format"], manifest["classes"]) != (size, fmt, train.classes):
+            raise UserError(f"{dst} holds a store with other settings; choose another --out or remove it")
+        log.info("resuming the store in %s", dst)
+    else:
+        manifest = {"version": VERSION, "size": size, "format": fmt, "quality": quality, "classes": train.classes,
+                    "source": str(src.resolve()), "splits": {}, "complete": False}  # fmt: skip
+    n_workers = max(1, default_workers(workers))
+    ctx = get_context("fork" if os.name == "posix" else "spawn")
+    with ctx.Pool(n_workers) as pool:
+        for split, index in indexes.items():
+            _write_split(pool, dst, split, index, manifest, size, fmt, quality, progress, chunk)
+    for split in indexes:
+        manifest["splits"][split]["sha256"] = {f: _sha256(dst / f) for f in manifest["splits"][split]["files"]}
+    manifest["complete"] = True
+    _save_manifest(dst, manifest)
+    return manifest
+
+
+def _save_manifest(dst: Path, manifest: dict[str, Any]) -> None:
+    tmp = dst / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, dst / MANIFEST)
+
+
+def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest: dict[str, Any], size: int, fmt: str,
+                 quality: int, progress: bool, chunk_size: int = CHUNK) -> None:  # fmt: skip
+    from tqdm import tqdm
+
+    n = len(index.samples)
+    info = manifest["splits"].setdefault(split, {"count": n, "done": 0, "written": 0, "failed": []})
+    if info["count"] != n:
+        raise UserError(f"{index.root} changed since the store was started ({info['count']} -> {n} images)")
+    data_file = dst / (f"{split}.u8" if fmt == "raw" else f"{split}.jpeg")
+    files = [data_file.name, f"{split}.labels.npy", f"{split}.files.json"] + (
+        [f"{split}.offsets.npy"] if fmt == "jpeg" else []
+    )
+    info["files"] = files
+    labels = np.zeros(n, dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    partial = dst / f".{split}.progress.npz"
+    if info["done"] and partial.is_file():
+        with np.load(partial) as z:
+            labels[: len(z["labels"])], offsets[: len(z["offsets"])] = z["labels"], z["offsets"]
+    img_bytes = 3 * size * size
+    mode = "r+b" if info["done"] and data_file.exists() else "wb"
+    written = info["written"]
+    with open(data_file, mode) as f:
+        f.seek(written * img_bytes if fmt == "raw" else int(offsets[written]))
+        f.truncate()
+        bar = tqdm(total=n, initial=info["done"], desc=f"prepare {split}", disable=not progress, unit="img")
+        for start in range(info["done"], n, chunk_size):
+            chunk = index.samples[start : start + chunk_size]
+            results = pool.map(_encode, [(p, size, fmt, quality) for p, _ in chunk], chunksize=8)
+            for (path, label), (blob, err) in zip(chunk, results):
+                if blob is None:
+                    info["failed"].append(err)
+                    info.setdefault("failed_paths", []).append(path)
+                    continue
+                f.write(blob)
+                labels[written] = label
+                offsets[written + 1] = offsets[written] + len(blob)
+                written += 1
+            f.flush()
+            os.fsync(f.fileno())
+            info["done"], info["written"] = min(start + chunk_size, n), written
+            np.savez(partial, labels=labels[:written], offsets=offsets[: written + 1])
+            _save_manifest(dst, manifest)
+            bar.update(len(chunk))
+        bar.close()
+    np.save(dst / f"{split}.labels.npy", labels[:written])
+    if fmt == "jpeg":
+        np.save(dst / f"{split}.offsets.npy", offsets[: written + 1])
+    failed = set(info.get("failed_paths", []))
+    good = [p for p, _ in index.samples if p not in failed]  # written in sample order, failures skipped
+    (dst / f"{split}.files.json").write_text(json.dumps(good))
+    info["count_written"] = written
+    partial.unlink(missing_ok=True)
+    if info["failed"]:
+        log.warning(
+            "%s: %d unreadable images left out:\n  %s", split, len(info["failed"]), "\n  ".join(info["failed"][:20])
+        )
+
+
+class StoreImages:
+    """Index with a tensor of indices -> uint8 (B, 3, S, S) tensor, from the memory map or JPEG bytes."""
+
+    def __init__(self, root: Path, split: str, manifest: dict[str, Any]) -> None:
+        self.size = manifest["size"]
+        self.format = manifest["format"]
+        n = manifest["splits"][split]["count_written"]
+        if self.format == "raw":
+            self.data = np.memmap(root / f"{split}.u8", dtype=np.uint8, mode="r", shape=(n, 3, self.size, self.size))
+        else:
+            self.data = np.memmap(root / f"{split}.jpeg", dtype=np.uint8, mode="r")
+            self.offsets = np.load(root / f"{split}.offsets.npy")
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx: torch.Tensor | int) -> torch.Tensor:
+        if isinstance(idx, int):
+            return self[torch.tensor([idx])][0]
+        ids = idx.numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
+        if self.format == "raw":
+            order = np.argsort(ids)  # sequential reads are kinder to the page cache and disks
+            out = np.empty((len(ids), 3, self.size, self.size), dtype=np.uint8)
+            out[order] = self.data[ids[order]]
+            return torch.from_numpy(out)
+        from torchvision.io import decode_jpeg
+
+        blobs = [torch.from_numpy(np.array(self.data[self.offsets[i] : self.offsets[i + 1]])) for i in ids]
+        return torch.stack(decode_jpeg(blobs))
+
+
+def open_store(path: str | Path, split: str) -> tuple[StoreImages, torch.Tensor, list[str]]:
+    root = Path(path)
+    manifest = json.loads((root / MANIFEST).read_text())
+    if not manifest.get("complete"):
+        raise UserError(
+            f"{root}: the store is incomplete; run `alexnet prepare` again with the same arguments to finish it"
+        )
+    if split not in manifest["splits"]:
+        raise UserError(f"{root}: the store has no {split!r} split")
+    labels = torch.from_numpy(np.load(root / f"{split}.labels.npy"))
+    return StoreImages(root, split, manifest), labels, manifest["classes"]
+
+
+def verify(path: str | Path) -> list[str]:
+    """Files whose sha256 differs from the manifest's (empty list: the store is intact)."""
+    root = Path(path)
+    manifest = json.loads((root / MANIFEST).read_text())
+    bad = []
+    for info in manifest["splits"].values():
+        for f, digest in info.get("sha256", {}).items():
+            if not (root / f).is_file() or _sha256(root / f) != digest:
+                bad.append(f)
+    return bad

@@ -1,0 +1,94 @@
+"""The prepared store: same images as the folder, resumable writing, checksums, --data STORE everywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import checkpoint as ckpt_io
+from alexnet.cli import main
+from alexnet.data import store as store_mod
+from alexnet.data.folder import FolderDataset, scan_folder
+from alexnet.data.transforms import resize_square
+
+from .conftest import FAST
+
+# explicit normalisation, no colour noise: folder and store runs must then be bit-identical
+SAME = [*FAST, "--epochs", "2", "--batch-size", "4", "--set", "data.normalize=channel", "--set", "data.pca_noise=0",
+        "--set", "data.mean=[0.5,0.5,0.5]", "--set", "data.std=[0.25,0.25,0.25]", "--set", "optim.lr=0.002"]  # fmt: skip
+
+
+def test_raw_store_holds_the_same_pixels(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "store"
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(out), "--size", "72", "--workers", "1"]) == 0
+    assert "train 18, val 9" in capsys.readouterr().out
+    images, labels, classes = store_mod.open_store(out, "train")
+    index = scan_folder(tiny_folder / "train")
+    ds = FolderDataset(index, resize_square(72), 72)
+    assert classes == index.classes and len(images) == 18
+    for i in (0, 7, 17):
+        assert torch.equal(images[i], ds[i][0]) and int(labels[i]) == ds[i][1]
+    batch = images[torch.tensor([5, 2, 9])]
+    assert batch.shape == (3, 3, 72, 72) and torch.equal(batch[1], ds[2][0])
+    assert store_mod.verify(out) == []
+    with open(out / "train.u8", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    assert store_mod.verify(out) == ["train.u8"]
+
+
+def test_jpeg_store_is_close(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "jstore"
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(out), "--size", "72", "--format", "jpeg",
+                 "--quality", "95", "--workers", "1"]) == 0  # fmt: skip
+    images, _, _ = store_mod.open_store(out, "val")
+    ref = FolderDataset(scan_folder(tiny_folder / "val"), resize_square(72), 72)[4][0]
+    assert images[4].shape == (3, 72, 72)
+    assert (images[4].float() - ref.float()).abs().mean() < 12  # lossy, but the same picture
+    assert (out / "val.jpeg").stat().st_size < (3 * 72 * 72 * 9)
+
+
+def test_training_on_the_store_equals_training_on_the_folder(tiny_folder: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(store), "--size", "72", "--workers", "1"]) == 0
+    a, b = tmp_path / "folder_run", tmp_path / "store_run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(a), *SAME]) == 0
+    assert main(["train", "--data", str(store), "--out", str(b), *SAME]) == 0
+    wa, wb = ckpt_io.load(a / "checkpoints" / "last.pt")["model"], ckpt_io.load(b / "checkpoints" / "last.pt")["model"]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert main(["evaluate", str(b), "--json"]) == 0
+    assert main(["pca-stats", "--data", str(store)]) == 0
+    assert (store / "alexnet-stats.npz").is_file()
+
+
+def test_interrupted_prepare_resumes(tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "store"
+    calls = {"n": 0}
+    real = store_mod._save_manifest
+
+    def crash_after_two_chunks(dst: Path, manifest: dict) -> None:
+        real(dst, manifest)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C
+
+    monkeypatch.setattr(store_mod, "_save_manifest", crash_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        store_mod.prepare(str(tiny_folder), str(out), size=72, workers=1, chunk=5, progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    assert not m["complete"] and m["splits"]["train"]["done"] == 10
+    with pytest.raises(Exception, match="incomplete"):
+        store_mod.open_store(out, "train")
+    monkeypatch.setattr(store_mod, "_save_manifest", real)
+    store_mod.prepare(str(tiny_folder), str(out), size=72, workers=1, chunk=5, progress=False)
+    images, labels, _ = store_mod.open_store(out, "train")
+    ds = FolderDataset(scan_folder(tiny_folder / "train"), resize_square(72), 72)
+    assert len(images) == 18
+    for i in range(18):
+        assert torch.equal(images[i], ds[i][0]) and int(labels[i]) == ds[i][1]
+    assert np.array_equal(np.load(out / "train.labels.npy"), labels.numpy())

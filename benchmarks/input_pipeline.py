@@ -1,0 +1,111 @@
+"""Input pipeline images/s per worker (one process, as each data-loader worker runs):
+ours (prepared store; raw JPEGs) vs torchvision ImageFolder with PIL transforms (baseline).
+
+    python benchmarks/input_pipeline.py [--data ../shared/data] [--n 400]
+
+Each pipeline produces training-ready batches of 224x224 normalised float tensors with random
+crops and flips. Baseline: ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor
++ Normalize, per image. Ours (JPEG): decode + resize to 256 per image, then crop/flip/normalise on
+the whole uint8 batch. Ours (store): read the uint8 batch from the memory map (decoding was paid once
+by `alexnet prepare`, not timed), then the same batched augmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table  # noqa: E402
+
+from alexnet.data import keyed_random  # noqa: E402
+from alexnet.data.folder import FolderDataset, scan_folder  # noqa: E402
+from alexnet.data.store import open_store, prepare  # noqa: E402
+from alexnet.data.transforms import BatchAugment, Normalizer, resize_square  # noqa: E402
+
+
+def as_imagefolder(flat: Path, tmp: Path) -> Path:
+    """imagenet-samples is flat; link it into train/ and val/ class folders (one image per class)."""
+    for split in ("train", "val"):
+        for f in sorted(flat.glob("*.JPEG")):
+            d = tmp / split / f.name.split("_")[0]
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f.name).symlink_to(f.resolve())
+    return tmp
+
+
+def rate(fn, n: int) -> float:
+    t = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--n", type=int, default=400, help="images per measurement")
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # one worker = one core
+    import torchvision
+    from torchvision import transforms as T
+
+    root = Path(args.data)
+    sets = {
+        "imagenet-samples (~500x375 JPEG)": lambda tmp: as_imagefolder(root / "imagenet-samples", tmp),
+        "imagenette (224x224 JPEG)": lambda tmp: root / "imagenette2-224",
+    }
+    rows = [["dataset", "pipeline", "img/s per worker", "vs baseline"]]
+    for name, get in sets.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = get(Path(tmp))
+            if not (folder / "train").is_dir():
+                print(f"skipping {name}: {folder} not found")
+                continue
+            base_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                                 T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+            tv = torchvision.datasets.ImageFolder(str(folder / "train"), base_tf)
+            n = min(args.n, len(tv))
+            idx = torch.randperm(len(tv), generator=torch.Generator().manual_seed(0))[:n].tolist()
+
+            def baseline():
+                for i in range(0, n, args.batch):
+                    torch.stack([tv[j][0] for j in idx[i : i + args.batch]])
+
+            norm = Normalizer(torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]))
+            aug = BatchAugment("paper", 224, norm, pca_std=0.0)
+            ours_ds = FolderDataset(scan_folder(folder / "train", check=False), resize_square(256), 256)
+
+            def ours_jpeg():
+                for i in range(0, n, args.batch):
+                    b = idx[i : i + args.batch]
+                    x = torch.stack([ours_ds[j][0] for j in b])
+                    aug(x, keyed_random.keys(0, 0, torch.tensor(b)))
+
+            store = Path(tmp) / "store"
+            prepare(str(folder), str(store), size=256, workers=2, progress=False)
+            images, _, _ = open_store(store, "train")
+            sidx = torch.tensor(idx)
+
+            def ours_store():
+                for i in range(0, n, args.batch):
+                    b = sidx[i : i + args.batch]
+                    aug(images[b], keyed_random.keys(0, 0, b))
+
+            ours_store()  # warm the page cache, as in any epoch after the first
+            base = rate(baseline, n)
+            rows.append([name, "torchvision ImageFolder + PIL (baseline)", f"{base:.0f}", "1.00x"])
+            for label, fn in (("ours, raw JPEG folder", ours_jpeg), ("ours, prepared store", ours_store)):
+                r = rate(fn, n)
+                rows.append([name, label, f"{r:.0f}", f"{r / base:.2f}x"])
+    print(f"batch {args.batch}, {args.n} images per measurement, 1 thread")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -244,6 +244,7 @@ def _train(
             correct = torch.zeros((), dtype=torch.float64, device=device)
             count = torch.zeros((), dtype=torch.float64, device=device)
             unreadable = torch.zeros((), dtype=torch.int64, device=device)  # images that failed to decode
+            bad_step = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss
             first = start_batch if epoch == start_epoch else 0
             if first == 0:
                 partial = {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
@@ -261,18 +262,18 @@ def _train(
                 with autocast(device, t_cfg.amp):
                     logits = model(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
-                if not torch.isfinite(loss):
-                    if main:
-                        good = (
-                            "checkpoints/last.pt is the last good checkpoint"
-                            if (run_dir / "checkpoints" / "last.pt").exists()
-                            else "no checkpoint was written yet"
-                        )
-                        raise TrainingDiverged(
-                            f"loss became {loss.item()} at step {global_step + 1} (epoch {epoch + 1}); "
-                            f"{good}; try a lower learning rate (--lr)"
-                        )
-                    raise TrainingDiverged("loss is not finite")
+                # no host-device sync per step on GPUs: remember the first bad step on the device and look
+                # at it every log_every steps and before any checkpoint (on the CPU: every step, it is free)
+                bad_step = torch.where(torch.isfinite(loss) | (bad_step > 0), bad_step, global_step + 1)
+                save_due = t_cfg.checkpoint_every and (global_step + 1) % t_cfg.checkpoint_every == 0
+                if (
+                    device.type == "cpu"
+                    or save_due
+                    or stop.signal is not None
+                    or (global_step + 1) % max(1, t_cfg.log_every) == 0
+                    or step_in_epoch + 1 == steps_per_epoch
+                ):
+                    check_finite(bad_step, epoch, run_dir)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -391,6 +392,15 @@ def _train(
             run_dir,
         )
     return {"stopped": False, "run_dir": str(run_dir), "best": best, "history": history, "global_step": global_step}
+
+
+def check_finite(bad_step: torch.Tensor, epoch: int, run_dir: Path) -> None:
+    step = int(bad_step)
+    if step:
+        good = ("checkpoints/last.pt is the last good checkpoint" if (run_dir / "checkpoints" / "last.pt").exists()
+                else "no checkpoint was written yet")  # fmt: skip
+        raise TrainingDiverged(f"loss became nan/inf at step {step} (epoch {epoch + 1}); {good}; "
+                               "try a lower learning rate (--lr)")  # fmt: skip
 
 
 def _accumulate(

@@ -289,7 +289,12 @@ def _train(
                     count += valid
                 if main and t_cfg.log_every and global_step % t_cfg.log_every == 0:
                     logger.step(global_step, loss.item(), schedule.lr)
-                progress.update(loss=loss.item, lr=schedule.lr)  # evaluated only when shown
+                progress.update(  # the callables run only when a line is shown (each .item() syncs a GPU)
+                    loss=loss.item,
+                    acc=lambda c=correct, n=count: c.item() / max(n.item(), 1.0),
+                    img_s=lambda n=count, t=t0: n.item() * dist.world / max(time.perf_counter() - t, 1e-9),
+                    lr=schedule.lr,
+                )
                 want_ckpt = t_cfg.checkpoint_every and global_step % t_cfg.checkpoint_every == 0
                 if (want_ckpt or stop.signal is not None) and step_in_epoch < steps_per_epoch:
                     partial = _accumulate(partial, loss_sum, correct, count, time.perf_counter() - t0)

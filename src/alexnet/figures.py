@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .data.classes import display_name, is_imagenet  # noqa: E402
+from .data.classes import display_name  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .metrics import read_metrics  # noqa: E402
 from .weights import Loaded  # noqa: E402
@@ -83,7 +83,7 @@ def _show(ax: plt.Axes, img: torch.Tensor) -> None:
 
 def _label(loaded: Loaded, i: int, width: int = 24) -> str:
     name = loaded.class_names[i]
-    text = display_name(name).split(" (n")[0] if is_imagenet(loaded.class_names) else name
+    text = display_name(name).split(" (n")[0]  # WordNet ids -> human names; other names unchanged
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

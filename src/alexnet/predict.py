@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.classes import display_name, is_imagenet
+from .data.classes import display_name
 from .data.transforms import tta_center
 from .errors import UserError
 from .evaluate import predict_probs
@@ -20,8 +20,7 @@ from .weights import Loaded
 
 
 def class_label(loaded: Loaded, index: int) -> str:
-    names = loaded.class_names
-    return display_name(names[index]) if is_imagenet(names) else names[index]
+    return display_name(loaded.class_names[index])  # "tench (n01440764)" for WordNet ids, else the name
 
 
 def predict(loaded: Loaded, paths: list[str], topk: int, tta: str, batch_size: int, device: torch.device,

@@ -165,7 +165,7 @@ def _hostile_folder(root: Path) -> list[str]:
     (d / "fake.png").write_bytes(os.urandom(300))
     Image.fromarray(rgb).save(d / "cut.jpg", quality=95)
     (d / "cut.jpg").write_bytes((d / "cut.jpg").read_bytes()[:700])
-    return ["zero.jpg", "notes.txt", "fake.png"]
+    return ["zero.jpg", "notes.txt", "fake.png", "cut.jpg"]
 
 
 def test_hostile_training_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -177,7 +177,7 @@ def test_hostile_training_folder(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert f"skipping {len(bad)} unreadable files" in err
     for name in bad:
         assert name in err
-    assert "cut.jpg" in err  # truncated: passes the header check, skipped when decoding fails
+    assert "truncated (no end-of-image marker)" in err  # found at the start by the end-marker check
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "strict"), *FAST, "--strict"]) == 2
     err = capsys.readouterr().err
     assert "unreadable image files" in err and all(name in err for name in bad)

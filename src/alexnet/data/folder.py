@@ -44,12 +44,19 @@ def find_classes(split_dir: Path) -> list[str]:
 
 
 def _header_ok(path: str) -> str | None:
-    """A cheap check (no full decode): None when the file looks like an image, else the reason."""
+    """A cheap check (header and end marker, no decode): None when the file looks whole, else the reason."""
     try:
         if Path(path).stat().st_size == 0:
             return "empty file"
         with Image.open(path) as im:
-            im.size  # noqa: B018 - parsing the header is the check
+            fmt = im.format
+        # a truncated file lacks its end marker: JPEG's EOI (FF D9), PNG's IEND chunk (one seek, 64 bytes)
+        marker = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")
+        if marker is not None:
+            with open(path, "rb") as f:
+                f.seek(max(0, Path(path).stat().st_size - 64))
+                if marker not in f.read():
+                    return "truncated (no end-of-image marker)"
         return None
     except Image.UnidentifiedImageError:
         return "not an image file"

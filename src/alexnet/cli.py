@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
 from .errors import UserError
+from .metrics import setup_logging
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -30,29 +30,6 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_summary)
 
 
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time (so redirection and test capture work)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001 - logging must never raise
-            self.handleError(record)
-
-
-def _setup_logging(verbose: bool = True) -> None:
-    import os
-
-    log = logging.getLogger("alexnet")
-    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-    rank = int(os.environ.get("RANK", "0"))
-    log.setLevel(logging.INFO if verbose and rank == 0 else logging.WARNING)
-
-
 def _train(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
@@ -61,7 +38,7 @@ def _train(args: argparse.Namespace) -> int:
     from .config import apply_overrides, from_dict, load_recipe
     from .train import train
 
-    _setup_logging()
+    setup_logging()
     overrides = list(args.set or [])
     for flag, key in (
         ("data", "data.path"),
@@ -141,7 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_report, to_json
     from .weights import load_weights
 
-    _setup_logging(verbose=not args.json)
+    setup_logging(verbose=not args.json)
     device = pick_device(args.device)
     w = load_weights(args.weights, device, args.towers)
     if w.config is None:
@@ -190,7 +167,7 @@ def _pca_stats(args: argparse.Namespace) -> int:
 
     from .data.pca import run_pca_stats
 
-    _setup_logging()
+    setup_logging()
     out = Path(args.out) if args.out else None
     stats, path = run_pca_stats(args.data, out, args.size, args.max_images, args.workers)
     print(f"wrote {path} from {stats.count} images")
@@ -217,7 +194,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .predict import predict
     from .weights import load_weights
 
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     device = pick_device(args.device)
     w = load_weights(args.weights, device, args.towers)
     if args.topk < 1:
@@ -247,7 +224,7 @@ def _features(args: argparse.Namespace) -> int:
     from .predict import features
     from .weights import load_weights
 
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     device = pick_device(args.device)
     w = load_weights(args.weights, device)
     return features(w, args.paths, Path(args.out), args.layer, args.batch_size, device)
@@ -270,7 +247,7 @@ def _export(args: argparse.Namespace) -> int:
     from .export import export
     from .weights import load_weights
 
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     out = Path(args.out)
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
@@ -295,7 +272,7 @@ def _figures(args: argparse.Namespace) -> int:
     from .figures import make_figures
     from .weights import load_weights
 
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     device = pick_device(args.device)
     w = load_weights(args.weights, device)
     src = Path(args.weights)
@@ -329,7 +306,7 @@ def _report(args: argparse.Namespace) -> int:
     from .report import write_report
     from .weights import load_weights
 
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     run = Path(args.run)
     if not (run / "metrics.jsonl").is_file():
         raise UserError(f"{run}: not a run directory (no metrics.jsonl)")
@@ -360,7 +337,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from .data.store import prepare
 
-    _setup_logging()
+    setup_logging()
     m = prepare(args.data, args.out, args.size, args.format, args.quality, args.workers, progress=True)
     counts = ", ".join(f"{k} {v['count_written']}" for k, v in m["splits"].items())
     print(f"wrote {args.out}: {counts} images at {m['size']}x{m['size']} ({m['format']})")

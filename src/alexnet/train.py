@@ -7,9 +7,7 @@ config.yaml, metrics.jsonl, tensorboard/ and checkpoints/{last,best,step-N}.pt; 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from .evaluate import autocast, evaluate
 from .metrics import Progress, RunLogger
 from .models import create_model
 from .optim import Schedule, build_optimizer
+from .rundir import StopFlag, check_run_dir, make_run_dir
 
 log = logging.getLogger("alexnet")
 
@@ -64,56 +63,6 @@ def to_towers(model: nn.Module, spec: str, dist: distributed.DistInfo) -> nn.Mod
     if devices[0] != dist.device:
         raise UserError(f"with --towers the training device is tower A's: use --device {devices[0]} or auto")
     return TowerAlexNet.from_grouped(model, devices)
-
-
-def check_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Refuse to overwrite a run; make sure the directory is writable before any work starts."""
-    if not resuming and run_dir.exists() and any((run_dir / n).exists() for n in ("config.yaml", "checkpoints")):
-        raise UserError(
-            f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, "
-            "or choose a new one with --out DIR"
-        )
-    ancestor = run_dir
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
-        raise UserError(f"cannot write to run directory {run_dir}: {ancestor} is not a writable directory")
-
-
-def make_run_dir(run_dir: Path) -> None:
-    """Create the run directory and prove it takes a write (disk full, read-only mounts)."""
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
-
-
-class StopFlag:
-    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint at the next step and exits."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signal is not None:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quickstart, command 2: set up and run the test suite. Extra arguments go to pytest
-# (e.g. `bash test.sh -m slow` for the slow tests only, `bash test.sh -m ""` for everything).
+# (e.g. `bash test.sh -k towers` for a subset). Every test runs by default; none is marked slow.
 set -euo pipefail
 source "$(dirname "$0")/scripts/setup.sh"
 ruff check src tests benchmarks

@@ -76,6 +76,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(tiny_folder: Path, tm
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert kills >= 1
+    assert not list((run / "checkpoints").glob(".*")), "half-written files of killed saves are cleaned up"
     a = ckpt_io.load(ref / "checkpoints" / "last.pt")["model"]
     b = ckpt_io.load(run / "checkpoints" / "last.pt")["model"]
     for k in a:

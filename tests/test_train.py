@@ -78,21 +78,21 @@ def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path) 
         "--set",
         "train.checkpoint_every=2",
         "--set",
-        "train.keep_last=20",
+        "train.keep_last=2",
         "--set",
         "data.pca_noise=0.1",
     ]
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), *common]) == 0  # 5 steps an epoch, 10 in all
-    # Pretend the run died after step 6 (mid-epoch 2): resume from that checkpoint in a copy.
+    # Pretend the run died after step 8 (mid-epoch 2): resume from that checkpoint in a copy.
     cut = tmp_path / "cut"
     shutil.copytree(full, cut)
     for f in (cut / "checkpoints").glob("*.pt"):
-        if f.name != "step-00000006.pt":
+        if f.name != "step-00000008.pt":
             f.unlink()
     (cut / "metrics.jsonl").write_text("\n".join((full / "metrics.jsonl").read_text().splitlines()[:1]) + "\n")
-    ck = ckpt_io.load(cut / "checkpoints" / "step-00000006.pt")
-    assert (ck["epoch"], ck["step_in_epoch"]) == (1, 1)
+    ck = ckpt_io.load(cut / "checkpoints" / "step-00000008.pt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == (1, 3)
     assert main(["train", "--resume", str(cut)]) == 0
     a, b = _weights(full / "checkpoints" / "last.pt"), _weights(cut / "checkpoints" / "last.pt")
     assert a.keys() == b.keys()

@@ -28,6 +28,9 @@ def make_run_dir(run_dir: Path) -> None:
     """Create the run directory and prove it takes a write (disk full, read-only mounts)."""
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        # half-written files of a process that was killed mid-save (nothing else writes this directory)
+        for stale in (run_dir / "checkpoints").glob(".*.pt.*-*"):
+            stale.unlink(missing_ok=True)
         probe = run_dir / ".write-test"
         probe.write_bytes(b"x" * 4096)
         probe.unlink()

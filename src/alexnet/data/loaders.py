@@ -125,15 +125,13 @@ def resolve_stats(
     d = cfg.data
     if d.stats:
         return ColourStats.load(d.stats)
+    if d.path is not None and (Path(d.path) / STATS_FILENAME).is_file():
+        return ColourStats.load(Path(d.path) / STATS_FILENAME)
     if train_source is not None:  # built-in digits or a prepared store: computed from (a sample of) the train split
         n = len(train_source)
         pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:AUTO_STATS_IMAGES].sort().values
         source = "digits/train" if d.path is None else f"{d.path} ({len(pick)} of {n} images)"
         return compute_stats((train_source.x[pick[i : i + 256]] for i in range(0, len(pick), 256)), source)
-    if d.path is not None:
-        candidate = Path(d.path) / STATS_FILENAME
-        if candidate.is_file():
-            return ColourStats.load(candidate)
     if train_index is None or (is_imagenet(train_index.classes) and d.normalize == "channel"):
         return ColourStats.imagenet()
     log.info(
@@ -212,9 +210,7 @@ def build_data(
         train_src = TensorSource(store_train, y_train)
         val_src = TensorSource(store_val, y_val)
         train_ds = train_src if train else None
-        stats = resolve_stats(
-            cfg, train_src if d.stats is None and not (Path(d.path) / STATS_FILENAME).is_file() else None
-        )
+        stats = resolve_stats(cfg, train_src)
     else:
         root = Path(d.path)
         if not root.exists():

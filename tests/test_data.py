@@ -126,3 +126,41 @@ def test_stats_are_computed_when_missing_and_kept_with_the_run(tiny_folder: Path
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 0  # paper recipe: pixel mean
     s = ColourStats.load(run / "stats.npz")
     assert s.count == 18 and s.mean_image.shape == (3, 72, 72)
+
+
+def test_batch_random_resized_crop_matches_torchvision_per_image() -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    from alexnet.data.transforms import resized_crop_batch, rrc_boxes
+
+    x = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    key = keyed_random.keys(0, 2, torch.arange(6))
+    out = resized_crop_batch(x, 32, 0.3, key)
+    assert out.shape == (6, 3, 32, 32) and out.dtype == torch.uint8
+    x0, y0, cw, ch = rrc_boxes(key, 64, 64, 0.3)
+    for i in range(6):
+        w, h = int(cw[i].round()), int(ch[i].round())
+        left, top = min(int(x0[i].round()), 64 - w), min(int(y0[i].round()), 64 - h)
+        assert 0.3 * 64 * 64 * 0.9 <= w * h <= 64 * 64 and 3 / 4 - 0.1 <= w / h <= 4 / 3 + 0.1
+        want = TF.resized_crop(x[i], top, left, h, w, [32, 32], antialias=True)
+        assert torch.equal(out[i], want)  # the same pixels torchvision's RandomResizedCrop gives for that box
+
+
+def test_fused_normalisation_equals_the_step_by_step_one() -> None:
+    norm = Normalizer(torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.3, 0.25]), None,
+                      torch.tensor(IMAGENET_EIGVAL), torch.tensor(IMAGENET_EIGVEC))  # fmt: skip
+    x = torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)
+    key = keyed_random.keys(1, 0, torch.arange(5))
+    fused = norm.fused(x, 0.1, key, torch.channels_last)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused, norm.finish(norm.scale(x), 0.1, key), atol=1e-5, rtol=0)
+    assert not torch.allclose(fused, norm(x))  # the colour noise is there
+
+
+def test_modern_augmentation_is_independent_of_batch_composition() -> None:
+    x = torch.randint(0, 255, (8, 3, 40, 40), dtype=torch.uint8)
+    aug = BatchAugment("modern", 24, Normalizer(torch.zeros(3), torch.ones(3)), 0.1, 0.3)
+    idx = torch.arange(8)
+    whole = aug(x, keyed_random.keys(3, 1, idx))
+    halves = torch.cat([aug(x[:4], keyed_random.keys(3, 1, idx[:4])), aug(x[4:], keyed_random.keys(3, 1, idx[4:]))])
+    assert whole.shape == (8, 3, 24, 24) and torch.equal(whole, halves)

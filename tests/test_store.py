@@ -92,3 +92,30 @@ def test_interrupted_prepare_resumes(tiny_folder: Path, tmp_path: Path, monkeypa
     for i in range(18):
         assert torch.equal(images[i], ds[i][0]) and int(labels[i]) == ds[i][1]
     assert np.array_equal(np.load(out / "train.labels.npy"), labels.numpy())
+
+
+def test_store_reads_agree_and_prefetch_keeps_order(tiny_folder: Path, tmp_path: Path) -> None:
+    from alexnet.data.loaders import prefetch
+
+    out = tmp_path / "store"
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(out), "--size", "40", "--workers", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    ids = torch.tensor([17, 3, 3, 0, 9])
+    by_read = store_mod.StoreImages(out, "train", manifest, read="pread")[ids]
+    by_map = store_mod.StoreImages(out, "train", manifest, read="mmap")[ids]
+    assert torch.equal(by_read, by_map) and by_read.shape == (5, 3, 40, 40)
+    assert torch.equal(by_read[1], by_read[2])
+
+    got = list(prefetch(lambda i: (torch.tensor(i), torch.tensor(i * i), torch.tensor(0)), list(range(20)), 5, 3))
+    assert [int(a) for a, _, _ in got] == list(range(20)) and [int(b) for _, b, _ in got] == [i * i for i in range(20)]
+
+    def broken(i: int):
+        if i == 4:
+            raise OSError("disk went away")
+        return torch.tensor(i), torch.tensor(i), torch.tensor(i)
+
+    with pytest.raises(OSError, match="disk went away"):
+        list(prefetch(broken, list(range(10)), 3, 2))
+    early = prefetch(broken, list(range(3)), 3, 2)
+    assert int(next(early)[0]) == 0
+    early.close()  # stopping mid-epoch (a signal, an error) does not hang on the threads

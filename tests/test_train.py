@@ -207,3 +207,21 @@ def test_paper_update_rule_equals_sgd_at_constant_lr_and_differs_after_a_drop() 
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # right after the drop: the paper's velocity still carries the old lr
     assert (p[4] - t[4]).abs().max() > 1e-3
+
+
+def test_auto_compute_path_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet import tuning
+
+    cfg = apply_overrides(load_recipe("fast"), ["train.compile=auto"])
+    assert (cfg.train.amp, cfg.train.channels_last, cfg.train.compile) == ("auto", None, None)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(tuning, "native_bf16", lambda d: True)
+    assert (tuning.resolve(cfg.train, cpu).amp, tuning.resolve(cfg.train, cpu).channels_last) == ("bf16", True)
+    monkeypatch.setattr(tuning, "native_bf16", lambda d: False)
+    assert tuning.resolve(cfg.train, cpu).amp == "none"  # emulated bf16 is slower than fp32
+    explicit = apply_overrides(load_recipe("fast"), ["train.amp=bf16", "train.channels_last=false"]).train
+    assert (tuning.resolve(explicit, cpu).amp, tuning.resolve(explicit, cpu).channels_last) == ("bf16", False)
+    cuda = torch.device("cuda", 0)
+    assert not tuning.compile_pays(cpu, True, 10**9)
+    assert tuning.compile_pays(cuda, True, 2_000_000) and not tuning.compile_pays(cuda, False, 2_000_000)
+    assert tuning.compile_pays(cuda, False, 90 * 1_281_167) and not tuning.compile_pays(cuda, True, 10**9, towers=True)

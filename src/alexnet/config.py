@@ -75,9 +75,9 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 90
     batch_size: int = 128  # global batch, split across DDP ranks
-    amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False
+    amp: str = "auto"  # auto | none | bf16 | fp16; auto: bf16 where the device has it natively (tuning.py)
+    channels_last: bool | None = None  # None/auto: on for CUDA and CPU
+    compile: bool | None = None  # None/auto: torch.compile on CUDA only
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (CPU runs are deterministic anyway)
@@ -107,7 +107,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.normalize": ("channel", "pixel"),
     "optim.name": ("sgd", "paper_sgd", "adamw"),
     "schedule.name": ("plateau", "step", "cosine", "onecycle", "constant"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "train.amp": ("auto", "none", "bf16", "fp16"),
     "train.eval_tta": ("center", "flip", "10crop"),
     "model.init": ("paper", "kaiming", "default"),
 }
@@ -136,6 +136,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
+        if bool in args and isinstance(value, str) and value.lower() == "auto":
+            return None  # an optional switch: None means "decide for the device" (tuning.py)
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
     if origin is list:

@@ -22,8 +22,8 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 def keys(seed: int, epoch: int, index: torch.Tensor) -> torch.Tensor:
     """One 31-bit key per sample (int64 tensor like ``index``)."""
-    base = _mix(torch.tensor((seed * 1_000_003 + epoch) & _MASK, dtype=torch.int64))
-    return _mix((index.long() & _MASK) ^ base.to(index.device))
+    base = int(_mix(torch.tensor((seed * 1_000_003 + epoch) & _MASK, dtype=torch.int64)))  # a plain int: no copy
+    return _mix((index.long() & _MASK) ^ base)
 
 
 def uniform(key: torch.Tensor, stream: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from . import keyed_random as kr
@@ -41,8 +42,13 @@ def pca_noise(x: torch.Tensor, alpha: torch.Tensor, eigval: torch.Tensor, eigvec
 
     ``x`` is (B, 3, H, W) on the [0, 1] scale; ``alpha`` (B, 3) holds one draw per image and
     presentation (N(0, 0.1) in the paper); ``eigvec`` holds the p_i as columns."""
-    shift = (alpha.to(x.device) * eigval.to(x.device)) @ eigvec.to(x.device).T  # (B, 3): rgb offset per image
+    shift = pca_shift(alpha.to(x.device), eigval.to(x.device), eigvec.to(x.device))
     return x + shift[:, :, None, None].to(x.dtype)
+
+
+def pca_shift(alpha: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor) -> torch.Tensor:
+    """(B, 3): the rgb offset per image, sum_i alpha_i * lambda_i * p_i."""
+    return (alpha * eigval) @ eigvec.T
 
 
 def crop_flip(x: torch.Tensor, crop: int, flip: bool, key: torch.Tensor) -> torch.Tensor:
@@ -71,22 +77,38 @@ def crop_flip(x: torch.Tensor, crop: int, flip: bool, key: torch.Tensor) -> torc
 
 
 def resized_crop_batch(x: torch.Tensor, crop: int, min_scale: float, key: torch.Tensor) -> torch.Tensor:
-    """RandomResizedCrop for a whole batch at once (scale ``[min_scale, 1]``, ratio 3/4..4/3) via roi_align.
+    """RandomResizedCrop for a whole batch (scale ``[min_scale, 1]``, ratio 3/4..4/3), per-sample keys.
 
-    For in-memory sources whose images are already square; folders do it per image in the workers."""
+    For in-memory sources whose images are already square; folders do it per image in the workers.
+    CPU: an integer box per image, resized with antialiased bilinear on the batch's own dtype, as
+    torchvision's RandomResizedCrop does (on uint8, measured 16x faster here than roi_align on floats:
+    31 vs 490 ms for 128 images of 256x256 -> 224). GPU: one roi_align over the batch, in float."""
     from torchvision.ops import roi_align
 
-    b, _, h, w = x.shape
-    key = key.to(x.device)
+    b, c, h, w = x.shape
+    x0, y0, cw, ch = rrc_boxes(key.to(x.device), h, w, min_scale)
+    if x.device.type == "cpu":
+        bw, bh = cw.round().clamp(1, w).long(), ch.round().clamp(1, h).long()
+        left = torch.minimum(x0.round().long(), w - bw)
+        top = torch.minimum(y0.round().long(), h - bh)
+        out = torch.empty((b, c, crop, crop), dtype=x.dtype)
+        for i, (x1, y1, ww, hh) in enumerate(zip(left.tolist(), top.tolist(), bw.tolist(), bh.tolist())):
+            window = x[i : i + 1, :, y1 : y1 + hh, x1 : x1 + ww]
+            out[i : i + 1] = F.interpolate(window, size=(crop, crop), mode="bilinear", antialias=True)
+        return out
+    boxes = torch.stack([torch.arange(b, device=x.device, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
+    return roi_align(x.float(), boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def rrc_boxes(key: torch.Tensor, h: int, w: int, min_scale: float) -> tuple[torch.Tensor, ...]:
+    """Per-sample RandomResizedCrop boxes ``(x0, y0, width, height)`` as floats: area ``[min_scale, 1]`` of
+    the image, aspect ratio log-uniform in 3/4..4/3 (clamped to the image), position uniform."""
     area = (min_scale + (1 - min_scale) * kr.uniform(key, 3)) * h * w
     log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * kr.uniform(key, 4)
     ratio = torch.exp(log_ratio)
     cw = torch.sqrt(area * ratio).clamp(max=w)
     ch = torch.sqrt(area / ratio).clamp(max=h)
-    x0 = kr.uniform(key, 5) * (w - cw)
-    y0 = kr.uniform(key, 6) * (h - ch)
-    boxes = torch.stack([torch.arange(b, device=x.device, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
-    return roi_align(x, boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return kr.uniform(key, 5) * (w - cw), kr.uniform(key, 6) * (h - ch), cw, ch
 
 
 def random_flip(x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -131,6 +153,26 @@ class Normalizer:
             return x  # pixel-mean mode: the paper subtracts the mean only
         return x.sub_(self.mean[:, None, None]).div_(self.std[:, None, None])
 
+    def fused(
+        self,
+        x: torch.Tensor,
+        pca_std: float = 0.0,
+        key: torch.Tensor | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> torch.Tensor:
+        """uint8 -> ``finish(scale(x))`` in two passes over the batch, ``x * a + b`` per image and channel
+        (channel-mean mode only): ((x / 255 + pca shift) - mean) / std."""
+        assert self.mean_image is None
+        dev = x.device
+        std, mean = self.std.to(dev), self.mean.to(dev)
+        bias = (-mean / std).expand(x.shape[0], 3)
+        if pca_std > 0 and self.eigval is not None and self.eigvec is not None and key is not None:
+            k = key.to(dev)
+            alpha = torch.stack([kr.normal(k, 10 + i) for i in range(3)], dim=1) * pca_std  # (B, 3)
+            bias = bias + pca_shift(alpha, self.eigval.to(dev), self.eigvec.to(dev)) / std
+        out = x.to(torch.float32, memory_format=memory_format)
+        return out.mul_((1.0 / (255.0 * std))[:, None, None]).add_(bias[:, :, None, None])
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic path (evaluation, prediction): uint8 (B, 3, H, W) -> normalised float."""
         return self.finish(self.scale(x))
@@ -147,9 +189,23 @@ class BatchAugment:
     pca_std: float = 0.0
     min_scale: float = 0.08
 
+    memory_format: torch.memory_format = torch.contiguous_format  # of the output (train: channels_last)
+
     def __call__(self, x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """``x``: uint8 (B, 3, S, S); ``key``: (B,) from ``keyed_random.keys(seed, epoch, index)``."""
         norm = self.normalizer
+        if self.mode not in ("paper", "shift", "modern"):
+            raise ValueError(f"unknown augmentation {self.mode!r}")
+        if norm.mean_image is None and x.dtype == torch.uint8:
+            # channel-mean mode: every geometric step on the uint8 pixels (4x less data), then one fused
+            # conversion; measured 148 -> 60 ms (modern) for 128 images of 256x256 on this 2-core CPU
+            if self.mode == "modern":
+                if x.shape[-1] != self.crop:  # in-memory source: the crop has not happened yet
+                    x = resized_crop_batch(x, self.crop, self.min_scale, key)
+                x = random_flip(x, key)
+            else:
+                x = crop_flip(x, self.crop, self.mode == "paper", key)
+            return norm.fused(x, self.pca_std, key, self.memory_format)
         if self.mode in ("paper", "shift"):  # crop the uint8 pixels first: 4x less data to convert
             flip = self.mode == "paper"
             mean_image = None
@@ -160,13 +216,10 @@ class BatchAugment:
             if mean_image is not None:
                 x.sub_(mean_image)
             return norm.finish(x, self.pca_std, key)
-        x = norm.scale(x)
-        if self.mode == "modern":
-            if x.shape[-1] != self.crop:  # in-memory source: the crop has not happened yet
-                x = resized_crop_batch(x, self.crop, self.min_scale, key)
-            x = random_flip(x, key)
-        else:
-            raise ValueError(f"unknown augmentation {self.mode!r}")
+        x = norm.scale(x)  # pixel-mean mode: the full-size mean image is subtracted before cropping
+        if x.shape[-1] != self.crop:
+            x = resized_crop_batch(x, self.crop, self.min_scale, key)
+        x = random_flip(x, key)
         return self.normalizer.finish(x.contiguous(), self.pca_std, key)
 
 

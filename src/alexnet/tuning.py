@@ -1,0 +1,54 @@
+"""Measured defaults for the compute path: what ``auto`` means for train.amp, train.channels_last and
+train.compile on the device a run actually gets. The resolved values are written to the run's
+config.yaml, so a resumed run keeps them wherever it continues.
+
+Measurements behind each choice (README "Benchmarks" has the tables and commands):
+- bf16 autocast + channels_last: 2.10x the fp32 eager step on a 2-core AVX-512 BF16 CPU
+  (benchmarks/train_step.py); on CPUs without native bf16 it is emulated and slower, so fp32 there.
+  On CUDA GPUs with bf16 (Ampere and later) it is the standard fast path.
+- torch.compile (benchmarks/gpu.py, one H200, batch 512, bf16 + channels_last): alexnet_owt 43,062 ->
+  50,824 img/s after 28 s of compiling, so it pays after ~8M training images; the paper net (LRN)
+  9,886 -> 19,499 img/s after 33 s, paying after ~0.7M. "auto" compiles on CUDA when the run will
+  train on more images than that (1M with LRN, 10M without; the eval-mode graph compiles too).
+  On CPUs it stays off: inductor's C++ build takes minutes on small machines and the step is bound by
+  oneDNN convolutions it does not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .config import TrainConfig
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        return bool(
+            getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        )
+    return False
+
+
+def resolve(t: TrainConfig, device: torch.device) -> TrainConfig:
+    """A copy of ``t`` with every ``auto`` setting replaced by its value on ``device``."""
+    amp = t.amp
+    if amp == "auto":
+        amp = "bf16" if native_bf16(device) else "none"
+    channels_last = t.channels_last
+    if channels_last is None:
+        channels_last = device.type in ("cuda", "cpu")  # cuDNN and oneDNN both prefer NHWC convolutions
+    return dataclasses.replace(t, amp=amp, channels_last=channels_last)
+
+
+COMPILE_PAYS_AFTER = {True: 1_000_000, False: 10_000_000}  # training images, by "the model has LRN"
+
+
+def compile_pays(device: torch.device, has_lrn: bool, train_images: int, towers: bool = False) -> bool:
+    """train.compile=auto: whether torch.compile's one-off cost is repaid within this run."""
+    return device.type == "cuda" and not towers and train_images >= COMPILE_PAYS_AFTER[has_lrn]

@@ -6,7 +6,7 @@ ours (prepared store; raw JPEGs) vs torchvision ImageFolder with PIL transforms 
 Each pipeline produces training-ready batches of 224x224 normalised float tensors with random
 crops and flips. Baseline: ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor
 + Normalize, per image. Ours (JPEG): decode + resize to 256 per image, then crop/flip/normalise on
-the whole uint8 batch. Ours (store): read the uint8 batch from the memory map (decoding was paid once
+the whole uint8 batch. Ours (store): read the uint8 batch from the store file (decoding was paid once
 by `alexnet prepare`, not timed), then the same batched augmentation.
 """
 

@@ -136,3 +136,20 @@ def test_train_with_towers_on_cpu(tiny_folder: Path, tmp_path: Path) -> None:
     _assert_same_weights(run / "checkpoints" / "last.pt", plain / "checkpoints" / "last.pt")
     assert main(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "x"), *COMMON,
                  "--model", "alexnet_owt", "--towers", "cpu,cpu"]) == 2  # fmt: skip
+
+
+def _agree_worker(rank: int, port: int, out: str) -> None:
+    from alexnet import distributed
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:  # rank 1 alone saw a NaN at step 7 and a SIGTERM; rank 0 saw nothing
+        bad, sig = distributed.agree_stop(torch.tensor(7 if rank else 0), 15 if rank else None)
+        Path(out, f"{rank}.json").write_text(json.dumps([bad, sig]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_agree_on_a_nan_or_a_signal_seen_by_one(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_agree_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):  # every rank stops at the same step, so none waits forever in the next all-reduce
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == [7, 15]

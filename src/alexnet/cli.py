@@ -345,7 +345,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="decode and resize an ImageFolder once into a fast memory-mapped store")
+    p = sub.add_parser("prepare", help="decode and resize an ImageFolder once into a fast uint8 store")
     p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     p.add_argument("--out", required=True, help="store directory (then use --data STORE anywhere)")
     p.add_argument(

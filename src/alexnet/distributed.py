@@ -77,6 +77,20 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def agree_stop(bad_step: torch.Tensor, signal: int | None) -> tuple[int, int | None]:
+    """(first non-finite step, signal) as every rank must see them: the max over ranks. Called at the same
+    steps on all ranks, so a NaN or a SIGTERM on one rank stops them all together."""
+    flags = torch.stack([bad_step.long(), torch.full_like(bad_step.long(), signal or 0)])
+    all_reduce_max(flags)
+    return int(flags[0]), int(flags[1]) or None
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

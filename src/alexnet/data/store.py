@@ -164,7 +164,7 @@ DEFAULT_READ = "pread" if hasattr(os, "preadv") else "mmap"  # os.preadv: Linux 
 
 
 class StoreImages:
-    """Index with a tensor of indices -> uint8 (B, 3, S, S) tensor, from the memory map or JPEG bytes."""
+    """Index with a tensor of indices -> uint8 (B, 3, S, S) tensor, from the raw file or JPEG bytes."""
 
     def __init__(self, root: Path, split: str, manifest: dict[str, Any], read: str = DEFAULT_READ) -> None:
         self.size = manifest["size"]

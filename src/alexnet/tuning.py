@@ -10,8 +10,9 @@ Measurements behind each choice (README "Benchmarks" has the tables and commands
   50,824 img/s after 28 s of compiling, so it pays after ~8M training images; the paper net (LRN)
   9,886 -> 19,499 img/s after 33 s, paying after ~0.7M. "auto" compiles on CUDA when the run will
   train on more images than that (1M with LRN, 10M without; the eval-mode graph compiles too).
-  On CPUs it stays off: inductor's C++ build takes minutes on small machines and the step is bound by
-  oneDNN convolutions it does not change.
+  On CPUs it stays off: on the 2-core AVX-512 BF16 machine the compiled alexnet_owt step (bf16,
+  channels_last, batch 64) ran at 64.2 img/s against 77.2 eager, after 17 s of compiling; convolutions,
+  73 % of a step per torch.profiler, are oneDNN calls either way.
 """
 
 from __future__ import annotations

@@ -142,9 +142,8 @@ def _train(
     model: nn.Module = raw_model
     note = ""
     if t_cfg.compile is None:  # auto: only where its one-off cost is repaid within this run
-        has_lrn = any(isinstance(m, nn.LocalResponseNorm) or "LRN" in type(m).__name__ for m in raw_model.modules())
         total = data.train.num_samples * t_cfg.epochs
-        t_cfg.compile = tuning.compile_pays(device, has_lrn, total, bool(t_cfg.towers))
+        t_cfg.compile = tuning.compile_pays(device, tuning.has_lrn(raw_model), total, bool(t_cfg.towers))
         note = f" (auto, for {total:,} training images)"
     if main:
         log.info(

@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import nn
 
 from .config import TrainConfig
+from .models.layers import GroupedLRN
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -50,6 +52,10 @@ def resolve(t: TrainConfig, device: torch.device) -> TrainConfig:
 COMPILE_PAYS_AFTER = {True: 1_000_000, False: 10_000_000}  # training images, by "the model has LRN"
 
 
-def compile_pays(device: torch.device, has_lrn: bool, train_images: int, towers: bool = False) -> bool:
+def has_lrn(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.LocalResponseNorm, GroupedLRN)) for m in model.modules())
+
+
+def compile_pays(device: torch.device, lrn: bool, train_images: int, towers: bool = False) -> bool:
     """train.compile=auto: whether torch.compile's one-off cost is repaid within this run."""
-    return device.type == "cuda" and not towers and train_images >= COMPILE_PAYS_AFTER[has_lrn]
+    return device.type == "cuda" and not towers and train_images >= COMPILE_PAYS_AFTER[lrn]

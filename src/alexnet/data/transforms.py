@@ -46,6 +46,11 @@ def pca_noise(x: torch.Tensor, alpha: torch.Tensor, eigval: torch.Tensor, eigvec
     return x + shift[:, :, None, None].to(x.dtype)
 
 
+def pca_alpha(key: torch.Tensor, pca_std: float) -> torch.Tensor:
+    """(B, 3): the paper's alpha_i ~ N(0, pca_std), one draw per image and presentation (keyed)."""
+    return torch.stack([kr.normal(key, 10 + i) for i in range(3)], dim=1) * pca_std
+
+
 def pca_shift(alpha: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor) -> torch.Tensor:
     """(B, 3): the rgb offset per image, sum_i alpha_i * lambda_i * p_i."""
     return (alpha * eigval) @ eigvec.T
@@ -147,7 +152,7 @@ class Normalizer:
         """In place on ``x`` (float, [0, 1] scale, mean image already subtracted in pixel mode)."""
         if pca_std > 0 and self.eigval is not None and key is not None:
             k = key.to(x.device)
-            alpha = torch.stack([kr.normal(k, 10 + i) for i in range(3)], dim=1) * pca_std  # (B, 3)
+            alpha = pca_alpha(k, pca_std)
             x = pca_noise(x, alpha, self.eigval, self.eigvec)
         if self.mean_image is not None:
             return x  # pixel-mean mode: the paper subtracts the mean only
@@ -168,7 +173,7 @@ class Normalizer:
         bias = (-mean / std).expand(x.shape[0], 3)
         if pca_std > 0 and self.eigval is not None and self.eigvec is not None and key is not None:
             k = key.to(dev)
-            alpha = torch.stack([kr.normal(k, 10 + i) for i in range(3)], dim=1) * pca_std  # (B, 3)
+            alpha = pca_alpha(k, pca_std)
             bias = bias + pca_shift(alpha, self.eigval.to(dev), self.eigvec.to(dev)) / std
         out = x.to(torch.float32, memory_format=memory_format)
         return out.mul_((1.0 / (255.0 * std))[:, None, None]).add_(bias[:, :, None, None])

@@ -66,7 +66,7 @@ def ours(store: Path, epochs: int, batch: int, out: Path) -> tuple[float, float]
         "train.amp=bf16", "train.channels_last=true", "train.seed=0", "train.log_every=0",
     ])  # fmt: skip
     res = train(cfg, out, verbose=False)
-    rows = res["history"]
+    rows = res.history
     ips = sum(r["images_per_sec"] for r in rows) / len(rows)
     print(f"ours: training steps alone ran at {ips:.1f} img/s (s/epoch below includes validation)")
     return sum(r["seconds"] for r in rows) / len(rows), rows[-1]["val_top1"]

@@ -32,6 +32,7 @@ from alexnet import create_model  # noqa: E402
 from alexnet.config import apply_overrides, load_recipe  # noqa: E402
 from alexnet.data.loaders import build_data  # noqa: E402
 from alexnet.data.stats import STATS_FILENAME, ColourStats  # noqa: E402
+from alexnet.engine.setup import resolve_config  # noqa: E402
 from alexnet.train import train  # noqa: E402
 
 ROWS: list[list[str]] = [["measurement", "img/s", "vs baseline"]]
@@ -170,7 +171,7 @@ def main() -> None:
             t = time.perf_counter()
             res = train(cfg, Path(run) / "run", verbose=False)
             wall = time.perf_counter() - t
-        ips = [r["images_per_sec"] for r in res["history"]]
+        ips = [r["images_per_sec"] for r in res.history]
         print(f"   per-epoch training img/s {[round(v) for v in ips]}, wall {wall:.0f} s", flush=True)
         tag = ("paper crop+flip" if aug == "paper" else "RandomResizedCrop") + (", compile" if compiled else "")
         record(f"train, `alexnet train` engine from a store ({tag})", max(ips[1:] or ips), base.get("train"))
@@ -181,7 +182,7 @@ def main() -> None:
         cfg = apply_overrides(load_recipe("torchvision"), [f"data.path={store}", f"train.batch_size={b}"])
         for read in ("mmap", "pread"):
             for threads in (1, 4):
-                data = build_data(cfg, pin_memory=dev.type == "cuda")
+                data = build_data(resolve_config(cfg, dev), pin_memory=dev.type == "cuda")
                 batches = data.train
                 assert batches is not None
                 batches.source.x.read = read  # type: ignore[union-attr]

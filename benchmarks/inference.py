@@ -34,11 +34,12 @@ def main() -> None:
     try:
         import onnxruntime as ort
 
+        from alexnet.data.preprocess import Preprocess
         from alexnet.export import export_onnx
         from alexnet.weights import Loaded
 
         path = Path(tempfile.mkdtemp()) / "m.onnx"
-        pre = {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3}
+        pre = Preprocess.imagenet()
         export_onnx(Loaded(ours, "alexnet_owt", [str(i) for i in range(1000)], pre, None, "bench"), path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()

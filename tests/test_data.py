@@ -8,20 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from alexnet import keyed_random
 from alexnet.cli import main
-from alexnet.data import keyed_random
 from alexnet.data.digits import load_digits_split
-from alexnet.data.stats import ColourStats
+from alexnet.data.stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, ColourStats
 from alexnet.data.transforms import (
-    IMAGENET_EIGVAL,
-    IMAGENET_EIGVEC,
     BatchAugment,
     Normalizer,
     crop_flip,
     pca_noise,
     tta_10crop,
 )
-from alexnet.evaluate import predict_probs
+from alexnet.inference import predict_probs
 from alexnet.models import create_model
 
 from .conftest import FAST
@@ -112,11 +110,12 @@ def test_pca_stats_command(tiny_folder: Path, tmp_path: Path, capsys: pytest.Cap
 def test_training_picks_up_the_dataset_stats(tiny_folder: Path, tmp_path: Path) -> None:
     from alexnet.config import load_recipe
     from alexnet.data.loaders import build_data
+    from alexnet.engine.setup import resolve_config
 
     assert main(["pca-stats", "--data", str(tiny_folder), "--size", "72", "--workers", "0"]) == 0
     cfg = load_recipe("paper")
     cfg.data.path, cfg.data.resize, cfg.data.crop, cfg.data.workers = str(tiny_folder), 72, 67, 0
-    data = build_data(cfg)
+    data = build_data(resolve_config(cfg, torch.device("cpu")))
     assert data.normalizer.mean_image is not None and data.normalizer.mean_image.shape == (3, 72, 72)
     assert data.stats.count == 9 * 2
 

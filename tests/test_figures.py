@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.figures import FIGURES, filters_figure, nearest
+from alexnet.plots import FIGURES, filters_figure, nearest
 from alexnet.weights import load_weights
 
 from .conftest import FAST, make_imagefolder

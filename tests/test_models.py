@@ -186,7 +186,7 @@ def test_towers_are_separate_until_conv3() -> None:
 
 def test_lrn_is_configurable() -> None:
     model = create_model("alexnet", lrn_k=1.0, lrn_alpha=2e-4, lrn_size=3)
-    lrn = model.features.norm1.lrn
+    lrn = model.features.norm1
     assert (lrn.k, lrn.alpha, lrn.size, lrn.beta) == (1.0, 2e-4, 3, 0.75)
     with pytest.raises(ValueError, match="bad option"):
         create_model("alexnet_owt", lrn_k=1.0)

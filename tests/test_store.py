@@ -95,7 +95,7 @@ def test_interrupted_prepare_resumes(tiny_folder: Path, tmp_path: Path, monkeypa
 
 
 def test_store_reads_agree_and_prefetch_keeps_order(tiny_folder: Path, tmp_path: Path) -> None:
-    from alexnet.data.loaders import prefetch
+    from alexnet.data.batches import prefetch
 
     out = tmp_path / "store"
     assert main(["prepare", "--data", str(tiny_folder), "--out", str(out), "--size", "40", "--workers", "1"]) == 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write, temp_name
 from .errors import UserError
 
 log = logging.getLogger("alexnet")
@@ -22,23 +23,11 @@ FORMAT = "alexnet-checkpoint/1"
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``:
-    a crash at any moment leaves either the old file or the new one, never a torn one."""
+    """``torch.save`` through the atomic writer: a crash at any moment leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, lambda f: torch.save(obj, f))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"could not write checkpoint {path}: {e.strerror or e}") from None
 
 
@@ -50,7 +39,7 @@ def publish(ckpt: dict[str, Any], ckpt_dir: Path, step: int, names: tuple[str, .
     atomic_save(ckpt, step_file)
     for name in names:
         target = ckpt_dir / f"{name}.pt"
-        tmp = ckpt_dir / f".{name}.pt.link-{os.getpid()}"
+        tmp = temp_name(target)
         try:
             tmp.unlink(missing_ok=True)
             os.link(step_file, tmp)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 
 from .errors import UserError
-from .metrics import setup_logging
+from .runlog import setup_logging
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from .summary import format_table, summarize
+    from .summary import print_summary
 
-    s = summarize(args.model, args.input_size, args.num_classes)
-    print(json.dumps(s) if args.json else format_table(s))
-    return 0
+    return print_summary(args.model, args.input_size, args.num_classes, args.json)
 
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
@@ -31,47 +28,16 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from datetime import datetime
-    from pathlib import Path
+    from .train import run_train
 
-    from . import checkpoint as ckpt_io
-    from .config import apply_overrides, from_dict, load_recipe
-    from .train import train
-
-    setup_logging()
-    overrides = list(args.set or [])
-    for flag, key in (
-        ("data", "data.path"),
-        ("model", "model.name"),
-        ("epochs", "train.epochs"),
-        ("batch_size", "train.batch_size"),
-        ("lr", "optim.lr"),
-        ("device", "train.device"),
-        ("seed", "train.seed"),
-        ("weights", "model.weights"),
-        ("towers", "train.towers"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    flags = {"data": "data.path", "model": "model.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
+             "lr": "optim.lr", "device": "train.device", "seed": "train.seed", "weights": "model.weights",
+             "towers": "train.towers"}  # fmt: skip
+    overrides = list(args.set or []) + [f"{key}={getattr(args, f)}" for f, key in flags.items()
+                                        if getattr(args, f) is not None]  # fmt: skip
     if args.strict:
         overrides.append("train.strict_data=true")
-    resume = None
-    if args.resume:
-        resume, path = ckpt_io.load_for_resume(
-            ckpt_io.resolve(args.resume, prefer="") if Path(args.resume).is_file() else Path(args.resume)
-        )
-        cfg = apply_overrides(from_dict(resume["config"], f"checkpoint {path}"), overrides)
-        run_dir = ckpt_io.run_dir_of(path) if Path(args.resume).is_file() else Path(args.resume)
-        if args.out and Path(args.out) != run_dir:
-            raise UserError("--out cannot be combined with --resume (a resumed run continues in its own directory)")
-    else:
-        recipe = args.recipe or ("paper" if args.data else "digits")
-        cfg = apply_overrides(load_recipe(recipe), overrides)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.recipe}-{cfg.model.name}-{stamp}"
-    result = train(cfg, run_dir, resume)
-    return 128 + result["stopped"] if result.get("stopped") else 0  # 143 after SIGTERM, 130 after SIGINT
+    return run_train(args.data, args.recipe, args.out, args.resume, overrides)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -109,39 +75,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from .evaluate import run_evaluate
 
-    from .config import from_dict
-    from .data.classes import is_imagenet
-    from .data.loaders import build_data
-    from .distributed import pick_device
-    from .evaluate import evaluate, format_report, to_json
-    from .weights import load_weights
-
-    setup_logging(verbose=not args.json)
-    device = pick_device(args.device)
-    w = load_weights(args.weights, device, args.towers)
-    if w.config is None:
-        raise UserError("evaluate needs a run directory or checkpoint (it knows its data and preprocessing)")
-    cfg = from_dict(w.config)
-    if args.data:
-        cfg.data.path = args.data
-    if args.batch_size:
-        cfg.train.batch_size = args.batch_size
-    cfg.data.stats = None if args.data else cfg.data.stats
-    pre = w.preprocess
-    cfg.data = replace(cfg.data, resize=pre["resize"], crop=pre["crop"], mean=list(pre["mean"]), std=list(pre["std"]))
-    if pre.get("mean_image") is not None:
-        cfg.data.normalize = "channel"
-    data = build_data(cfg, train=False, val_path=args.split_dir)
-    if pre.get("mean_image") is not None:
-        data.normalizer.mean_image = pre["mean_image"].float()
-    if data.class_names != w.class_names:
-        raise UserError(f"the data's classes ({len(data.class_names)}) differ from the model's ({len(w.class_names)})")
-    res = evaluate(w.model, data.val, data.normalizer, data.crop, len(w.class_names), device, args.tta)
-    imagenet = is_imagenet(w.class_names)
-    print(to_json(res, w.class_names, imagenet) if args.json else format_report(res, w.class_names, imagenet, w.source))
-    return 0
+    return run_evaluate(args.weights, args.data, args.split_dir, args.tta, args.batch_size, args.device, args.towers,
+                        args.json)  # fmt: skip
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -168,15 +105,7 @@ def _pca_stats(args: argparse.Namespace) -> int:
     from .data.pca import run_pca_stats
 
     setup_logging()
-    out = Path(args.out) if args.out else None
-    stats, path = run_pca_stats(args.data, out, args.size, args.max_images, args.workers)
-    print(f"wrote {path} from {stats.count} images")
-    print(f"  mean     {', '.join(f'{v:.4f}' for v in stats.mean)}")
-    print(f"  std      {', '.join(f'{v:.4f}' for v in stats.std)}")
-    print(f"  eigval   {', '.join(f'{v:.4f}' for v in stats.eigval)}")
-    for row in stats.eigvec:
-        print(f"  eigvec   {', '.join(f'{v:+.4f}' for v in row)}")
-    return 0
+    return run_pca_stats(args.data, Path(args.out) if args.out else None, args.size, args.max_images, args.workers)
 
 
 def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
@@ -190,16 +119,10 @@ def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .distributed import pick_device
     from .predict import predict
-    from .weights import load_weights
 
     setup_logging(verbose=False)
-    device = pick_device(args.device)
-    w = load_weights(args.weights, device, args.towers)
-    if args.topk < 1:
-        raise UserError("--topk must be at least 1")
-    return predict(w, args.paths, args.topk, args.tta, args.batch_size, device, args.json)
+    return predict(args.weights, args.paths, args.topk, args.tta, args.batch_size, args.device, args.towers, args.json)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -220,14 +143,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _features(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .distributed import pick_device
     from .predict import features
-    from .weights import load_weights
 
     setup_logging(verbose=False)
-    device = pick_device(args.device)
-    w = load_weights(args.weights, device)
-    return features(w, args.paths, Path(args.out), args.layer, args.batch_size, device)
+    return features(args.weights, args.paths, Path(args.out), args.layer, args.batch_size, args.device)
 
 
 def _add_features(sub: argparse._SubParsersAction) -> None:
@@ -244,15 +163,10 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export import export
-    from .weights import load_weights
+    from .export import run_export
 
     setup_logging(verbose=False)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to overwrite it")
-    print(export(load_weights(args.weights, "cpu"), args.format, out))
-    return 0
+    return run_export(args.weights, args.format, Path(args.out), args.force)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -267,22 +181,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .checkpoint import run_dir_of
-    from .distributed import pick_device
-    from .figures import make_figures
-    from .weights import load_weights
+    from .figures import run_figures
 
-    setup_logging(verbose=False)
-    device = pick_device(args.device)
-    w = load_weights(args.weights, device)
-    src = Path(args.weights)
-    run_dir = src if src.is_dir() else (run_dir_of(src) if (run_dir_of(src) / "metrics.jsonl").is_file() else None)
-    which = [x.strip() for x in args.which.split(",") if x.strip()]
-    for path in make_figures(
-        w, run_dir, args.data, Path(args.out), which, device, args.max_val, args.max_train, args.workers
-    ):
-        print(path)
-    return 0
+    return run_figures(args.weights, Path(args.out), args.which, args.data, args.device, args.max_val, args.max_train,
+                       args.workers)  # fmt: skip
 
 
 def _add_figures(sub: argparse._SubParsersAction) -> None:
@@ -301,26 +203,9 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .distributed import pick_device
-    from .figures import make_figures
-    from .report import write_report
-    from .weights import load_weights
+    from .report import run_report
 
-    setup_logging(verbose=False)
-    run = Path(args.run)
-    if not (run / "metrics.jsonl").is_file():
-        raise UserError(f"{run}: not a run directory (no metrics.jsonl)")
-    device = pick_device(args.device)
-    w = load_weights(str(run), device)
-    figs = run / "figures"
-    which = ["curves", "filters", "predictions", "neighbours", "confusion"]
-    if args.no_data_figures:
-        which = ["curves", "filters"]
-    make_figures(w, run, args.data, figs, which, device, args.max_val, args.max_train, 0)
-    md, page = write_report(run, w.class_names, figs)
-    print(md)
-    print(page)
-    return 0
+    return run_report(Path(args.run), args.data, not args.no_data_figures, args.max_val, args.max_train, args.device)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -335,13 +220,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .data.store import prepare
+    from .data.store import run_prepare
 
     setup_logging()
-    m = prepare(args.data, args.out, args.size, args.format, args.quality, args.workers, progress=True)
-    counts = ", ".join(f"{k} {v['count_written']}" for k, v in m["splits"].items())
-    print(f"wrote {args.out}: {counts} images at {m['size']}x{m['size']} ({m['format']})")
-    return 0
+    return run_prepare(args.data, args.out, args.size, args.format, args.quality, args.workers)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:

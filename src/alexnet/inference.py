@@ -1,89 +1,129 @@
-"""Running a trained network on image files: finding the files, preprocessing as the weights
-say, batching, and turning every bad file into one error line instead of a crash."""
+"""Inference primitives shared by training's validation and the evaluate, predict, features and figures
+commands: the autocast context, softmax averaged over test-time views, the evaluation loop, and layer
+activations as feature vectors.
+
+Evaluation is exact under DDP: each rank sees a disjoint slice of the validation set (no padding, no
+dropped remainder) and the sums are all-reduced, so ``n`` is the dataset size for any world size.
+Counts are int64 and sums float32 on the device: nothing here needs float64 (MPS has none).
+"""
 
 from __future__ import annotations
 
-import glob
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from .data.images import ImageError, is_image_path, load_rgb
-from .data.transforms import Normalizer, resize_square
-from .weights import Loaded
+from .data.batches import Batches
+from .data.transforms import TTA, Normalizer
+from .distributed import all_reduce_sum
+from .errors import UserError
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "none" or device.type not in ("cpu", "cuda", "mps"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def predict_probs(model: nn.Module, x: torch.Tensor, crop: int, tta: str, device: torch.device, amp: str = "none",
+                  channels_last: bool = False) -> torch.Tensor:  # fmt: skip
+    """Softmax probabilities averaged over the TTA views of a normalised (B, 3, S, S) batch."""
+    views = TTA[tta](x, crop)
+    batch = torch.cat(views, 0).to(device, non_blocking=True)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with autocast(device, amp):
+        logits = model(batch)
+    probs = logits.float().softmax(-1)
+    return probs.view(len(views), x.shape[0], -1).mean(0)  # (B, classes)
 
 
 @dataclass
-class Item:
-    file: str
-    image: torch.Tensor | None = None  # uint8 (3, S, S)
-    error: str | None = None
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    n: int
+    tta: str
+    per_class: list[float | None]  # accuracy per class (None: no samples)
+    confusion: list[list[int]]
+
+    def as_dict(self, class_names: list[str] | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {"top1": self.top1, "top5": self.top5, "top1_err": 1 - self.top1,
+                             "top5_err": 1 - self.top5, "loss": self.loss, "n": self.n, "tta": self.tta}  # fmt: skip
+        names = class_names or [str(i) for i in range(len(self.per_class))]
+        d["per_class"] = {names[i]: a for i, a in enumerate(self.per_class)}
+        return d
 
 
-def collect_files(specs: list[str]) -> list[Item]:
-    """Files, directories (recursively, images only) and globs -> items in a stable order.
-    A path that matches nothing becomes an item with an error."""
-    out: list[Item] = []
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
-            if not files:
-                out.append(Item(spec, error=f"{spec}: directory has no image files"))
-            out += [Item(str(f)) for f in files]
-        elif p.exists():
-            out.append(Item(spec))  # given explicitly: whatever it is, the decoder will judge it
-        elif glob.has_magic(spec):
-            files = sorted(f for f in glob.glob(spec, recursive=True) if Path(f).is_file())
-            if not files:
-                out.append(Item(spec, error=f"{spec}: no files match"))
-            out += [Item(f) for f in files]
-        else:
-            out.append(Item(spec, error=f"{spec}: no such file or directory"))
-    return out
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, normalizer: Normalizer, crop: int, num_classes: int,
+             device: torch.device, tta: str = "center", amp: str = "none",
+             channels_last: bool = False) -> EvalResult:  # fmt: skip
+    was_training = model.training
+    model.eval()
+    norm = normalizer.to(device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    counts = torch.zeros(3, dtype=torch.int64, device=device)  # top-1 right, top-5 right, images
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for x, y, _ in batches.epoch(0):
+        x = norm(x.to(device, non_blocking=True))
+        y = y.to(device, non_blocking=True)
+        keep = y >= 0  # images that failed to decode carry label -100
+        probs = predict_probs(model, x, crop, tta, device, amp, channels_last)[keep]
+        y = y[keep]
+        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
+        top = probs.topk(min(5, num_classes), dim=1).indices
+        counts += torch.stack([(top[:, 0] == y).sum(), (top == y[:, None]).any(1).sum(), keep.sum()])
+        confusion.index_put_((y, top[:, 0]), torch.ones_like(y), accumulate=True)
+    for t in (loss_sum, counts, confusion):
+        all_reduce_sum(t)
+    model.train(was_training)
+    right1, right5, n = counts.tolist()
+    support = confusion.sum(1).tolist()
+    diag = confusion.diagonal().tolist()
+    per_class = [diag[i] / support[i] if support[i] > 0 else None for i in range(num_classes)]
+    return EvalResult(top1=right1 / max(n, 1), top5=right5 / max(n, 1), loss=loss_sum.item() / max(n, 1), n=n,
+                      tta=tta, per_class=per_class, confusion=confusion.tolist())  # fmt: skip
 
 
-def make_normalizer(pre: dict) -> Normalizer:
-    mean_image = pre.get("mean_image")
-    return Normalizer(
-        torch.tensor(pre["mean"], dtype=torch.float32),
-        torch.tensor(pre["std"], dtype=torch.float32),
-        None if mean_image is None else torch.as_tensor(mean_image, dtype=torch.float32),
-    )
+def layer_fn(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """fc7 (default): the 4096-d activations the paper's Fig. 4 compares; pool5: the 9216-d conv features;
+    fc6; logits; or any module name from `alexnet summary` (e.g. conv5), flattened."""
+    if layer == "fc7":
+        return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
+    if layer == "pool5":
+        return lambda x: torch.flatten(model.forward_features(x), 1)
+    if layer == "logits":
+        return lambda x: model(x)
+    modules = dict(model.named_modules())
+    aliases = {"fc6": ["classifier.relu6", "classifier.2"]}
+    names = aliases.get(layer, [layer, f"features.{layer}", f"classifier.{layer}"])
+    target = next((modules[n] for n in names if n in modules), None)
+    if target is None:
+        shown = [n for n in modules if n and "." in n]
+        raise UserError(f"unknown layer {layer!r}; use fc7, fc6, pool5, logits or one of: {', '.join(shown)}")
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        grabbed: list[torch.Tensor] = []
+        handle = target.register_forward_hook(lambda _m, _i, out: grabbed.append(out.detach().clone()))
+        try:
+            model(x)
+        finally:
+            handle.remove()
+        return torch.flatten(grabbed[0], 1)
+
+    return fn
 
 
-def batches(items: list[Item], pre: dict, batch_size: int) -> Iterator[list[Item]]:
-    """Decode and resize lazily, ``batch_size`` good images at a time; failures ride along."""
-    resize = resize_square(int(pre["resize"]))
-    batch: list[Item] = []
-    for item in items:
-        if item.error is None:
-            try:
-                item.image = resize(load_rgb(item.file))
-            except ImageError as e:
-                item.error = str(e)
-        batch.append(item)
-        if sum(i.image is not None for i in batch) >= batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def run(loaded: Loaded, items: list[Item], batch_size: int, device: torch.device,
-        fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[Item, torch.Tensor | None]]:  # fmt: skip
-    """Yield (item, fn(normalised batch)[row]) for good items and (item, None) for failed ones, in order."""
-    norm = make_normalizer(loaded.preprocess).to(device)
-    for batch in batches(items, loaded.preprocess, batch_size):
-        good = [i for i in batch if i.image is not None]
-        rows: dict[int, torch.Tensor] = {}
-        if good:
-            x = norm(torch.stack([i.image for i in good]).to(device))  # (B, 3, S, S)
-            with torch.no_grad():
-                out = fn(x).float().cpu()
-            rows = {id(item): out[k] for k, item in enumerate(good)}
-        for item in batch:
-            yield item, rows.get(id(item))
-            item.image = None  # free memory as we go
+def feature_fn(model: nn.Module, crop: int, layer: str = "fc7") -> Callable[[torch.Tensor], torch.Tensor]:
+    """Normalised full-size batch -> the centre crop's ``layer`` activations, flattened. Shared by the
+    `features` command and the neighbours figure."""
+    fn = layer_fn(model, layer)
+    return lambda x: fn(TTA["center"](x, crop)[0])

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import yaml
 
+from .atomic import atomic_write_text
 from .data.classes import is_imagenet
+from .distributed import pick_device
 from .errors import UserError
-from .evaluate import PAPER_ILSVRC2012
-from .metrics import read_metrics
+from .models import PAPER_ILSVRC2012
+from .plots import make_figures
+from .runlog import read_metrics, setup_logging
+from .weights import load_weights
 
 FIGURE_TITLES = {
     "curves": "Training curves",
@@ -105,6 +109,22 @@ def to_html(blocks: list[tuple[str, object]]) -> str:
 def write_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> tuple[Path, Path]:
     blocks = build_report(run_dir, class_names, figures_dir)
     md, page = run_dir / "report.md", run_dir / "report.html"
-    md.write_text(to_markdown(blocks))
-    page.write_text(to_html(blocks))
+    atomic_write_text(md, to_markdown(blocks))
+    atomic_write_text(page, to_html(blocks))
     return md, page
+
+
+def run_report(run: Path, data: str | None = None, data_figures: bool = True, max_val: int = 2000,
+               max_train: int = 5000, device: str = "auto") -> int:  # fmt: skip
+    """`alexnet report`: the figures into RUN/figures, then RUN/report.md and RUN/report.html."""
+    setup_logging(verbose=False)
+    if not (run / "metrics.jsonl").is_file():
+        raise UserError(f"{run}: not a run directory (no metrics.jsonl)")
+    dev = pick_device(device)
+    w = load_weights(str(run), dev)
+    figs = run / "figures"
+    which = ["curves", "filters", "predictions", "neighbours", "confusion"] if data_figures else ["curves", "filters"]
+    make_figures(w, run, data, figs, which, dev, max_val, max_train, 0)
+    for path in write_report(run, w.class_names, figs):
+        print(path)
+    return 0

@@ -1,11 +1,9 @@
-"""A run directory's safety: refuse to overwrite, prove it is writable, and stop cleanly on signals."""
+"""A run directory's safety: refuse to overwrite, prove it is writable, clean up after a killed save."""
 
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
-from typing import Any
 
 from .errors import UserError
 
@@ -36,28 +34,3 @@ def make_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
-
-
-class StopFlag:
-    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint at the next step and exits."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signal is not None:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)

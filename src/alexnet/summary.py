@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from .models import create_model, get_model_info
-from .models.layers import GroupedLRN
+from .models.lrn import GroupedLRN
 
 LAYER_TYPES = (
     nn.Conv2d,
@@ -53,10 +54,8 @@ def _macs(m: nn.Module, out: torch.Tensor) -> int:
 def layer_table(model: nn.Module, input_size: int) -> list[LayerRow]:
     rows: list[LayerRow] = []
     handles = []
-    inside_lrn: set[nn.Module] = {m.lrn for m in model.modules() if isinstance(m, GroupedLRN)}
-
     for qualname, mod in model.named_modules():
-        if not isinstance(mod, LAYER_TYPES) or mod in inside_lrn:
+        if not isinstance(mod, LAYER_TYPES):
             continue
         short = qualname.rsplit(".", 1)[-1]
         name = qualname if short.isdigit() else short
@@ -143,3 +142,10 @@ def format_table(summary: dict) -> str:
     )
     rule = "-" * len(fmt(head))
     return "\n".join([title, fmt(head), rule, *map(fmt, body[:-1]), rule, fmt(body[-1])])
+
+
+def print_summary(name: str, input_size: int | None = None, num_classes: int = 1000, as_json: bool = False) -> int:
+    """`alexnet summary`: the table (or one JSON object) on stdout."""
+    s = summarize(name, input_size, num_classes)
+    print(json.dumps(s) if as_json else format_table(s))
+    return 0

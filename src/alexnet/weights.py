@@ -1,9 +1,11 @@
-"""Trained weights from any source, as a ready model plus what it needs to run:
-a run directory, a checkpoint (.pt), an exported .safetensors file, or ``torchvision``."""
+"""Trained weights from any source, as a ready model plus what it needs to run: a run directory, a
+checkpoint (.pt), an exported .safetensors file, or ``torchvision``. Reading only; export.py writes.
+Loading never executes code: checkpoints through ``weights_only=True``, safetensors by design."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,13 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from .config import Config, from_dict
 from .data.classes import imagenet_classes
+from .data.preprocess import Preprocess
 from .errors import UserError
-from .models import IMAGENET_MEAN, IMAGENET_STD, create_model, get_model_info
+from .models import create_model, get_model_info, model_options
+
+SAFETENSORS_FORMAT = "alexnet-safetensors/1"
 
 
 @dataclass
@@ -21,17 +27,15 @@ class Loaded:
     model: nn.Module
     variant: str
     class_names: list[str]
-    preprocess: dict[str, Any]  # resize, crop, mean, std, mean_image
-    config: dict[str, Any] | None
+    preprocess: Preprocess
+    config: Config | None  # the training run's config (checkpoints only): its data, recipe, options
     source: str
+    options: dict[str, Any] = field(default_factory=dict)  # architecture options (LRN settings) to rebuild it
 
 
-def _model_from_state(variant: str, num_classes: int, state: dict[str, torch.Tensor], config: dict | None) -> nn.Module:
-    opts: dict[str, Any] = {}
-    if config and variant == "alexnet":
-        m = config["model"]
-        opts = {k: m[k] for k in ("lrn_size", "lrn_alpha", "lrn_beta", "lrn_k")}
-    model = create_model(variant, num_classes, init="default", **opts)
+def model_from_state(variant: str, num_classes: int, state: dict[str, torch.Tensor], options: dict[str, Any]) -> nn.Module:
+    get_model_info(variant)
+    model = create_model(variant, num_classes, init="default", **options)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -41,26 +45,23 @@ def _model_from_state(variant: str, num_classes: int, state: dict[str, torch.Ten
 
 def load_weights(spec: str, device: torch.device | str = "cpu", towers: str | None = None) -> Loaded:
     """``towers="DEV_A,DEV_B"`` splits a two-tower model across two devices (the paper's layout)."""
-    loaded = _load(spec, device)
+    loaded = _load(spec)
     if towers:
         from .distributed import pick_device
-        from .models.towers import TowerAlexNet
+        from .models.towers import TowerAlexNet, check_towers
 
-        if loaded.variant not in ("alexnet", "alexnet_bn"):
-            raise UserError(f"--towers needs a two-tower model (alexnet or alexnet_bn), not {loaded.variant}")
-        devices = tuple(pick_device(d.strip()) for d in towers.split(","))
-        if len(devices) != 2:
-            raise UserError(f"--towers must name two devices like cuda:0,cuda:1, got {towers!r}")
-        loaded.model = TowerAlexNet.from_grouped(loaded.model.cpu(), devices).eval()
+        devices = tuple(pick_device(d) for d in check_towers(loaded.variant, towers))
+        loaded.model = TowerAlexNet.from_grouped(loaded.model, devices).eval()
+    else:
+        loaded.model = loaded.model.to(device).eval()
     return loaded
 
 
-def _load(spec: str, device: torch.device | str) -> Loaded:
+def _load(spec: str) -> Loaded:
     if spec == "torchvision":
         model = create_model("alexnet_owt", 1000, weights="torchvision")
-        pre = {"resize": 256, "crop": 224, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "mean_image": None}
         names = [w for w, _ in imagenet_classes()]
-        return Loaded(model.to(device).eval(), "alexnet_owt", names, pre, None, "torchvision IMAGENET1K_V1")
+        return Loaded(model, "alexnet_owt", names, Preprocess.imagenet(), None, "torchvision IMAGENET1K_V1")
     path = Path(spec)
     if path.is_dir() and (path / "model.safetensors").is_file():
         # a run directory with an export: prefer it unless a checkpoint is newer
@@ -69,16 +70,38 @@ def _load(spec: str, device: torch.device | str) -> Loaded:
         if st.stat().st_mtime >= newest_ckpt:
             path = st
     if path.suffix == ".safetensors":
-        from .export import load_safetensors
-
-        loaded = load_safetensors(path)
-        loaded.model.to(device).eval()
-        return loaded
+        return load_safetensors(path)
     path = ckpt_io.resolve(path)
     ck = ckpt_io.load(path)
-    variant = ck["variant"]
-    get_model_info(variant)
-    model = _model_from_state(variant, len(ck["class_names"]), ck["model"], ck.get("config"))
-    return Loaded(
-        model.to(device).eval(), variant, list(ck["class_names"]), dict(ck["preprocess"]), ck["config"], str(path)
-    )
+    try:
+        variant, names, cfg_dict = ck["variant"], list(ck["class_names"]), ck["config"]
+        pre = Preprocess.from_meta(ck["preprocess"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: checkpoint without its metadata ({e})") from None
+    options = model_options(variant, cfg_dict.get("model"), dropout=False)
+    model = model_from_state(variant, len(names), ck["model"], options)
+    return Loaded(model, variant, names, pre, from_dict(cfg_dict, f"checkpoint {path}"), str(path), options)
+
+
+def load_safetensors(path: Path) -> Loaded:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    if meta.get("format") != SAFETENSORS_FORMAT:
+        raise UserError(f"{path}: safetensors file without alexnet metadata (format {meta.get('format')!r})")
+    try:
+        pre = Preprocess.from_meta(json.loads(meta["preprocess"]), tensors.pop("__preprocess__.mean_image", None))
+        names, variant = json.loads(meta["class_names"]), meta["variant"]
+        options = json.loads(meta.get("model_options", "{}"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: incomplete alexnet metadata (missing or bad {e})") from None
+    model = model_from_state(variant, len(names), tensors, options)
+    return Loaded(model, variant, names, pre, None, str(path), options)

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .. import keyed_random
 from ..errors import UserError
-from . import keyed_random
 from .images import ImageError, is_image_path, load_rgb
 
 log = logging.getLogger("alexnet")

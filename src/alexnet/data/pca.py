@@ -8,13 +8,26 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..keyed_random import seeded_sample
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
 from .stats import STATS_FILENAME, ColourStats, compute_stats
 from .store import is_store, open_store
 from .transforms import resize_square
 
 
-def run_pca_stats(
+def run_pca_stats(data: str, out: Path | None, size: int = 256, max_images: int = 20000, workers: int = -1) -> int:
+    """`alexnet pca-stats`: compute, write, and print the statistics."""
+    stats, path = pca_stats(data, out, size, max_images, workers)
+    print(f"wrote {path} from {stats.count} images")
+    print(f"  mean     {', '.join(f'{v:.4f}' for v in stats.mean)}")
+    print(f"  std      {', '.join(f'{v:.4f}' for v in stats.std)}")
+    print(f"  eigval   {', '.join(f'{v:.4f}' for v in stats.eigval)}")
+    for row in stats.eigvec:
+        print(f"  eigvec   {', '.join(f'{v:+.4f}' for v in row)}")
+    return 0
+
+
+def pca_stats(
     data: str, out: Path | None, size: int = 256, max_images: int = 20000, workers: int = -1
 ) -> tuple[ColourStats, Path]:
     root = Path(data)
@@ -23,7 +36,7 @@ def run_pca_stats(
         raise UserError(f"cannot write {out}: directory not writable (choose another place with --out)")
     if is_store(root):
         images, _, _ = open_store(root, "train")
-        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:max_images].sort().values
+        pick = seeded_sample(len(images), max_images)
         stats = compute_stats(
             (images[pick[i : i + 256]] for i in range(0, len(pick), 256)), f"{root} ({len(pick)} images)"
         )
@@ -38,7 +51,7 @@ def run_pca_stats(
 def folder_stats(index: FolderIndex, size: int, max_images: int, workers: int = -1) -> ColourStats:
     """Statistics of a seeded random sample of at most ``max_images`` images, resized to ``size``."""
     n = len(index.samples)
-    pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_images].sort().values
+    pick = seeded_sample(n, max_images)
     ds = FolderDataset(index, resize_square(size), size)
     subset = torch.utils.data.Subset(ds, pick.tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=64, num_workers=default_workers(workers))

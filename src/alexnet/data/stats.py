@@ -14,11 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..errors import UserError
-from .transforms import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
+# ImageNet's colour statistics on the [0, 1] scale, the one home of these numbers: the channel mean and std
+# every torchvision model uses, and the widely copied PCA values (fb.resnet.torch, from Krizhevsky's
+# statistics): eigenvalues of the RGB covariance, eigenvectors as columns.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 STATS_FILENAME = "alexnet-stats.npz"
 
 
@@ -36,9 +45,7 @@ class ColourStats:
         arrays = {k: getattr(self, k) for k in ("mean", "std", "eigval", "eigvec")}
         if self.mean_image is not None:
             arrays["mean_image"] = self.mean_image.astype(np.float32)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, count=np.array(self.count), source=np.array(self.source), **arrays)
-        tmp.replace(path)
+        atomic_write(path, lambda f: np.savez(f, count=np.array(self.count), source=np.array(self.source), **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> ColourStats:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_text
 from ..errors import UserError
 from .folder import FolderIndex, default_workers, scan_folder
 from .images import ImageError, load_rgb
@@ -95,10 +96,16 @@ def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int
     return manifest
 
 
+def run_prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int = 90, workers: int = -1) -> int:
+    """`alexnet prepare`: write the store and say what is in it."""
+    m = prepare(data, out, size, fmt, quality, workers, progress=True)
+    counts = ", ".join(f"{k} {v['count_written']}" for k, v in m["splits"].items())
+    print(f"wrote {out}: {counts} images at {m['size']}x{m['size']} ({m['format']})")
+    return 0
+
+
 def _save_manifest(dst: Path, manifest: dict[str, Any]) -> None:
-    tmp = dst / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, dst / MANIFEST)
+    atomic_write_text(dst / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest: dict[str, Any], size: int, fmt: str,
@@ -175,6 +182,7 @@ class StoreImages:
         # on the first and later passes; mmap 70k with 1 thread once mapped but 28k on the first pass
         # (page faults) and 37k with 4 threads (their OpenMP teams oversubscribe the cores)
         self.read = read
+        self.root, self.split = root, split
         self.path = root / f"{split}.u8"
         if self.format == "raw":
             # mode "c": a private, writable view (torch wants writable arrays); the file is never written
@@ -187,6 +195,10 @@ class StoreImages:
 
     def __len__(self) -> int:
         return self.n
+
+    def files(self) -> list[str]:
+        """The source file of every image, in store order."""
+        return json.loads((self.root / f"{self.split}.files.json").read_text())
 
     def __getitem__(self, idx: torch.Tensor | int) -> torch.Tensor:
         if isinstance(idx, int):

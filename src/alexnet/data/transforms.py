@@ -15,16 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from . import keyed_random as kr
-
-# The common ImageNet PCA values on a [0, 1] scale (fb.resnet.torch, from Krizhevsky's statistics):
-# eigenvalues of the RGB covariance, eigenvectors as columns.
-IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+from .. import keyed_random as kr
 
 
 def resize_square(size: int) -> v2.Compose:

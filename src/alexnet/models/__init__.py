@@ -1,18 +1,18 @@
 from .alexnet import AlexNet
 from .init import INIT_SCHEMES, init_weights
 from .owt import AlexNetOWT
-from .registry import IMAGENET_MEAN, IMAGENET_STD, MODELS, ModelInfo, create_model, get_model_info, list_models
+from .registry import MODELS, PAPER_ILSVRC2012, ModelInfo, create_model, get_model_info, list_models, model_options
 
 __all__ = [
     "AlexNet",
     "AlexNetOWT",
     "INIT_SCHEMES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
+    "PAPER_ILSVRC2012",
     "MODELS",
     "ModelInfo",
     "create_model",
     "get_model_info",
     "init_weights",
     "list_models",
+    "model_options",
 ]

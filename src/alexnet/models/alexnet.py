@@ -12,7 +12,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .layers import GroupedLRN, check_input_size
+from .layers import check_input_size
+from .lrn import PAPER_LRN, GroupedLRN
 
 # Smallest input whose pool3 output is at least 1x1:
 # conv1 (67-11)/4+1=15, pool1 7, conv2 7, pool2 3, conv3-5 3, pool3 1.
@@ -39,10 +40,10 @@ class AlexNet(nn.Module):
         *,
         norm: str = "lrn",
         dropout: float = 0.5,
-        lrn_size: int = 5,
-        lrn_alpha: float = 1e-4,
-        lrn_beta: float = 0.75,
-        lrn_k: float = 2.0,
+        lrn_size: int = PAPER_LRN.size,
+        lrn_alpha: float = PAPER_LRN.alpha,
+        lrn_beta: float = PAPER_LRN.beta,
+        lrn_k: float = PAPER_LRN.k,
     ) -> None:
         super().__init__()
         if norm not in ("lrn", "bn"):

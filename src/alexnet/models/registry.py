@@ -16,8 +16,8 @@ from .alexnet import AlexNet
 from .init import init_weights
 from .owt import AlexNetOWT
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Krizhevsky et al. 2012, Table 1: one CNN on ILSVRC-2012 validation (the published metrics of "alexnet").
+PAPER_ILSVRC2012 = {"top1_err": 0.407, "top5_err": 0.182}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class ModelInfo:
     params_1k: int | None = None  # parameters at 1000 classes
     macs_native: int | None = None  # multiply-adds per image at input_size
     options: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # published results, as torchvision keeps _metrics
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -43,6 +44,7 @@ MODELS: dict[str, ModelInfo] = {
         default_init="paper",
         params_1k=60_965_224,
         macs_native=724_406_816,
+        metrics=PAPER_ILSVRC2012,
     ),
     "alexnet_bn": ModelInfo(
         name="alexnet_bn",
@@ -73,6 +75,16 @@ def get_model_info(name: str) -> ModelInfo:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def model_options(name: str, model_cfg: dict[str, Any] | None, dropout: bool = True) -> dict[str, Any]:
+    """The architecture options stored in a run's ``model`` config section (or a weights file's metadata):
+    dropout, and the LRN settings for ``alexnet``. The one place that maps config keys to builder options."""
+    m = model_cfg or {}
+    opts: dict[str, Any] = {"dropout": m["dropout"]} if dropout and "dropout" in m else {}
+    if name == "alexnet":
+        opts |= {k: m[k] for k in ("lrn_size", "lrn_alpha", "lrn_beta", "lrn_k") if k in m}
+    return opts
 
 
 def create_model(

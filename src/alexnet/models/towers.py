@@ -20,8 +20,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .alexnet import AlexNet
 from .layers import check_input_size
+from .lrn import PAPER_LRN, GroupedLRN
+
+TWO_TOWER_MODELS = ("alexnet", "alexnet_bn")
+
+
+def check_towers(variant: str, spec: str, what: str = "--towers") -> list[str]:
+    """The one precondition of the two-device split: a two-tower model and two device names."""
+    if variant not in TWO_TOWER_MODELS:
+        raise UserError(f"{what} needs a two-tower model (alexnet or alexnet_bn), not {variant}")
+    names = [d.strip() for d in spec.split(",")]
+    if len(names) != 2 or not all(names):
+        raise UserError(f"{what} must name two devices like cuda:0,cuda:1, got {spec!r}")
+    return names
 
 # grouped-model key -> (tower slicing rule). "out": rows split in halves; "all": only on tower A.
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -43,7 +57,7 @@ class _Tower(nn.Module):
             self.bn1, self.bn2 = nn.BatchNorm2d(48), nn.BatchNorm2d(128)
             self.bn3, self.bn4, self.bn5 = nn.BatchNorm2d(192), nn.BatchNorm2d(192), nn.BatchNorm2d(128)
         else:
-            self.norm = nn.LocalResponseNorm(int(lrn["size"]), lrn["alpha"], lrn["beta"], lrn["k"])
+            self.norm = GroupedLRN(int(lrn["size"]), lrn["alpha"], lrn["beta"], lrn["k"], groups=1)
         self.pool = nn.MaxPool2d(3, 2)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.fc6 = nn.Linear(256 * 6 * 6, 2048)  # reads both towers
@@ -81,7 +95,7 @@ class TowerAlexNet(nn.Module):
         self.devices = (torch.device(devices[0]), torch.device(devices[1]))
         self.norm = norm
         self.num_classes = num_classes
-        lrn = lrn or {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+        lrn = lrn or {"size": PAPER_LRN.size, "alpha": PAPER_LRN.alpha, "beta": PAPER_LRN.beta, "k": PAPER_LRN.k}
         self.tower_a = _Tower(norm, lrn, dropout).to(self.devices[0])
         self.tower_b = _Tower(norm, lrn, dropout).to(self.devices[1])
         self.fc8 = nn.Linear(4096, num_classes).to(self.devices[0])
@@ -90,7 +104,7 @@ class TowerAlexNet(nn.Module):
     def from_grouped(cls, model: AlexNet, devices: tuple[Any, Any]) -> TowerAlexNet:
         lrn = {}
         if model.norm == "lrn":
-            m = model.features.norm1.lrn
+            m = model.features.norm1
             lrn = {"size": m.size, "alpha": m.alpha, "beta": m.beta, "k": m.k}
         t = cls(model.num_classes, devices, norm=model.norm, dropout=model.classifier.drop6.p, lrn=lrn or None)
         t.load_state_dict(model.state_dict())

@@ -1,0 +1,57 @@
+"""Writing a file so that a crash at any moment leaves the old file or the new one, never a torn one.
+
+The one home of "write to a temporary file in the same directory, fsync, rename over the target, fsync
+the directory". Windows cannot open a directory (``os.open(dir)`` raises PermissionError) and needs no
+directory fsync for the rename to be durable, so that last step is skipped where the OS refuses it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX). Windows refuses to open directories: nothing to do."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # PermissionError on Windows; the rename is already durable there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (and platforms) cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary sibling used while ``path`` is written (hidden, per process)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(f)`` on a temporary file, fsync it, and rename it over ``path``. On any error the
+    temporary file is removed, ``path`` is untouched, and the error propagates."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,180 @@
+"""One epoch of training steps (``train_one_epoch``), and what follows it (``end_of_epoch``: validation, the
+metrics row, checkpoints).
+
+Rule for DDP: every rank must reach the same check steps (``is_check_step`` depends only on counters all
+ranks share). NaNs and stop signals are agreed there with an all-reduce, so all ranks stop at the same step
+instead of one waiting forever in the next gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import checkpoint as ckpt_io
+from .. import distributed, keyed_random
+from ..errors import UserError
+from ..inference import autocast, evaluate
+from ..progress import Progress
+from ..signals import StopFlag
+from .setup import Session
+from .state import EpochSums, TrainState
+
+log = logging.getLogger("alexnet")
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+@dataclass
+class StepSums:
+    """This epoch's running sums on the device (no host sync per step)."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    count: torch.Tensor
+    unreadable: torch.Tensor  # images that failed to decode
+    bad_step: torch.Tensor  # first step with a non-finite loss (0: none)
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> StepSums:
+        f = lambda dt: torch.zeros((), dtype=dt, device=device)  # noqa: E731
+        return cls(f(torch.float64), f(torch.float64), f(torch.float64), f(torch.int64), f(torch.int64))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.no_grad():
+            valid = (y >= 0).sum()
+            self.unreadable += y.numel() - valid
+            self.loss += loss.detach().double() * valid
+            self.correct += (logits.argmax(1) == y).sum()
+            self.count += valid
+
+    def drain(self, into: EpochSums, seconds: float) -> EpochSums:
+        """Move the sums into ``into`` (host floats) and start again from zero."""
+        out = into.plus(self.loss.item(), self.correct.item(), self.count.item(), seconds)
+        for t in (self.loss, self.correct, self.count):
+            t.zero_()
+        return out
+
+
+def is_check_step(s: Session, st: TrainState) -> bool:
+    """Where NaNs and signals are looked at (a host-device sync on GPUs): every step on CPUs (free), else every
+    log_every steps (50 when 0), at checkpoint steps and at the epoch's last step. One H200 run measured 23k img/s
+    with a check (a sync) every step. Depends only on counters every rank shares (see the module docstring)."""
+    t = s.cfg.train
+    step = st.global_step + 1
+    return (s.device.type == "cpu" or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+            or step % (t.log_every or 50) == 0 or st.step_in_epoch + 1 == len(s.data.train or []))  # fmt: skip
+
+
+def check_finite(step: int, epoch: int, run_dir: Path) -> None:
+    if step:
+        good = ("checkpoints/last.pt is the last good checkpoint" if (run_dir / "checkpoints" / "last.pt").exists()
+                else "no checkpoint was written yet")  # fmt: skip
+        raise TrainingDiverged(f"loss became nan/inf at step {step} (epoch {epoch + 1}); {good}; "
+                               "try a lower learning rate (--lr)")  # fmt: skip
+
+
+def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor,
+            idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Augment on the device (keyed by seed, epoch and sample index), run the model; (loss, logits, labels)."""
+    t, dev = s.cfg.train, s.device
+    x, y, idx = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), idx.to(dev, non_blocking=True)
+    x = s.augment(x, keyed_random.keys(t.seed, st.epoch, idx))  # (B, 3, crop, crop)
+    if t.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(t.seed * 1_000_003 + st.global_step * 101 + s.dist.rank)  # dropout masks
+    with autocast(dev, t.amp):
+        logits = s.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.optim.label_smoothing)
+    return loss, logits, y
+
+
+def optimizer_step(st: TrainState, loss: torch.Tensor) -> None:
+    st.optimizer.zero_grad(set_to_none=True)
+    st.scaler.scale(loss).backward()
+    st.scaler.step(st.optimizer)
+    st.scaler.update()
+    st.schedule.after_step()
+    st.global_step += 1
+    st.step_in_epoch += 1
+
+
+def save(s: Session, st: TrainState, names: tuple[str, ...]) -> Path:
+    return ckpt_io.publish(st.state_dict(), s.run_dir / "checkpoints", st.global_step, names, s.cfg.train.keep_last)
+
+
+def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
+    """Train epoch ``st.epoch`` from step ``st.step_in_epoch`` to its end. Returns the agreed stop signal when one
+    arrived (a checkpoint was saved at that step), else None with ``st.partial`` holding the epoch's sums."""
+    t, n_steps = s.cfg.train, len(s.data.train or [])
+    if st.step_in_epoch == 0:
+        st.partial = EpochSums()
+    sums, t0 = StepSums.zeros(s.device), time.perf_counter()
+    progress = Progress(n_steps, f"epoch {st.epoch + 1}/{t.epochs}", s.main and s.verbose, t.log_every,
+                        initial=st.step_in_epoch)  # fmt: skip
+    s.model.train()
+    assert s.data.train is not None
+    for x, y, idx in s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch):
+        loss, logits, y = forward(s, st, x, y, idx)
+        sums.bad_step = torch.where(torch.isfinite(loss) | (sums.bad_step > 0), sums.bad_step, st.global_step + 1)
+        signal = None
+        if is_check_step(s, st):
+            first_bad, signal = distributed.agree_stop(sums.bad_step, stop.signal)
+            check_finite(first_bad, st.epoch, s.run_dir)
+        optimizer_step(st, loss)
+        sums.add(loss, logits, y)
+        if s.main and t.log_every and st.global_step % t.log_every == 0:
+            s.logger.step(st.global_step, loss.item(), st.schedule.lr)
+        progress.update(  # the callables run only when a line is shown (each .item() syncs a GPU)
+            loss=loss.item, acc=lambda c=sums.correct, n=sums.count: c.item() / max(n.item(), 1.0),
+            img_s=lambda n=sums.count, t0=t0: n.item() * s.dist.world / max(time.perf_counter() - t0, 1e-9),
+            lr=st.schedule.lr)  # fmt: skip
+        want_ckpt = t.checkpoint_every and st.global_step % t.checkpoint_every == 0
+        if (want_ckpt or signal is not None) and st.step_in_epoch < n_steps:
+            st.partial, t0 = sums.drain(st.partial, time.perf_counter() - t0), time.perf_counter()
+            if s.main:
+                save(s, st, ("last",))
+            if signal is not None:
+                progress.close()
+                return signal
+    progress.close()
+    if int(distributed.all_reduce_sum(sums.unreadable)) and s.main:
+        log.warning("epoch %d: skipped %d images that failed to decode (listed above)", st.epoch + 1,
+                    int(sums.unreadable))  # fmt: skip
+    st.partial = sums.drain(st.partial, time.perf_counter() - t0)
+    return None
+
+
+def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
+    """Validate, step the schedule, write the metrics row and the checkpoints; returns the row."""
+    t, t_eval = s.cfg.train, time.perf_counter()
+    p = st.partial
+    totals = distributed.all_reduce_sum(torch.tensor([p.loss, p.correct, p.count], dtype=torch.float64,
+                                                     device=s.device)).tolist()  # fmt: skip
+    res = evaluate(s.eval_model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
+                   s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
+    lr_used = st.schedule.lr
+    st.schedule.after_epoch(res.top1)
+    n_train = max(totals[2], 1.0)
+    row = {"epoch": st.epoch + 1, "lr": lr_used, "train_loss": totals[0] / n_train, "train_top1": totals[1] / n_train,
+           "val_loss": res.loss, "val_top1": res.top1, "val_top5": res.top5, "val_n": res.n,
+           "images_per_sec": totals[2] / max(p.seconds, 1e-9),
+           "seconds": p.seconds + (time.perf_counter() - t_eval)}  # fmt: skip
+    if res.top1 > st.best["val_top1"]:
+        st.best = {"val_top1": res.top1, "val_top5": res.top5, "epoch": st.epoch + 1}
+    st.epoch, st.step_in_epoch, st.partial = st.epoch + 1, 0, EpochSums()
+    if s.main:
+        s.logger.epoch(row)
+        log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.2f%%  val loss %.4f top-1 %.2f%% top-5 %.2f%%  "
+                 "%.0f img/s  %.1fs", row["epoch"], t.epochs, lr_used, row["train_loss"], 100 * row["train_top1"],
+                 res.loss, 100 * res.top1, 100 * res.top5, row["images_per_sec"], row["seconds"])  # fmt: skip
+        save(s, st, ("last", "best") if st.best["epoch"] == st.epoch else ("last",))
+    return row

@@ -1,0 +1,184 @@
+"""Everything a run builds before its first step: the resolved config, data, model, optimizer, schedule,
+the training state (fresh or from a checkpoint), and the compute path."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .. import tuning
+from ..config import Config, save_yaml
+from ..data.loaders import DataBundle, build_data, store_size
+from ..data.transforms import BatchAugment
+from ..distributed import DistInfo, pick_device
+from ..errors import UserError
+from ..models import create_model, get_model_info, model_options
+from ..optim import Schedule, build_optimizer
+from ..rundir import check_run_dir, make_run_dir
+from ..runlog import RunLogger
+from .state import RunInfo, TrainState
+
+log = logging.getLogger("alexnet")
+
+
+@dataclass
+class Session:
+    """What the steps of a run use besides its state: fixed once set up."""
+
+    cfg: Config  # resolved: no "auto" left
+    dist: DistInfo
+    run_dir: Path
+    data: DataBundle
+    model: nn.Module  # what training steps call: compiled and/or DDP-wrapped
+    eval_model: nn.Module  # compiled or raw, never DDP-wrapped
+    augment: BatchAugment  # on the training device, writing the model's memory layout
+    logger: RunLogger
+    verbose: bool
+
+    @property
+    def main(self) -> bool:
+        return self.dist.is_main
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+
+def resolve_config(cfg: Config, device: torch.device) -> Config:
+    """The one place where a run's config is completed: ``auto`` compute settings for this device, an absolute
+    data path (config.yaml is read again on resume, maybe from another directory), ``data.resize`` from a
+    store's images, and ``data.crop`` from the model. Lower layers only read it."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train = tuning.resolve(cfg.train, device)
+    d = cfg.data
+    if d.path is not None:
+        d.path = str(Path(d.path).absolute())
+        size = store_size(d.path)
+        if size is not None and size != d.resize:
+            log.info("%s holds %dx%d images: using data.resize=%d", d.path, size, size, size)
+            d.resize = size
+    d.crop = d.crop or get_model_info(cfg.model.name).input_size
+    if d.crop > d.resize:
+        raise UserError(f"data.crop {d.crop} is larger than the images ({d.resize}px); use a smaller crop"
+                        + (" or prepare the store with a larger --size" if d.path and store_size(d.path) else ""))  # fmt: skip
+    if cfg.train.amp == "fp16" and device.type == "cpu":
+        raise UserError("train.amp=fp16 needs a GPU; use bf16 on the CPU")
+    return cfg
+
+
+def build_model(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
+    """The raw model on its device(s): seeded by train.seed alone (not by what the data pipeline drew), the
+    two-tower split when asked, channels_last when the compute path says so."""
+    m = cfg.model
+    torch.manual_seed(cfg.train.seed)
+    model = create_model(m.name, num_classes, init=m.init, weights=m.weights, **model_options(m.name, asdict(m)))
+    if m.freeze_features:
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+    if cfg.train.towers:
+        model = _towers(model, cfg, dist)
+    else:
+        model = model.to(dist.device)
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def _towers(model: nn.Module, cfg: Config, dist: DistInfo) -> nn.Module:
+    """The paper's two-device split, from the CPU copy (no whole model on device A). One process, two devices."""
+    from ..models.towers import TowerAlexNet, check_towers
+
+    if dist.enabled:
+        raise UserError("--towers runs in one process on two devices; it is not combined with torchrun/DDP")
+    devices = tuple(pick_device(d) for d in check_towers(cfg.model.name, cfg.train.towers or ""))
+    if devices[0] != dist.device:
+        raise UserError(f"with --towers the training device is tower A's: use --device {devices[0]} or auto")
+    return TowerAlexNet.from_grouped(model, devices)
+
+
+def _seed_and_kernels(cfg: Config, device: torch.device) -> None:
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def new_state(cfg: Config, data: DataBundle, dist: DistInfo) -> TrainState:
+    t = cfg.train
+    model = build_model(cfg, len(data.class_names), dist)
+    lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_scale_batch if cfg.optim.lr_scale_batch else 1.0)
+    optimizer = build_optimizer(model, cfg.optim, lr)
+    assert data.train is not None
+    schedule = Schedule(optimizer, cfg.schedule, lr, t.epochs, len(data.train))
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=t.amp == "fp16")
+    info = RunInfo(cfg, data.class_names, data.preprocess, dist.world)
+    return TrainState(model, optimizer, schedule, scaler, info)
+
+
+def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistInfo,
+          verbose: bool = True) -> tuple[Session, TrainState]:  # fmt: skip
+    """Resolve, check the run directory (before any data is scanned), build data and state, wrap the model."""
+    cfg = resolve_config(cfg, dist.device)
+    if dist.is_main:
+        check_run_dir(run_dir, resuming=resume is not None)
+    _seed_and_kernels(cfg, dist.device)
+    data = build_data(cfg, dist.rank, dist.world, pin_memory=dist.device.type == "cuda")
+    if dist.is_main:
+        make_run_dir(run_dir)
+        if data.skipped:
+            log.warning("skipping %d unreadable files:\n  %s", len(data.skipped), "\n  ".join(data.skipped[:50]))
+    if resume is not None and resume["class_names"] != data.class_names:
+        raise UserError("the data's classes differ from the checkpoint's; resume with the same --data")
+    state = new_state(cfg, data, dist)
+    if resume is not None:
+        state.load_state_dict(resume)
+        if dist.is_main:
+            log.info("resuming at epoch %d, step %d (global step %d)", state.epoch + 1, state.step_in_epoch,
+                     state.global_step)  # fmt: skip
+    model, eval_model = _wrap(cfg, data, state, dist)
+    augment = data.augment
+    augment.normalizer = data.augment.normalizer.to(dist.device)
+    if cfg.train.channels_last:  # the augmentation writes the model's layout directly
+        augment.memory_format = torch.channels_last
+    logger = RunLogger(run_dir if dist.is_main else None)
+    if dist.is_main:
+        _announce(cfg, data, state, dist, run_dir)
+    return Session(cfg, dist, run_dir, data, model, eval_model, augment, logger, verbose), state
+
+
+def _wrap(cfg: Config, data: DataBundle, state: TrainState, dist: DistInfo) -> tuple[nn.Module, nn.Module]:
+    """The compute path's last choice (compile, decided by this run's length) and the DDP wrapper."""
+    t = cfg.train
+    note = ""
+    if t.compile is None:  # auto: only where its one-off cost is repaid within this run
+        assert data.train is not None
+        total = data.train.num_samples * t.epochs
+        t.compile = tuning.compile_pays(dist.device, tuning.has_lrn(state.model), total, bool(t.towers))
+        note = f" (auto, for {total:,} training images)"
+    if dist.is_main:
+        log.info("compute path: amp=%s channels_last=%s compile=%s%s", t.amp, t.channels_last, t.compile, note)
+    model = torch.compile(state.model) if t.compile else state.model
+    eval_model = model
+    if dist.enabled:
+        model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    return model, eval_model
+
+
+def _announce(cfg: Config, data: DataBundle, state: TrainState, dist: DistInfo, run_dir: Path) -> None:
+    save_yaml(cfg, run_dir / "config.yaml")
+    data.stats.save(run_dir / "stats.npz")
+    assert data.train is not None
+    log.info("model %s (%s params), %d classes, %d train / %d val images, device %s, world %d", cfg.model.name,
+             f"{sum(p.numel() for p in state.model.parameters()):,}", len(data.class_names), data.train.num_samples,
+             data.val.num_samples, dist.device, dist.world)  # fmt: skip

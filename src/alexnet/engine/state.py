@@ -1,0 +1,95 @@
+"""The training state: what a run changes as it trains. ``TrainState.state_dict()`` is the checkpoint.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists (loaded with ``weights_only=True``):
+the unwrapped model's state_dict (the grouped single-device form, also for the two-tower split), the
+optimizer, schedule and grad scaler, the position (epoch, step in epoch, global step), the best result,
+the partial sums of an interrupted epoch, the RNG state, and the run's fixed facts (resolved config,
+variant, class names, preprocessing, world size). ``load_state_dict`` reads every version written so far.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import FORMAT
+from ..config import Config
+from ..data.preprocess import Preprocess
+from ..optim import Schedule
+
+
+@dataclass
+class EpochSums:
+    """Training loss / accuracy sums of the current epoch so far (this rank's), and its seconds."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+
+    def plus(self, loss: float, correct: float, count: float, seconds: float) -> EpochSums:
+        return EpochSums(self.loss + loss, self.correct + correct, self.count + count, self.seconds + seconds)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts fixed for a whole run, written into every checkpoint."""
+
+    config: Config
+    class_names: list[str]
+    preprocess: Preprocess
+    world_size: int
+
+
+def _no_best() -> dict[str, Any]:
+    return {"val_top1": -1.0, "val_top5": 0.0, "epoch": 0}
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # the raw model (never the DDP or compiled wrapper)
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    info: RunInfo
+    epoch: int = 0  # the epoch being trained, 0-based (= epochs finished, at an epoch boundary)
+    step_in_epoch: int = 0  # optimizer steps done in this epoch
+    global_step: int = 0
+    best: dict[str, Any] = field(default_factory=_no_best)
+    partial: EpochSums = field(default_factory=EpochSums)
+
+    def state_dict(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "format": FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "partial": asdict(self.partial),
+            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+            "config": info.config.to_dict(),
+            "variant": info.config.model.name,
+            "class_names": list(info.class_names),
+            "preprocess": info.preprocess.to_checkpoint(),
+            "world_size": info.world_size,
+        }
+
+    def load_state_dict(self, ck: dict[str, Any]) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck["schedule"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+        self.best = dict(ck["best"])
+        self.partial = EpochSums(**ck["partial"]) if ck.get("partial") else EpochSums()
+        torch.set_rng_state(ck["rng"]["torch"])

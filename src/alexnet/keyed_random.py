@@ -1,0 +1,74 @@
+"""Counter-based random numbers: a sample's randomness depends only on (seed, epoch, index).
+
+So a run gives the same result whatever the batch composition, the number of data-loader workers or DDP
+ranks, and wherever it was interrupted and resumed: augmentation (crops, flips, colour noise) and dropout
+masks are all drawn from a sample's key. Integer arithmetic only (no float64: MPS has none), identical on
+every device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_MASK = (1 << 31) - 1
+_MUL = 0x45D9F3B  # < 2**27, so products stay inside int64
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    x = ((x ^ (x >> 16)) * _MUL) & _MASK
+    x = ((x ^ (x >> 16)) * _MUL) & _MASK
+    return x ^ (x >> 16)
+
+
+def _to_unit(h: torch.Tensor) -> torch.Tensor:
+    """31-bit hashes -> U[0, 1) in float32, exactly (the top 24 bits)."""
+    return (h >> 7).float().mul_(1.0 / (1 << 24))
+
+
+def keys(seed: int, epoch: int, index: torch.Tensor) -> torch.Tensor:
+    """One 31-bit key per sample (int64 tensor like ``index``)."""
+    base = int(_mix(torch.tensor((seed * 1_000_003 + epoch) & _MASK, dtype=torch.int64)))  # a plain int: no copy
+    return _mix((index.long() & _MASK) ^ base)
+
+
+def _stream(stream: int) -> int:
+    return int(_mix(torch.tensor(stream + 1, dtype=torch.int64)))
+
+
+def uniform(key: torch.Tensor, stream: int) -> torch.Tensor:
+    """U[0, 1) per key; different ``stream`` numbers give independent draws."""
+    return _to_unit(_mix(key ^ _stream(stream)))
+
+
+def uniform_grid(key: torch.Tensor, stream: int, n: int, offset: int = 0) -> torch.Tensor:
+    """(len(key), n): U[0, 1) per key and unit ``offset .. offset + n - 1`` (dropout masks: a unit's draw
+    does not depend on which slice of the units a process holds)."""
+    units = _mix(torch.arange(offset, offset + n, device=key.device, dtype=torch.int64) ^ _stream(stream))
+    return _to_unit(_mix(key.long()[:, None] ^ units[None, :]))
+
+
+def randint(key: torch.Tensor, stream: int, high: int) -> torch.Tensor:
+    """Integers in [0, high) per key."""
+    return (uniform(key, stream) * high).long().clamp_(max=high - 1)
+
+
+def normal(key: torch.Tensor, stream: int) -> torch.Tensor:
+    """N(0, 1) per key (Box-Muller)."""
+    u1 = uniform(key, stream).clamp_(min=1e-7)
+    u2 = uniform(key, stream + 1000)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+def seed_of(seed: int, epoch: int, index: int) -> int:
+    """A plain integer seed for per-image transforms in data-loader workers."""
+    return int(keys(seed, epoch, torch.tensor([index]))[0])
+
+
+def seeded_sample(n: int, limit: int, seed: int = 0) -> torch.Tensor:
+    """A fixed random subset of ``range(n)`` of at most ``limit`` indices, sorted (statistics, figures):
+    the same images whichever command asks."""
+    if n <= limit:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values

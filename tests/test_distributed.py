@@ -67,8 +67,10 @@ def test_ddp_two_processes_match_one(odd_folder: Path, tmp_path: Path) -> None:
         assert r2["val_loss"] == pytest.approx(r1["val_loss"], rel=1e-4)
     # evaluation under torchrun on the odd-sized set: n equals the dataset size
     ev = _torchrun(2, ["evaluate", str(two), "--json", "--device", "cpu"])
-    d = json.loads(ev.stdout.strip().splitlines()[0])
-    assert d["n"] == 9
+    lines = ev.stdout.strip().splitlines()
+    assert len(lines) == 1, lines  # one result, from rank 0, of the sharded evaluation
+    d = json.loads(lines[0])
+    assert d["n"] == 9 and d["top1"] == rows2[-1]["val_top1"]
 
 
 def test_ddp_run_resumes_on_a_different_world_size(odd_folder: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -282,3 +283,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except torch_oom() as e:
+        print(f"alexnet {args.command}: error: out of memory on the device ({str(e).splitlines()[0][:120]}); "
+              "lower --batch-size, or use train.amp=bf16/fp16 where the device has it", file=sys.stderr)  # fmt: skip
+        return 2
+    except Exception as e:  # noqa: BLE001 - a user never sees a traceback; ALEXNET_DEBUG=1 shows it
+        if os.environ.get("ALEXNET_DEBUG"):
+            raise
+        print(f"alexnet {args.command}: error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} "
+              "(an unexpected failure: rerun with ALEXNET_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def torch_oom() -> type[BaseException]:
+    """torch.OutOfMemoryError (CUDA, MPS), imported only once a command already loaded torch."""
+    torch = sys.modules.get("torch")
+    return getattr(torch, "OutOfMemoryError", MemoryError) if torch is not None else MemoryError

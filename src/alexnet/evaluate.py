@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from . import distributed
 from .data.classes import display_name, is_imagenet
 from .data.loaders import build_eval_data
-from .distributed import pick_device
 from .errors import UserError
 from .inference import EvalResult, evaluate
 from .models import PAPER_ILSVRC2012
@@ -20,17 +20,22 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
                  as_json: bool = False) -> int:  # fmt: skip
     """Evaluate ``weights`` (a run or checkpoint) on ``data``'s val split (default: the run's own data)."""
     setup_logging(verbose=not as_json)
-    dev = pick_device(device)
-    w = load_weights(weights, dev, towers)
-    if w.config is None:
-        raise UserError("evaluate needs a run directory or checkpoint (it knows its data and preprocessing)")
-    cfg = w.config
-    batches = build_eval_data(data if data else cfg.data.path, w.preprocess, w.class_names,
-                              batch_size or cfg.train.batch_size, cfg.data.workers, split_dir,
-                              cfg.data.val_fraction)  # fmt: skip
-    res = evaluate(w.model, batches, w.preprocess.normalizer(), w.preprocess.crop, len(w.class_names), dev, tta)
-    imagenet = is_imagenet(w.class_names)
-    print(to_json(res, w.class_names, imagenet) if as_json else format_report(res, w.class_names, imagenet, w.source))
+    dist = distributed.setup(device)  # under torchrun: each rank evaluates its shard, rank 0 prints the sums
+    try:
+        w = load_weights(weights, dist.device, towers)
+        if w.config is None:
+            raise UserError("evaluate needs a run directory or checkpoint (it knows its data and preprocessing)")
+        cfg = w.config
+        batches = build_eval_data(data if data else cfg.data.path, w.preprocess, w.class_names,
+                                  (batch_size or cfg.train.batch_size) // dist.world or 1, cfg.data.workers,
+                                  split_dir, cfg.data.val_fraction, dist.rank, dist.world)  # fmt: skip
+        res = evaluate(w.model, batches, w.preprocess.normalizer(), w.preprocess.crop, len(w.class_names),
+                       dist.device, tta)  # fmt: skip
+    finally:
+        distributed.teardown()
+    if dist.is_main:
+        imagenet = is_imagenet(w.class_names)
+        print(to_json(res, w.class_names, imagenet) if as_json else format_report(res, w.class_names, imagenet, w.source))
     return 0
 
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
+
 log = logging.getLogger("alexnet")
 
 
@@ -34,6 +36,21 @@ class RunLogger:
                 if k != "epoch" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, row["epoch"])
             self.tb.flush()
+
+    def keep_epochs(self, last_epoch: int) -> None:
+        """On resume: drop rows of epochs after the checkpoint's (written before a kill that came before the
+        checkpoint) and a torn last line; the resumed run writes those epochs again, once."""
+        if self.run_dir is None or not (self.run_dir / "metrics.jsonl").is_file():
+            return
+        rows = []
+        for line in (self.run_dir / "metrics.jsonl").read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("epoch", 0) <= last_epoch:
+                rows.append(line)
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(r + "\n" for r in rows))
 
     def step(self, step: int, loss: float, lr: float) -> None:
         if self.tb is not None:

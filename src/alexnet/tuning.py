@@ -29,8 +29,8 @@ from .models.lrn import GroupedLRN
 
 
 def native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # not torch.cuda.is_bf16_supported(): by default it counts emulation (pre-Ampere)
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         cpu = getattr(torch, "cpu", None)
         return bool(
@@ -40,11 +40,22 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def auto_amp(device: torch.device) -> str:
+    """bf16 where the device computes it natively (AVX-512 BF16/AMX CPUs, CUDA since Ampere, sm_80+); fp16 with
+    the GradScaler on Volta and Turing (sm_70-75: V100, T4), which have fp16 tensor cores and no bf16; fp32
+    elsewhere (older GPUs, CPUs without native bf16, MPS)."""
+    if native_bf16(device):
+        return "bf16"
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 7:
+        return "fp16"
+    return "none"
+
+
 def resolve(t: TrainConfig, device: torch.device) -> TrainConfig:
     """A copy of ``t`` with every ``auto`` setting replaced by its value on ``device``."""
     amp = t.amp
     if amp == "auto":
-        amp = "bf16" if native_bf16(device) else "none"
+        amp = auto_amp(device)
     channels_last = t.channels_last
     if channels_last is None:
         channels_last = device.type in ("cuda", "cpu")  # cuDNN and oneDNN both prefer NHWC convolutions

@@ -55,13 +55,24 @@ def _header_ok(path: str) -> str | None:
         if marker is not None:
             with open(path, "rb") as f:
                 f.seek(max(0, Path(path).stat().st_size - 64))
-                if marker not in f.read():
-                    return "truncated (no end-of-image marker)"
+                tail = f.read()
+            # no end marker at the end: cut short, or a whole image followed by other data (phone and camera
+            # JPEGs append previews, maker notes, even videos). Decoding tells them apart, for these files only.
+            if marker not in tail and not _decodes(path):
+                return "truncated (no end-of-image marker, and decoding fails)"
         return None
     except Image.UnidentifiedImageError:
         return "not an image file"
     except Exception as e:  # noqa: BLE001 - any failure means unreadable
         return f"unreadable ({e})"
+
+
+def _decodes(path: str) -> bool:
+    try:
+        load_rgb(path)
+        return True
+    except ImageError:
+        return False
 
 
 def scan_folder(split_dir: Path, classes: list[str] | None = None, check: bool = True) -> FolderIndex:

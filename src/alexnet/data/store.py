@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import sys
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..errors import UserError
+from ..signals import ignore_stop_signals
 from .folder import FolderIndex, default_workers, scan_folder
 from .images import ImageError, load_rgb
 from .transforms import resize_square
@@ -85,8 +87,7 @@ def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int
         manifest = {"version": VERSION, "size": size, "format": fmt, "quality": quality, "classes": train.classes,
                     "source": str(src.resolve()), "splits": {}, "complete": False}  # fmt: skip
     n_workers = max(1, default_workers(workers))
-    ctx = get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(n_workers) as pool:
+    with get_context(START_METHOD).Pool(n_workers, initializer=ignore_stop_signals) as pool:
         for split, index in indexes.items():
             _write_split(pool, dst, split, index, manifest, size, fmt, quality, progress, chunk)
     for split in indexes:
@@ -167,6 +168,9 @@ def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest:
         )
 
 
+# worker processes of `prepare`: fork is cheap and safe on Linux; macOS must not fork a process that loaded
+# torch (its system libraries are not fork-safe) and Windows cannot fork at all
+START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 DEFAULT_READ = "pread" if hasattr(os, "preadv") else "mmap"  # os.preadv: Linux and BSDs, not macOS/Windows
 
 

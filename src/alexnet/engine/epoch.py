@@ -46,13 +46,13 @@ class StepSums:
     @classmethod
     def zeros(cls, device: torch.device) -> StepSums:
         f = lambda dt: torch.zeros((), dtype=dt, device=device)  # noqa: E731
-        return cls(f(torch.float64), f(torch.float64), f(torch.float64), f(torch.int64), f(torch.int64))
+        return cls(f(torch.float32), f(torch.int64), f(torch.int64), f(torch.int64), f(torch.int64))
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         with torch.no_grad():
             valid = (y >= 0).sum()
             self.unreadable += y.numel() - valid
-            self.loss += loss.detach().double() * valid
+            self.loss += loss.detach().float() * valid
             self.correct += (logits.argmax(1) == y).sum()
             self.count += valid
 
@@ -93,15 +93,21 @@ def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor,
     torch.manual_seed(t.seed * 1_000_003 + st.global_step * 101 + s.dist.rank)  # dropout masks
     with autocast(dev, t.amp):
         logits = s.model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.optim.label_smoothing)
+        # the mean over the images that decoded (label -100: failed); 0, not NaN, when none did
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.optim.label_smoothing, reduction="sum")
+        loss = loss / (y >= 0).sum().clamp(min=1)
     return loss, logits, y
 
 
-def optimizer_step(st: TrainState, loss: torch.Tensor) -> None:
+def optimizer_step(st: TrainState, loss: torch.Tensor, update: bool = True) -> None:
+    """Backward and step; ``update=False`` (a batch with no decodable image, one process) only advances the
+    counters and the schedule, so weights, momentum and weight decay are untouched. Under DDP every rank
+    steps (a rank without images contributes zero gradients): ranks must not diverge."""
     st.optimizer.zero_grad(set_to_none=True)
-    st.scaler.scale(loss).backward()
-    st.scaler.step(st.optimizer)
-    st.scaler.update()
+    if update:
+        st.scaler.scale(loss).backward()
+        st.scaler.step(st.optimizer)
+        st.scaler.update()
     st.schedule.after_step()
     st.global_step += 1
     st.step_in_epoch += 1
@@ -123,13 +129,14 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
     s.model.train()
     assert s.data.train is not None
     for x, y, idx in s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch):
+        update = s.dist.enabled or bool((y >= 0).any())  # y is still on the host: no sync
         loss, logits, y = forward(s, st, x, y, idx)
         sums.bad_step = torch.where(torch.isfinite(loss) | (sums.bad_step > 0), sums.bad_step, st.global_step + 1)
         signal = None
         if is_check_step(s, st):
             first_bad, signal = distributed.agree_stop(sums.bad_step, stop.signal)
             check_finite(first_bad, st.epoch, s.run_dir)
-        optimizer_step(st, loss)
+        optimizer_step(st, loss, update)
         sums.add(loss, logits, y)
         if s.main and t.log_every and st.global_step % t.log_every == 0:
             s.logger.step(st.global_step, loss.item(), st.schedule.lr)
@@ -157,7 +164,7 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
     """Validate, step the schedule, write the metrics row and the checkpoints; returns the row."""
     t, t_eval = s.cfg.train, time.perf_counter()
     p = st.partial
-    totals = distributed.all_reduce_sum(torch.tensor([p.loss, p.correct, p.count], dtype=torch.float64,
+    totals = distributed.all_reduce_sum(torch.tensor([p.loss, p.correct, p.count], dtype=torch.float32,
                                                      device=s.device)).tolist()  # fmt: skip
     res = evaluate(s.eval_model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
                    s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip

@@ -103,6 +103,7 @@ def _towers(model: nn.Module, cfg: Config, dist: DistInfo) -> nn.Module:
 
 
 def _seed_and_kernels(cfg: Config, device: torch.device) -> None:
+    tuning.keep_freed_memory(device)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     if cfg.train.deterministic:
@@ -152,6 +153,8 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
     if cfg.train.channels_last:  # the augmentation writes the model's layout directly
         augment.memory_format = torch.channels_last
     logger = RunLogger(run_dir if dist.is_main else None)
+    if resume is not None:
+        logger.keep_epochs(state.epoch)
     if dist.is_main:
         _announce(cfg, data, state, dist, run_dir)
     return Session(cfg, dist, run_dir, data, model, eval_model, augment, logger, verbose), state

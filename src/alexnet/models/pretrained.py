@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import UserError
+
 PRETRAINED = {("alexnet_owt", "torchvision")}
 
 
@@ -21,7 +23,7 @@ def load_pretrained(model: nn.Module, name: str, weights: str) -> None:
     try:
         state = AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
     except Exception as e:  # no network, bad hash, ...
-        raise RuntimeError(
+        raise UserError(
             f"could not load torchvision's AlexNet weights ({e}); put alexnet-owt-7be5be79.pth "
             "in the torch hub cache ($TORCH_HOME/hub/checkpoints) or connect to the internet"
         ) from None

@@ -1,0 +1,214 @@
+"""Where users run it: the real constraints of platforms this machine lacks (MPS: no float64; Windows: no
+directory open, no fork; pre-Ampere GPUs: no native bf16), and faults a long run meets (signals to the
+whole process group, kills between writes, batches that fail to decode, odd but valid JPEGs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from alexnet import checkpoint as ckpt_io
+from alexnet.cli import main
+
+from .conftest import FAST
+
+
+class NoFloat64(TorchDispatchMode):
+    """MPS has no float64: fail on any op that takes or makes one."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves((args, kwargs, out)):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                raise AssertionError(f"float64 tensor in {func}")
+        return out
+
+
+def _no_float64(fn):  # noqa: ANN001, ANN202
+    def wrapped(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        with NoFloat64():
+            return fn(*a, **k)
+
+    return wrapped
+
+
+def test_training_steps_and_evaluation_make_no_float64(tiny_folder: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import alexnet.evaluate
+    import alexnet.train
+
+    monkeypatch.setattr(alexnet.train, "train_one_epoch", _no_float64(alexnet.train.train_one_epoch))
+    monkeypatch.setattr(alexnet.train, "end_of_epoch", _no_float64(alexnet.train.end_of_epoch))
+    monkeypatch.setattr(alexnet.evaluate, "evaluate", _no_float64(alexnet.evaluate.evaluate))
+    run = tmp_path / "mps-like"
+    args = [*FAST, "--set", "data.pca_noise=0.1", "--set", "optim.label_smoothing=0.1", "--set", "train.checkpoint_every=2"]
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *args]) == 0
+    assert main(["evaluate", str(run), "--tta", "10crop", "--json"]) == 0
+    with pytest.raises(AssertionError, match="float64"), NoFloat64():  # the mode itself does catch one
+        torch.ones(2, dtype=torch.float64)
+
+
+def test_windows_directory_open_refused_training_still_checkpoints(tiny_folder: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    real_open = os.open
+
+    def windows_open(path, flags, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if Path(path).is_dir():
+            raise PermissionError(13, "Permission denied", str(path))  # what Windows says for a directory
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", windows_open)
+    run = tmp_path / "win"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--set", "train.checkpoint_every=1"]) == 0
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert ckpt_io.load(run / "checkpoints" / "best.pt")["global_step"] == 3
+
+
+def test_prepare_with_the_spawn_start_method(tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.data import store
+
+    monkeypatch.setattr(store, "START_METHOD", "spawn")  # Windows has no fork; macOS must not fork after torch
+    a, b = tmp_path / "spawned", tmp_path / "inline"
+    store.prepare(str(tiny_folder), str(a), size=40, workers=2, progress=False)
+    monkeypatch.setattr(store, "START_METHOD", "fork")
+    store.prepare(str(tiny_folder), str(b), size=40, workers=1, progress=False)
+    assert (a / "train.u8").read_bytes() == (b / "train.u8").read_bytes()
+
+
+@pytest.mark.parametrize("capability, amp", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"), ((7, 0), "fp16"),
+                                             ((6, 1), "none")])  # fmt: skip
+def test_auto_amp_follows_the_gpu_generation(monkeypatch: pytest.MonkeyPatch, capability: tuple, amp: str) -> None:
+    from alexnet import tuning
+    from alexnet.config import TrainConfig
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # what T4s say
+    assert tuning.resolve(TrainConfig(), torch.device("cuda", 0)).amp == amp
+
+
+def test_sigterm_to_the_whole_process_group_saves_and_exits(tiny_folder: Path, tmp_path: Path) -> None:
+    """SLURM pre-emption: every process of the job, data-loader workers included, gets SIGTERM."""
+    run = tmp_path / "group"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    args = [*FAST, "--epochs", "50", "--batch-size", "2", "--set", "data.workers=2", "--set", "train.checkpoint_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_folder), "--out", str(run),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    t0 = time.time()
+    while not list((run / "checkpoints").glob("step-*.pt")) if (run / "checkpoints").exists() else True:
+        assert proc.poll() is None and time.time() - t0 < 120, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    time.sleep(1.0)  # workers are running
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert f"alexnet train --resume {run}" in err and "Traceback" not in err
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] >= 1
+
+
+def test_metrics_rows_are_never_duplicated_by_a_kill(tiny_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "rows"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--epochs", "1"]) == 0
+    metrics = run / "metrics.jsonl"
+    row = json.loads(metrics.read_text())
+    # killed after writing epoch 2's row, before publishing its checkpoint, mid-way through a third line
+    metrics.write_text(metrics.read_text() + json.dumps(row | {"epoch": 2}) + "\n" + '{"epoch": 3, "val')
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0] == row
+
+
+def test_a_batch_in_which_every_image_fails_to_decode_is_skipped(tiny_folder: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from alexnet.data import folder
+    from alexnet.data.images import ImageError
+
+    assert main(["pca-stats", "--data", str(tiny_folder), "--size", "72", "--workers", "0"]) == 0  # before the damage
+    real = folder.load_rgb
+
+    def flaky(path):  # noqa: ANN001, ANN202 - every training image fails; validation images decode
+        if "/train/" in str(path):
+            raise ImageError(f"{path}: unreadable image (cut short)")
+        return real(path)
+
+    monkeypatch.setattr(folder, "load_rgb", flaky)
+    run = tmp_path / "dirty"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--set", "model.init=kaiming"]) == 0
+    ck = ckpt_io.load(run / "checkpoints" / "last.pt")
+    assert ck["global_step"] == 3 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    torch.manual_seed(0)
+    from alexnet import create_model
+
+    fresh = create_model("alexnet", 3, init="kaiming")
+    assert torch.equal(ck["model"]["features.conv1.weight"], fresh.state_dict()["features.conv1.weight"])  # no update
+
+
+def test_jpegs_with_trailing_data_are_accepted_and_cut_ones_refused(tmp_path: Path) -> None:
+    from alexnet.data.folder import scan_folder
+
+    d = tmp_path / "train" / "a"
+    d.mkdir(parents=True)
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(d / "phone.jpg", quality=90)
+    (d / "phone.jpg").write_bytes((d / "phone.jpg").read_bytes() + os.urandom(4096))  # e.g. an appended preview
+    Image.fromarray(rgb).save(d / "cut.jpg", quality=90)
+    (d / "cut.jpg").write_bytes((d / "cut.jpg").read_bytes()[:900])
+    index = scan_folder(tmp_path / "train")
+    assert [Path(p).name for p, _ in index.samples] == ["phone.jpg"]
+    assert len(index.bad) == 1 and "cut.jpg" in index.bad[0]
+
+
+def test_a_crop_below_the_minimum_fails_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "never"
+    assert main(["train", "--out", str(out), "--set", "data.resize=64", "--set", "data.crop=60"]) == 2
+    err = capsys.readouterr().err
+    assert "below alexnet's minimum input of 67x67" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    import alexnet.summary
+
+    def oom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(alexnet.summary, "summarize", oom)
+    assert main(["summary"]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "lower --batch-size" in err and len(err.strip().splitlines()) == 1
+
+    def broken(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise KeyError("preprocess")
+
+    monkeypatch.setattr(alexnet.summary, "summarize", broken)
+    assert main(["summary"]) == 1
+    err = capsys.readouterr().err
+    assert "KeyError" in err and "ALEXNET_DEBUG" in err and "Traceback" not in err
+
+
+def test_torchvision_weights_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    from torchvision.models import AlexNet_Weights
+
+    def offline(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise RuntimeError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(type(AlexNet_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(img)
+    assert main(["predict", "torchvision", str(img)]) == 2
+    err = capsys.readouterr().err
+    assert "could not load torchvision's AlexNet weights" in err and "Traceback" not in err

@@ -1,12 +1,12 @@
 """LRN alone, forward + backward: ours (models/lrn.py) vs nn.LocalResponseNorm per tower (the baseline, as
-the package ran it before), at the paper's two LRN shapes, fp32 NCHW and bf16 autocast channels_last.
+the package ran it before), at the paper's two LRN shapes, fp32 NCHW and bf16 autocast channels_last, with
+freed memory kept for reuse as `alexnet train` does on Linux CPUs (tuning.keep_freed_memory).
 
     python benchmarks/lrn.py [--batch 64] [--iters 5] [--device cpu]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import table, timeit  # noqa: E402
+from common import batch_args, table, timeit  # noqa: E402
 
+from alexnet import tuning  # noqa: E402
 from alexnet.models.lrn import GroupedLRN  # noqa: E402
 
 
@@ -49,11 +50,8 @@ def bench(module: nn.Module, shape: tuple[int, ...], bf16: bool, dev: str, iters
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    args = batch_args()
+    kept = tuning.keep_freed_memory(torch.device(args.device))  # as training does, for both sides
     rows = [["layer, dtype/layout", "nn.LocalResponseNorm (baseline) ms", "ours ms", "speed-up"]]
     for name, c, hw in (("norm1", 96, 55), ("norm2", 256, 27)):
         for bf16 in (False, True):
@@ -62,7 +60,8 @@ def main() -> None:
             ours = bench(GroupedLRN(5, 1e-4, 0.75, 2.0).to(args.device), shape, bf16, args.device, args.iters)
             label = f"{name} {c}x{hw}x{hw}, {'bf16 channels_last' if bf16 else 'fp32 NCHW'}"
             rows.append([label, f"{1000 * base:.1f}", f"{1000 * ours:.1f}", f"{base / ours:.2f}x"])
-    print(f"device {args.device}, batch {args.batch}, threads {torch.get_num_threads()}, forward + backward")
+    print(f"device {args.device}, batch {args.batch}, threads {torch.get_num_threads()}, forward + backward, "
+          f"freed memory kept: {kept}")  # fmt: skip
     print(table(rows))
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import matmul_peak, table, timeit  # noqa: E402
+from common import batch_args, matmul_peak, table, timeit  # noqa: E402
 
 from alexnet import create_model, tuning  # noqa: E402
 from alexnet.config import TrainConfig  # noqa: E402
@@ -82,16 +82,12 @@ def run(label: str, name: str, lrn: str, size: int, amp: bool, cl: bool, args: a
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    args = batch_args()
     dev = torch.device(args.device)
     path = tuning.resolve(TrainConfig(), dev)
     amp, cl = path.amp == "bf16", bool(path.channels_last)
     mode = f"{'bf16' if amp else 'fp32'}{' + channels_last' if cl else ''} + fused SGD"
-    results = [run("torchvision alexnet, fp32 eager (baseline)", "tv", "", 224, False, False, args)]
+    results = [run("torchvision alexnet, fp32 eager (baseline)", "tv", "", 224, False, False, args)]  # before the allocator change
     kept = tuning.keep_freed_memory(dev)
     results += [
         run(f"ours alexnet_owt, {mode}", "alexnet_owt", "ours", 224, amp, cl, args),

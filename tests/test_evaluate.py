@@ -76,3 +76,17 @@ def test_corrupt_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["evaluate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "corrupt or truncated" in err
+
+
+def test_evaluate_runs_on_the_compute_path_it_is_given(trained_run: tuple[Path, Path],
+                                                        capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    run, _ = trained_run
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json", "--amp", "none"]) == 0
+    fp32 = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(run), "--json", "--amp", "bf16"]) == 0
+    bf16 = json.loads(capsys.readouterr().out)
+    assert bf16["n"] == fp32["n"] == 15 and bf16["loss"] != fp32["loss"]  # really ran in bf16
+    assert abs(bf16["loss"] - fp32["loss"]) < 0.05  # and still the same network
+    assert main(["evaluate", str(run), "--amp", "fp16", "--device", "cpu"]) == 2
+    assert "fp16 needs a GPU" in capsys.readouterr().err

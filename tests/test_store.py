@@ -119,3 +119,22 @@ def test_store_reads_agree_and_prefetch_keeps_order(tiny_folder: Path, tmp_path:
     early = prefetch(broken, list(range(3)), 3, 2)
     assert int(next(early)[0]) == 0
     early.close()  # stopping mid-epoch (a signal, an error) does not hang on the threads
+
+
+def test_a_store_trained_run_works_everywhere_a_folder_does(tiny_folder: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """evaluate, figures and report read the run's store; prepare logs plain lines when not on a terminal."""
+    store = tmp_path / "store"
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(store), "--size", "72", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "prepare train" in err and "\r" not in err  # stderr here is not a terminal
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(store), "--out", str(run), *FAST, "--set", "data.normalize=channel"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 9
+    assert main(["figures", str(run), "--out", str(tmp_path / "figs")]) == 0
+    assert len(list((tmp_path / "figs").glob("*.png"))) == 5
+    record = json.loads((tmp_path / "figs" / "neighbours.json").read_text())
+    assert all(str(tiny_folder) in n for row in record for n in row["neighbours"])  # the store's source files
+    assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()

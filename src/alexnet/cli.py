@@ -79,7 +79,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import run_evaluate
 
     return run_evaluate(args.weights, args.data, args.split_dir, args.tta, args.batch_size, args.device, args.towers,
-                        args.json)  # fmt: skip
+                        args.json, args.amp)  # fmt: skip
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -97,6 +97,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices (alexnet, alexnet_bn)")
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
+                   help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
     p.set_defaults(func=_evaluate)
 
 
@@ -123,7 +125,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
     setup_logging(verbose=False)
-    return predict(args.weights, args.paths, args.topk, args.tta, args.batch_size, args.device, args.towers, args.json)
+    return predict(args.weights, args.paths, args.topk, args.tta, args.batch_size, args.device, args.towers, args.json,
+                   args.amp)  # fmt: skip
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -138,6 +141,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
+                   help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
     p.set_defaults(func=_predict)
 
 
@@ -147,7 +152,7 @@ def _features(args: argparse.Namespace) -> int:
     from .predict import features
 
     setup_logging(verbose=False)
-    return features(args.weights, args.paths, Path(args.out), args.layer, args.batch_size, args.device)
+    return features(args.weights, args.paths, Path(args.out), args.layer, args.batch_size, args.device, args.amp)
 
 
 def _add_features(sub: argparse._SubParsersAction) -> None:
@@ -156,6 +161,8 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", metavar="PATH", nargs="+")
     p.add_argument("--out", required=True, help="output .npz: arrays 'features' (N, D), 'files' (N,), 'layer'")
     p.add_argument("--layer", default="fc7", help="fc7 (default, 4096-d), fc6, pool5, logits, or a module name")
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
+                   help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_features)

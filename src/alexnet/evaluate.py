@@ -9,7 +9,7 @@ from . import distributed
 from .data.classes import display_name, is_imagenet
 from .data.loaders import build_eval_data
 from .errors import UserError
-from .inference import EvalResult, evaluate
+from .inference import EvalResult, compute_path, evaluate
 from .models import PAPER_ILSVRC2012
 from .runlog import setup_logging
 from .weights import load_weights
@@ -17,7 +17,7 @@ from .weights import load_weights
 
 def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = None, tta: str = "center",
                  batch_size: int | None = None, device: str = "auto", towers: str | None = None,
-                 as_json: bool = False) -> int:  # fmt: skip
+                 as_json: bool = False, amp: str = "auto") -> int:  # fmt: skip
     """Evaluate ``weights`` (a run or checkpoint) on ``data``'s val split (default: the run's own data)."""
     setup_logging(verbose=not as_json)
     dist = distributed.setup(device)  # under torchrun: each rank evaluates its shard, rank 0 prints the sums
@@ -29,8 +29,9 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
         batches = build_eval_data(data if data else cfg.data.path, w.preprocess, w.class_names,
                                   (batch_size or cfg.train.batch_size) // dist.world or 1, cfg.data.workers,
                                   split_dir, cfg.data.val_fraction, dist.rank, dist.world)  # fmt: skip
+        path = compute_path(w.model, dist.device, amp)
         res = evaluate(w.model, batches, w.preprocess.normalizer(), w.preprocess.crop, len(w.class_names),
-                       dist.device, tta)  # fmt: skip
+                       dist.device, tta, path.amp, path.channels_last)  # fmt: skip
     finally:
         distributed.teardown()
     if dist.is_main:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import tuning
+from .config import TrainConfig
 from .data.batches import Batches
 from .data.transforms import TTA, Normalizer
 from .distributed import all_reduce_sum
@@ -29,6 +31,23 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class ComputePath:
+    amp: str  # none | bf16 | fp16
+    channels_last: bool
+
+
+def compute_path(model: nn.Module, device: torch.device, amp: str = "auto") -> ComputePath:
+    """Training's ``auto`` compute path, for inference (bf16 where native, fp16 on sm_70-75 GPUs, channels_last
+    on CPUs and GPUs; tuning.py); puts ``model`` in that memory format. ``amp`` overrides the precision."""
+    t = tuning.resolve(TrainConfig(amp=amp), device)
+    if t.amp == "fp16" and device.type == "cpu":
+        raise UserError("--amp fp16 needs a GPU; use bf16 or none on the CPU")
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return ComputePath(t.amp, bool(t.channels_last))
 
 
 def predict_probs(model: nn.Module, x: torch.Tensor, crop: int, tta: str, device: torch.device, amp: str = "none",
@@ -122,8 +141,17 @@ def layer_fn(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Ten
     return fn
 
 
-def feature_fn(model: nn.Module, crop: int, layer: str = "fc7") -> Callable[[torch.Tensor], torch.Tensor]:
-    """Normalised full-size batch -> the centre crop's ``layer`` activations, flattened. Shared by the
-    `features` command and the neighbours figure."""
-    fn = layer_fn(model, layer)
-    return lambda x: fn(TTA["center"](x, crop)[0])
+def feature_fn(model: nn.Module, crop: int, layer: str = "fc7",
+               path: ComputePath | None = None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+    """Normalised full-size batch -> the centre crop's ``layer`` activations, flattened, in float32. Shared by
+    the `features` command and the neighbours figure."""
+    fn, path = layer_fn(model, layer), path or ComputePath("none", False)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        view = TTA["center"](x, crop)[0]
+        if path.channels_last:
+            view = view.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, path.amp):
+            return fn(view).float()
+
+    return features

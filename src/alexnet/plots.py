@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from .data.classes import display_name  # noqa: E402
 from .errors import UserError  # noqa: E402
-from .inference import feature_fn, predict_probs  # noqa: E402
+from .inference import compute_path, feature_fn, predict_probs  # noqa: E402
 from .keyed_random import seeded_sample  # noqa: E402
 from .runlog import read_metrics  # noqa: E402
 from .weights import Loaded  # noqa: E402
@@ -250,7 +250,8 @@ def _pass(loaded: Loaded, src: _Source, idx: list[int], device: torch.device, wa
     """(labels, fc7 features, probabilities) for ``src[idx]``, centre crop, in batches."""
     norm = loaded.preprocess.normalizer().to(device)
     crop = loaded.preprocess.crop
-    fc7 = feature_fn(loaded.model, crop, "fc7")
+    path = compute_path(loaded.model, device)  # as `alexnet features` and `predict` run
+    fc7 = feature_fn(loaded.model, crop, "fc7", path)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(src, idx), batch_size=64, num_workers=workers)
     labels, feats, probs = [], [], []
     with torch.no_grad():
@@ -258,7 +259,7 @@ def _pass(loaded: Loaded, src: _Source, idx: list[int], device: torch.device, wa
             x = norm(x.to(device))
             feats.append(fc7(x).float().cpu())
             if want_probs:
-                probs.append(predict_probs(loaded.model, x, crop, "center", x.device).cpu())
+                probs.append(predict_probs(loaded.model, x, crop, "center", x.device, path.amp, path.channels_last).cpu())
             labels.append(y)
     return torch.cat(labels), torch.cat(feats), (torch.cat(probs) if probs else torch.empty(0))
 

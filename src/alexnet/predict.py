@@ -13,7 +13,7 @@ from .data.classes import display_name
 from .distributed import pick_device
 from .errors import UserError
 from .imagefiles import collect_files, run
-from .inference import feature_fn, predict_probs
+from .inference import compute_path, feature_fn, predict_probs
 from .weights import Loaded, load_weights
 
 
@@ -22,7 +22,7 @@ def class_label(loaded: Loaded, index: int) -> str:
 
 
 def predict(weights: str, paths: list[str], topk: int = 5, tta: str = "center", batch_size: int = 32,
-            device: str = "auto", towers: str | None = None, as_json: bool = False) -> int:  # fmt: skip
+            device: str = "auto", towers: str | None = None, as_json: bool = False, amp: str = "auto") -> int:  # fmt: skip
     """`alexnet predict`: a table (or JSON lines) of the top-k classes per image; exit code 1 if any failed."""
     if topk < 1:
         raise UserError("--topk must be at least 1")
@@ -30,12 +30,13 @@ def predict(weights: str, paths: list[str], topk: int = 5, tta: str = "center", 
     loaded = load_weights(weights, dev, towers)
     items = collect_files(paths)
     crop = loaded.preprocess.crop
+    path = compute_path(loaded.model, dev, amp)
     k = min(topk, len(loaded.class_names))
     failed = 0
     if not as_json:
         print(f"{'file':40s} {'rank':>4s}  {'class':40s} {'prob':>7s}")
     for item, probs in run(loaded.preprocess, items, batch_size, dev,
-                           lambda x: predict_probs(loaded.model, x, crop, tta, dev)):  # fmt: skip
+                           lambda x: predict_probs(loaded.model, x, crop, tta, dev, path.amp, path.channels_last)):  # fmt: skip
         if probs is None:
             failed += 1
             if as_json:
@@ -57,7 +58,7 @@ def predict(weights: str, paths: list[str], topk: int = 5, tta: str = "center", 
 
 
 def features(weights: str, paths: list[str], out: Path, layer: str = "fc7", batch_size: int = 32,
-             device: str = "auto") -> int:  # fmt: skip
+             device: str = "auto", amp: str = "auto") -> int:  # fmt: skip
     """`alexnet features`: ``layer`` activations of each image into an .npz; exit code 1 if any failed."""
     if out.suffix != ".npz":
         raise UserError(f"--out must end in .npz (numpy's format), got {out}")
@@ -65,7 +66,7 @@ def features(weights: str, paths: list[str], out: Path, layer: str = "fc7", batc
         raise UserError(f"output directory does not exist: {out.parent}")
     dev = pick_device(device)
     loaded = load_weights(weights, dev)
-    fn = feature_fn(loaded.model, loaded.preprocess.crop, layer)
+    fn = feature_fn(loaded.model, loaded.preprocess.crop, layer, compute_path(loaded.model, dev, amp))
     items = collect_files(paths)
     vectors, files, failed = [], [], 0
     for item, vec in run(loaded.preprocess, items, batch_size, dev, fn):

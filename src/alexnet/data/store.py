@@ -26,6 +26,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..errors import UserError
+from ..progress import Progress
 from ..signals import ignore_stop_signals
 from .folder import FolderIndex, default_workers, scan_folder
 from .images import ImageError, load_rgb
@@ -111,8 +112,6 @@ def _save_manifest(dst: Path, manifest: dict[str, Any]) -> None:
 
 def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest: dict[str, Any], size: int, fmt: str,
                  quality: int, progress: bool, chunk_size: int = CHUNK) -> None:  # fmt: skip
-    from tqdm import tqdm
-
     n = len(index.samples)
     info = manifest["splits"].setdefault(split, {"count": n, "done": 0, "written": 0, "failed": []})
     if info["count"] != n:
@@ -134,7 +133,9 @@ def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest:
     with open(data_file, mode) as f:
         f.seek(written * img_bytes if fmt == "raw" else int(offsets[written]))
         f.truncate()
-        bar = tqdm(total=n, initial=info["done"], desc=f"prepare {split}", disable=not progress, unit="img")
+        chunks, done = -(-n // chunk_size), info["done"] // chunk_size
+        # a bar on a terminal; plain log lines (about 20 per split) in a log file, like `alexnet train`
+        bar = Progress(chunks, f"prepare {split}", progress, every=max(1, chunks // 20), initial=done)
         for start in range(info["done"], n, chunk_size):
             chunk = index.samples[start : start + chunk_size]
             results = pool.map(_encode, [(p, size, fmt, quality) for p, _ in chunk], chunksize=8)
@@ -152,7 +153,7 @@ def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest:
             info["done"], info["written"] = min(start + chunk_size, n), written
             np.savez(partial, labels=labels[:written], offsets=offsets[: written + 1])
             _save_manifest(dst, manifest)
-            bar.update(len(chunk))
+            bar.update(images=f"{min(start + chunk_size, n)}/{n}")
         bar.close()
     np.save(dst / f"{split}.labels.npy", labels[:written])
     if fmt == "jpeg":

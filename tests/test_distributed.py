@@ -155,3 +155,17 @@ def test_ranks_agree_on_a_nan_or_a_signal_seen_by_one(tmp_path: Path) -> None:
     torch.multiprocessing.spawn(_agree_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
     for rank in (0, 1):  # every rank stops at the same step, so none waits forever in the next all-reduce
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == [7, 15]
+
+
+def test_towers_on_or_off_between_runs_resumes_exactly(tiny_folder: Path, tmp_path: Path) -> None:
+    """Weights and optimizer state are saved in the grouped form: a run resumes with or without --towers."""
+    data = ["--data", str(tiny_folder)]
+    full, a, b = tmp_path / "full", tmp_path / "towers_first", tmp_path / "plain_first"
+    assert main(["train", *data, "--out", str(full), *COMMON, "--epochs", "2"]) == 0
+    assert main(["train", *data, "--out", str(a), *COMMON, "--epochs", "1", "--towers", "cpu,cpu"]) == 0
+    assert len(ckpt_io.load(a / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["params"]) == 16
+    assert main(["train", "--resume", str(a), "--epochs", "2", "--set", "train.towers=none"]) == 0
+    assert main(["train", *data, "--out", str(b), *COMMON, "--epochs", "1"]) == 0
+    assert main(["train", "--resume", str(b), "--epochs", "2", "--towers", "cpu,cpu"]) == 0
+    _assert_same_weights(full / "checkpoints" / "last.pt", a / "checkpoints" / "last.pt")
+    _assert_same_weights(full / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt")

@@ -67,7 +67,7 @@ class TrainState:
         return {
             "format": FORMAT,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "epoch": self.epoch,
@@ -83,9 +83,24 @@ class TrainState:
             "world_size": info.world_size,
         }
 
+    def _optimizer_state(self, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Checkpoints hold the optimizer state in the grouped single-device form, as they hold the weights, so
+        a run resumes with or without the two-tower split. ``saved``: convert a loaded state (of either form,
+        0.1 wrote tower runs in tower form) for this model; None: this optimizer's state, for saving."""
+        from ..models.towers import TowerAlexNet, is_tower_form, optimizer_state_to_grouped, optimizer_state_to_towers
+
+        towers = isinstance(self.model, TowerAlexNet)
+        norm = getattr(self.model, "norm", None)
+        if saved is None:
+            state = self.optimizer.state_dict()
+            return optimizer_state_to_grouped(state, norm) if towers else state
+        if norm not in ("lrn", "bn") or towers == is_tower_form(saved, norm):
+            return saved
+        return optimizer_state_to_towers(saved, norm) if towers else optimizer_state_to_grouped(saved, norm)
+
     def load_state_dict(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        self.optimizer.load_state_dict(self._optimizer_state(ck["optimizer"]))
         self.schedule.load_state_dict(ck["schedule"])
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])

@@ -189,3 +189,59 @@ class TowerAlexNet(nn.Module):
             self.fc8.weight.copy_(state_dict["classifier.fc8.weight"])
             self.fc8.bias.copy_(state_dict["classifier.fc8.bias"])
         return None
+
+
+# --- optimizer state in the grouped form, so a checkpoint resumes with or without --towers ----------------
+
+
+def _grouped_names(norm: str) -> list[str]:
+    with torch.device("meta"):
+        return [n for n, _ in AlexNet(1, norm=norm).named_parameters() if not n.startswith("classifier.fc8")]
+
+
+def _tower_names(norm: str) -> list[str]:
+    with torch.device("meta"):
+        names = [n for n, _ in _Tower(norm, {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}, 0.5).named_parameters()]
+    return [f"tower_a.{n}" for n in names] + [f"tower_b.{n}" for n in names] + ["fc8.weight", "fc8.bias"]
+
+
+def _mapping(norm: str) -> list[tuple[list[int], bool]]:
+    """For each grouped parameter in order (fc8 last): its index or indices in the tower form's parameter
+    order, and whether the state is split in halves of rows (else fc8, whole on device A)."""
+    towers = {n: i for i, n in enumerate(_tower_names(norm))}
+    return [([towers[f"tower_a.{n.split('.', 1)[1]}"], towers[f"tower_b.{n.split('.', 1)[1]}"]], True)
+            for n in _grouped_names(norm)] + [([towers["fc8.weight"]], False), ([towers["fc8.bias"]], False)]  # fmt: skip
+
+
+def _is_rows(v: Any) -> bool:
+    return torch.is_tensor(v) and v.dim() > 0
+
+
+def optimizer_state_to_grouped(state: dict[str, Any], norm: str) -> dict[str, Any]:
+    """An optimizer state_dict of a TowerAlexNet (parameters in tower order) -> the grouped model's."""
+    mapping, old = _mapping(norm), state["state"]
+    new: dict[int, Any] = {}
+    for g, (src, rows) in enumerate(mapping):
+        parts = [old[i] for i in src if i in old]
+        if len(parts) == len(src):
+            new[g] = {k: torch.cat([p[k].cpu() for p in parts], 0) if rows and _is_rows(v) else v
+                      for k, v in parts[0].items()}  # fmt: skip
+    groups = [dict(state["param_groups"][0], params=list(range(len(mapping))))]
+    return {"state": new, "param_groups": groups}
+
+
+def optimizer_state_to_towers(state: dict[str, Any], norm: str) -> dict[str, Any]:
+    """The grouped form -> a TowerAlexNet's optimizer state_dict (the inverse of ``optimizer_state_to_grouped``)."""
+    mapping, old = _mapping(norm), state["state"]
+    new: dict[int, Any] = {}
+    for g, (dst, rows) in enumerate(mapping):
+        if g not in old:
+            continue
+        for half, i in enumerate(dst):
+            new[i] = {k: v.chunk(2, 0)[half].clone() if rows and _is_rows(v) else v for k, v in old[g].items()}
+    groups = [dict(state["param_groups"][0], params=list(range(sum(len(d) for d, _ in mapping))))]
+    return {"state": new, "param_groups": groups}
+
+
+def is_tower_form(state: dict[str, Any], norm: str) -> bool:
+    return len(state["param_groups"][0]["params"]) == len(_tower_names(norm))

@@ -20,8 +20,8 @@ from alexnet.models.towers import TowerAlexNet
 
 from .conftest import FAST
 
-# dropout off: DDP ranks draw their own masks; constant lr: a shorter run is a prefix of a longer one
-COMMON = [*FAST, "--batch-size", "4", "--set", "model.dropout=0", "--set", "schedule.name=constant",
+# constant lr: a shorter run is a prefix of a longer one
+COMMON = [*FAST, "--batch-size", "4", "--set", "model.dropout=0.5", "--set", "schedule.name=constant",
           "--set", "optim.lr=0.001", "--set", "data.normalize=channel", "--set", "data.pca_noise=0.1"]  # fmt: skip
 
 
@@ -53,18 +53,30 @@ def odd_folder(tmp_path: Path) -> Path:
     return make_imagefolder(tmp_path / "odd", classes=3, per_class=6, val_per_class=3)  # 9 val images: odd
 
 
-def test_ddp_two_processes_match_one(odd_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe, model", [("paper", "alexnet"), ("fast", "alexnet_bn")])
+def test_ddp_two_processes_match_one(odd_folder: Path, tmp_path: Path, recipe: str, model: str) -> None:
+    """Same global batch, dropout 0.5 on (masks keyed per sample), BatchNorm over the global batch (sync_bn)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["train", "--data", str(odd_folder), "--out", str(one), *COMMON, "--epochs", "2"]) == 0
-    res = _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(two), *COMMON, "--epochs", "2"])
+    args = ["--recipe", recipe, *FAST, "--model", model, "--epochs", "2", "--batch-size", "4", "--set",
+            "model.dropout=0.5", "--set", "optim.lr=0.001", "--set", "data.workers=0"]  # fmt: skip
+    assert main(["train", "--data", str(odd_folder), "--out", str(one), *args]) == 0
+    res = _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(two), *args])
     assert "world 2" in res.stderr
-    _assert_same_weights(one / "checkpoints" / "last.pt", two / "checkpoints" / "last.pt")
+    if recipe == "paper":
+        _assert_same_weights(one / "checkpoints" / "last.pt", two / "checkpoints" / "last.pt")
+    else:  # BatchNorm amplifies summation-order differences: measured 5.8e-5 of a tensor's norm at worst
+        wa, wb = ckpt_io.load(one / "checkpoints" / "last.pt")["model"], ckpt_io.load(two / "checkpoints" / "last.pt")["model"]
+        for k in wa:
+            if wa[k].is_floating_point():
+                assert (wa[k] - wb[k]).norm() <= 2e-4 * wa[k].norm() + 1e-7, k
     rows1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     rows2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     for r1, r2 in zip(rows1, rows2, strict=True):
         assert r2["val_n"] == r1["val_n"] == 9  # every val image exactly once, no padding
         assert r2["val_top1"] == r1["val_top1"]
         assert r2["val_loss"] == pytest.approx(r1["val_loss"], rel=1e-4)
+    if recipe != "paper":
+        return
     # evaluation under torchrun on the odd-sized set: n equals the dataset size
     ev = _torchrun(2, ["evaluate", str(two), "--json", "--device", "cpu"])
     lines = ev.stdout.strip().splitlines()

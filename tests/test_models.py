@@ -190,3 +190,32 @@ def test_lrn_is_configurable() -> None:
     assert (lrn.k, lrn.alpha, lrn.size, lrn.beta) == (1.0, 2e-4, 3, 0.75)
     with pytest.raises(ValueError, match="bad option"):
         create_model("alexnet_owt", lrn_k=1.0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_dropout_masks_follow_the_sample_not_the_batch(name: str) -> None:
+    """Keyed dropout: a sample's mask is the same whichever batch (or DDP rank) holds it; compiled once."""
+    from torch._dynamo.testing import CompileCounter
+
+    from alexnet import keyed_random
+    from alexnet.models.layers import set_dropout_keys
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, init="kaiming").train()
+    for m in model.modules():  # BatchNorm's training statistics depend on the batch by design (see sync_bn)
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    size = get_model_info(name).min_input_size + 4
+    x, keys = torch.randn(4, 3, size, size), keyed_random.keys(0, 0, torch.arange(4))
+    set_dropout_keys(model, keys)
+    whole = model(x)
+    set_dropout_keys(model, keys[2:])
+    torch.testing.assert_close(model(x[2:]), whole[2:], rtol=1e-5, atol=1e-6)
+    set_dropout_keys(model, keyed_random.keys(0, 1, torch.arange(4)))  # another epoch: other masks
+    assert not torch.allclose(model(x), whole)
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    for epoch in range(3):  # new keys every step must not recompile (no graph breaks, no guards on them)
+        set_dropout_keys(model, keyed_random.keys(0, epoch, torch.arange(4)))
+        compiled(x)
+    assert counter.frame_count == 1

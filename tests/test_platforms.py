@@ -76,14 +76,18 @@ def test_windows_directory_open_refused_training_still_checkpoints(tiny_folder: 
     assert ckpt_io.load(run / "checkpoints" / "best.pt")["global_step"] == 3
 
 
-def test_prepare_with_the_spawn_start_method(tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_with_the_spawn_start_method(tiny_folder: Path, tmp_path: Path) -> None:
+    """Windows has no fork and macOS must not fork after importing torch: `prepare` with spawned workers, in a
+    fresh process as a user's would be (and with a time limit: a pool that lost a worker would wait forever)."""
     from alexnet.data import store
 
-    monkeypatch.setattr(store, "START_METHOD", "spawn")  # Windows has no fork; macOS must not fork after torch
     a, b = tmp_path / "spawned", tmp_path / "inline"
-    store.prepare(str(tiny_folder), str(a), size=40, workers=2, progress=False)
-    monkeypatch.setattr(store, "START_METHOD", "fork")
+    code = ("import sys; from alexnet.data import store; store.START_METHOD = 'spawn'; "
+            "store.prepare(sys.argv[1], sys.argv[2], size=40, workers=2, progress=False)")  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-c", code, str(tiny_folder), str(a)], check=True, timeout=240, env=env)
     store.prepare(str(tiny_folder), str(b), size=40, workers=1, progress=False)
+    assert store.START_METHOD == "fork"  # this is Linux: fork everywhere else in the suite
     assert (a / "train.u8").read_bytes() == (b / "train.u8").read_bytes()
 
 

@@ -110,6 +110,7 @@ class TrainConfig:
     log_every: int = non_negative(20)  # steps between plain log lines when not on a terminal
     strict_data: bool = False  # fail on unreadable training images instead of skipping them
     towers: str | None = None  # "DEV_A,DEV_B": the paper's two-device split (alexnet / alexnet_bn only)
+    sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch: the same network on 1 or N ranks
 
 
 @dataclass

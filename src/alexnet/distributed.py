@@ -94,3 +94,45 @@ def agree_stop(bad_step: torch.Tensor, signal: int | None) -> tuple[int, int | N
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are over the global batch (every rank's images), so 1 and N
+    processes train the same network. Two all-reduces per forward (mean, then centred squares: as stable as
+    the one-process two-pass variance) through autograd-aware collectives, so the backward all-reduces too.
+    Works on Gloo (CPU) and NCCL alike (PyTorch's SyncBatchNorm is GPU-only)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1 and self.momentum is not None):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        xf, shape = x.float(), (1, -1, 1, 1)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float32, device=x.device)
+        dist.all_reduce(count)
+        n = float(count.item())
+        mean = all_reduce(xf.sum((0, 2, 3))) / n
+        var = all_reduce((xf - mean.view(shape)).square().sum((0, 2, 3))) / n
+        y = (xf - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
+            self.num_batches_tracked.add_(1)
+        return y.to(x.dtype)
+
+
+def global_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap every BatchNorm2d for a GlobalBatchNorm2d holding the same parameters and buffers (in place)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.BatchNorm2d:
+                g = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                      child.track_running_stats)  # fmt: skip
+                g.weight, g.bias = child.weight, child.bias
+                g.running_mean, g.running_var = child.running_mean, child.running_var
+                g.num_batches_tracked = child.num_batches_tracked
+                setattr(parent, name, g)
+    return model

@@ -22,6 +22,13 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix_int(x: int) -> int:
+    """``_mix`` on a Python int (no tensor, no host sync, nothing for torch.compile to break on)."""
+    x = ((x ^ (x >> 16)) * _MUL) & _MASK
+    x = ((x ^ (x >> 16)) * _MUL) & _MASK
+    return x ^ (x >> 16)
+
+
 def _to_unit(h: torch.Tensor) -> torch.Tensor:
     """31-bit hashes -> U[0, 1) in float32, exactly (the top 24 bits)."""
     return (h >> 7).float().mul_(1.0 / (1 << 24))
@@ -29,12 +36,12 @@ def _to_unit(h: torch.Tensor) -> torch.Tensor:
 
 def keys(seed: int, epoch: int, index: torch.Tensor) -> torch.Tensor:
     """One 31-bit key per sample (int64 tensor like ``index``)."""
-    base = int(_mix(torch.tensor((seed * 1_000_003 + epoch) & _MASK, dtype=torch.int64)))  # a plain int: no copy
+    base = _mix_int((seed * 1_000_003 + epoch) & _MASK)
     return _mix((index.long() & _MASK) ^ base)
 
 
 def _stream(stream: int) -> int:
-    return int(_mix(torch.tensor(stream + 1, dtype=torch.int64)))
+    return _mix_int(stream + 1)
 
 
 def uniform(key: torch.Tensor, stream: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from .. import checkpoint as ckpt_io
 from .. import distributed, keyed_random
 from ..errors import UserError
 from ..inference import autocast, evaluate
+from ..models.layers import set_dropout_keys
 from ..progress import Progress
 from ..signals import StopFlag
 from .setup import Session
@@ -87,10 +88,11 @@ def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor,
     """Augment on the device (keyed by seed, epoch and sample index), run the model; (loss, logits, labels)."""
     t, dev = s.cfg.train, s.device
     x, y, idx = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), idx.to(dev, non_blocking=True)
-    x = s.augment(x, keyed_random.keys(t.seed, st.epoch, idx))  # (B, 3, crop, crop)
+    keys = keyed_random.keys(t.seed, st.epoch, idx)  # per sample: augmentation and dropout masks
+    x = s.augment(x, keys)  # (B, 3, crop, crop)
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    torch.manual_seed(t.seed * 1_000_003 + st.global_step * 101 + s.dist.rank)  # dropout masks
+    set_dropout_keys(st.model, keys)
     with autocast(dev, t.amp):
         logits = s.model(x)
         # the mean over the images that decoded (label -100: failed); 0, not NaN, when none did

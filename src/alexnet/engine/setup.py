@@ -18,7 +18,7 @@ from .. import tuning
 from ..config import Config, save_yaml
 from ..data.loaders import DataBundle, build_data, store_size
 from ..data.transforms import BatchAugment
-from ..distributed import DistInfo, pick_device
+from ..distributed import DistInfo, global_batch_norm, pick_device
 from ..errors import UserError
 from ..models import create_model, get_model_info, model_options
 from ..optim import Schedule, build_optimizer
@@ -87,6 +87,8 @@ def build_model(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
         model = _towers(model, cfg, dist)
     else:
         model = model.to(dist.device)
+    if dist.enabled and cfg.train.sync_bn:
+        model = global_batch_norm(model)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .layers import check_input_size
+from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size
 from .lrn import PAPER_LRN, GroupedLRN
 
 # Smallest input whose pool3 output is at least 1x1:
@@ -90,10 +90,10 @@ class AlexNet(nn.Module):
                 [
                     ("fc6", nn.Linear(256 * 6 * 6, 4096)),
                     ("relu6", nn.ReLU(inplace=True)),
-                    ("drop6", nn.Dropout(dropout)),  # paper §4.2: dropout 0.5 in fc6 and fc7
+                    ("drop6", KeyedDropout(dropout, DROPOUT_STREAMS["fc6"])),  # paper §4.2: dropout 0.5 in fc6 and fc7
                     ("fc7", nn.Linear(4096, 4096)),
                     ("relu7", nn.ReLU(inplace=True)),
-                    ("drop7", nn.Dropout(dropout)),
+                    ("drop7", KeyedDropout(dropout, DROPOUT_STREAMS["fc7"])),
                     ("fc8", nn.Linear(4096, num_classes)),
                 ]
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import check_input_size
+from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size
 
 # conv1 (63+4-11)/4+1=15, pool1 7, pool2 3, pool3 1 (torchvision's meta says min_size 63).
 MIN_INPUT_SIZE = 63
@@ -41,10 +41,10 @@ class AlexNetOWT(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
+            KeyedDropout(dropout, DROPOUT_STREAMS["fc6"]),  # on fc6's input here (9,216 units)
             nn.Linear(256 * 6 * 6, 4096),  # 1: fc6
             nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
+            KeyedDropout(dropout, DROPOUT_STREAMS["fc7"]),
             nn.Linear(4096, 4096),  # 4: fc7
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),  # 6: fc8

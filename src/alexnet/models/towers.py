@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import UserError
 from .alexnet import AlexNet
-from .layers import check_input_size
+from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size
 from .lrn import PAPER_LRN, GroupedLRN
 
 TWO_TOWER_MODELS = ("alexnet", "alexnet_bn")
@@ -44,7 +44,7 @@ FCS = ("fc6", "fc7")
 
 
 class _Tower(nn.Module):
-    def __init__(self, norm: str, lrn: dict[str, float], dropout: float) -> None:
+    def __init__(self, norm: str, lrn: dict[str, float], dropout: float, offset: int = 0) -> None:
         super().__init__()
         bn = norm == "bn"
         self.bn = bn
@@ -62,7 +62,9 @@ class _Tower(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.fc6 = nn.Linear(256 * 6 * 6, 2048)  # reads both towers
         self.fc7 = nn.Linear(4096, 2048)  # reads both towers
-        self.drop = nn.Dropout(dropout)
+        # the grouped model's fc6/fc7 units offset .. offset + 2047: the same masks as the single-device model
+        self.drop6 = KeyedDropout(dropout, DROPOUT_STREAMS["fc6"], offset)
+        self.drop7 = KeyedDropout(dropout, DROPOUT_STREAMS["fc7"], offset)
         self.relu = nn.ReLU(inplace=True)
 
     def _block(self, x: torch.Tensor, conv: str) -> torch.Tensor:
@@ -97,7 +99,7 @@ class TowerAlexNet(nn.Module):
         self.num_classes = num_classes
         lrn = lrn or {"size": PAPER_LRN.size, "alpha": PAPER_LRN.alpha, "beta": PAPER_LRN.beta, "k": PAPER_LRN.k}
         self.tower_a = _Tower(norm, lrn, dropout).to(self.devices[0])
-        self.tower_b = _Tower(norm, lrn, dropout).to(self.devices[1])
+        self.tower_b = _Tower(norm, lrn, dropout, offset=2048).to(self.devices[1])
         self.fc8 = nn.Linear(4096, num_classes).to(self.devices[0])
 
     @classmethod
@@ -122,10 +124,10 @@ class TowerAlexNet(nn.Module):
         f_a = torch.cat([a, b.to(da)], 1)  # (B, 9216) cross-device: into fc6
         f_b = torch.cat([a.to(db), b], 1)
         ta, tb = self.tower_a, self.tower_b
-        h_a, h_b = ta.drop(ta.relu(ta.fc6(f_a))), tb.drop(tb.relu(tb.fc6(f_b)))  # (B, 2048) each
+        h_a, h_b = ta.drop6(ta.relu(ta.fc6(f_a))), tb.drop6(tb.relu(tb.fc6(f_b)))  # (B, 2048) each
         g_a = torch.cat([h_a, h_b.to(da)], 1)  # cross-device: into fc7
         g_b = torch.cat([h_a.to(db), h_b], 1)
-        h_a, h_b = ta.drop(ta.relu(ta.fc7(g_a))), tb.drop(tb.relu(tb.fc7(g_b)))
+        h_a, h_b = ta.drop7(ta.relu(ta.fc7(g_a))), tb.drop7(tb.relu(tb.fc7(g_b)))
         return self.fc8(torch.cat([h_a, h_b.to(da)], 1))  # (B, classes) on A: into fc8
 
     # --- the grouped single-device layout, both ways ---------------------------------------------------

@@ -7,6 +7,7 @@ The config reaching here is resolved (``engine.setup.resolve_config``): ``data.c
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from .classes import is_imagenet
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
 from .preprocess import Preprocess
 from .stats import STATS_FILENAME, ColourStats, compute_stats
-from .store import is_store, open_store
+from .store import MANIFEST, is_store, open_store
 from .transforms import BatchAugment, Normalizer, random_resized_crop, resize_square
 
 log = logging.getLogger("alexnet")
@@ -52,8 +53,8 @@ class SplitData:
 
 
 def store_size(path: str) -> int | None:
-    """The side of a prepared store's images, or None when ``path`` is not a store."""
-    return open_store(path, "train")[0].size if is_store(path) else None
+    """The side of a prepared store's images (from its manifest alone), or None when ``path`` is not a store."""
+    return int(json.loads((Path(path) / MANIFEST).read_text())["size"]) if is_store(path) else None
 
 
 def open_split(path: str | None, split: str, resize: int, classes: list[str] | None = None, check: bool = True,
@@ -156,8 +157,9 @@ def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], b
                     world: int = 1) -> Batches:  # fmt: skip
     """The validation batches of ``path`` (or ``split_dir``) for weights preprocessed as ``pre``, labelled in the
     weights' class order; its classes must be the weights' classes."""
-    if path is not None and store_size(path) not in (None, pre.resize):
-        raise UserError(f"{path} holds {store_size(path)}px images but these weights want {pre.resize}px")
+    size = store_size(path) if path is not None else None
+    if size not in (None, pre.resize):
+        raise UserError(f"{path} holds {size}px images but these weights want {pre.resize}px")
     val = open_split(path, "val", pre.resize, classes=class_names, val_fraction=val_fraction, split_dir=split_dir)
     if val.class_names != class_names:
         raise UserError(f"the data's classes ({len(val.class_names)}) differ from the model's ({len(class_names)})")

@@ -58,7 +58,7 @@ def resolve_config(cfg: Config, device: torch.device) -> Config:
     store's images, and ``data.crop`` from the model. Lower layers only read it."""
     cfg = copy.deepcopy(cfg)
     cfg.train = tuning.resolve(cfg.train, device)
-    d = cfg.data
+    d, size = cfg.data, None
     if d.path is not None:
         d.path = str(Path(d.path).absolute())
         size = store_size(d.path)
@@ -68,7 +68,7 @@ def resolve_config(cfg: Config, device: torch.device) -> Config:
     d.crop = d.crop or get_model_info(cfg.model.name).input_size
     if d.crop > d.resize:
         raise UserError(f"data.crop {d.crop} is larger than the images ({d.resize}px); use a smaller crop"
-                        + (" or prepare the store with a larger --size" if d.path and store_size(d.path) else ""))  # fmt: skip
+                        + (" or prepare the store with a larger --size" if size else ""))  # fmt: skip
     if cfg.train.amp == "fp16" and device.type == "cpu":
         raise UserError("train.amp=fp16 needs a GPU; use bf16 on the CPU")
     return cfg

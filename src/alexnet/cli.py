@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
 
     flags = {"data": "data.path", "model": "model.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
              "lr": "optim.lr", "device": "train.device", "seed": "train.seed", "weights": "model.weights",
-             "towers": "train.towers"}  # fmt: skip
+             "towers": "train.towers", "parallel": "train.parallel"}  # fmt: skip
     overrides = list(args.set or []) + [f"{key}={getattr(args, f)}" for f, key in flags.items()
                                         if getattr(args, f) is not None]  # fmt: skip
     if args.strict:
@@ -71,6 +71,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--towers", metavar="DEV_A,DEV_B", help="the paper's two-device split, e.g. cuda:0,cuda:1 (cpu,cpu to test)"
     )
+    p.add_argument("--parallel", choices=["ddp", "hybrid"], help="under torchrun: ddp (default), or hybrid: "
+                   "convolutions data-parallel, fc6/fc7 sharded over the processes")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe value, e.g. optim.lr=0.02")
     p.set_defaults(func=_train)
 

@@ -111,6 +111,8 @@ class TrainConfig:
     strict_data: bool = False  # fail on unreadable training images instead of skipping them
     towers: str | None = None  # "DEV_A,DEV_B": the paper's two-device split (alexnet / alexnet_bn only)
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch: the same network on 1 or N ranks
+    # under torchrun: ddp (everything replicated) or hybrid (convolutions DDP, fc6/fc7 sharded; hybrid.py)
+    parallel: str = choice("ddp", "ddp", "hybrid")
 
 
 @dataclass
@@ -193,6 +195,8 @@ def check(cfg: Config) -> None:
         raise UserError(f"model.name: unknown model {cfg.model.name!r}; choose one of {', '.join(list_models())}")
     if cfg.train.towers is not None:
         check_towers(cfg.model.name, cfg.train.towers, "train.towers")
+        if cfg.train.parallel == "hybrid":
+            raise UserError("train.towers and train.parallel=hybrid are two different splits; choose one")
     d = cfg.data
     if d.crop is not None and d.crop > d.resize:
         raise UserError(f"data.crop ({d.crop}) cannot be larger than data.resize ({d.resize})")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .. import checkpoint as ckpt_io
 from .. import distributed, keyed_random
 from ..errors import UserError
+from ..hybrid import HybridAlexNet, assemble
 from ..inference import autocast, evaluate
 from ..models.layers import set_dropout_keys
 from ..progress import Progress
@@ -115,8 +116,11 @@ def optimizer_step(st: TrainState, loss: torch.Tensor, update: bool = True) -> N
     st.step_in_epoch += 1
 
 
-def save(s: Session, st: TrainState, names: tuple[str, ...]) -> Path:
-    return ckpt_io.publish(st.state_dict(), s.run_dir / "checkpoints", st.global_step, names, s.cfg.train.keep_last)
+def save(s: Session, st: TrainState, names: tuple[str, ...]) -> None:
+    """Every rank calls this (a hybrid run's state_dict gathers its shards); rank 0 writes."""
+    ck = st.state_dict()
+    if s.main:
+        ckpt_io.publish(ck, s.run_dir / "checkpoints", st.global_step, names, s.cfg.train.keep_last)
 
 
 def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
@@ -149,8 +153,7 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
         want_ckpt = t.checkpoint_every and st.global_step % t.checkpoint_every == 0
         if (want_ckpt or signal is not None) and st.step_in_epoch < n_steps:
             st.partial, t0 = sums.drain(st.partial, time.perf_counter() - t0), time.perf_counter()
-            if s.main:
-                save(s, st, ("last",))
+            save(s, st, ("last",))
             if signal is not None:
                 progress.close()
                 return signal
@@ -168,6 +171,8 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
     p = st.partial
     totals = distributed.all_reduce_sum(torch.tensor([p.loss, p.correct, p.count], dtype=torch.float32,
                                                      device=s.device)).tolist()  # fmt: skip
+    if isinstance(st.model, HybridAlexNet):
+        assemble(st.model, getattr(s.eval_model, "_orig_mod", s.eval_model))
     res = evaluate(s.eval_model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
                    s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
     lr_used = st.schedule.lr
@@ -185,5 +190,5 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
         log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.2f%%  val loss %.4f top-1 %.2f%% top-5 %.2f%%  "
                  "%.0f img/s  %.1fs", row["epoch"], t.epochs, lr_used, row["train_loss"], 100 * row["train_top1"],
                  res.loss, 100 * res.top1, 100 * res.top5, row["images_per_sec"], row["seconds"])  # fmt: skip
-        save(s, st, ("last", "best") if st.best["epoch"] == st.epoch else ("last",))
+    save(s, st, ("last", "best") if st.best["epoch"] == st.epoch else ("last",))
     return row

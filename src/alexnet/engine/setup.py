@@ -20,6 +20,7 @@ from ..data.loaders import DataBundle, build_data, store_size
 from ..data.transforms import BatchAugment
 from ..distributed import DistInfo, global_batch_norm, pick_device
 from ..errors import UserError
+from ..hybrid import HybridAlexNet
 from ..models import create_model, get_model_info, model_options
 from ..optim import Schedule, build_optimizer
 from ..rundir import check_run_dir, make_run_dir
@@ -89,7 +90,14 @@ def build_model(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
         model = model.to(dist.device)
     if dist.enabled and cfg.train.sync_bn:
         model = global_batch_norm(model)
+    if hybrid(cfg, dist):
+        model = HybridAlexNet(model, torch.distributed.new_group())  # its own group: apart from DDP's buckets
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def hybrid(cfg: Config, dist: DistInfo) -> bool:
+    """Whether this run shards fc6/fc7 (train.parallel=hybrid under torchrun; one process has nothing to split)."""
+    return cfg.train.parallel == "hybrid" and dist.enabled
 
 
 def _towers(model: nn.Module, cfg: Config, dist: DistInfo) -> nn.Module:
@@ -173,11 +181,31 @@ def _wrap(cfg: Config, data: DataBundle, state: TrainState, dist: DistInfo) -> t
         note = f" (auto, for {total:,} training images)"
     if dist.is_main:
         log.info("compute path: amp=%s channels_last=%s compile=%s%s", t.amp, t.channels_last, t.compile, note)
+    if dist.is_main and t.parallel == "hybrid" and not dist.enabled:
+        log.info("parallel=hybrid: one process, nothing to shard; training the plain model")
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    if isinstance(state.model, HybridAlexNet):  # compile the convolutions; the head runs its collectives eagerly
+        if t.compile:
+            state.model.features.compile()
+        return state.model.ddp(ids), _eval_copy(cfg, len(data.class_names), dist)
     model = torch.compile(state.model) if t.compile else state.model
     eval_model = model
     if dist.enabled:
-        model = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        model = DDP(model, device_ids=ids)
     return model, eval_model
+
+
+def _eval_copy(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
+    """Hybrid runs validate on a plain model that the shards are assembled into (hybrid.assemble) before each
+    validation: exactly the single-process evaluation, for 244 MB of fp32 gathered once per epoch."""
+    m = cfg.model
+    model = create_model(m.name, num_classes, init="default", **model_options(m.name, asdict(m))).to(dist.device)
+    model = model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+    return torch.compile(model) if cfg.train.compile else model
+
+
+def _num_params(model: nn.Module) -> int:
+    return model.num_params() if isinstance(model, HybridAlexNet) else sum(p.numel() for p in model.parameters())
 
 
 def _announce(cfg: Config, data: DataBundle, state: TrainState, dist: DistInfo, run_dir: Path) -> None:
@@ -185,5 +213,5 @@ def _announce(cfg: Config, data: DataBundle, state: TrainState, dist: DistInfo, 
     data.stats.save(run_dir / "stats.npz")
     assert data.train is not None
     log.info("model %s (%s params), %d classes, %d train / %d val images, device %s, world %d", cfg.model.name,
-             f"{sum(p.numel() for p in state.model.parameters()):,}", len(data.class_names), data.train.num_samples,
+             f"{_num_params(state.model):,}", len(data.class_names), data.train.num_samples,
              data.val.num_samples, dist.device, dist.world)  # fmt: skip

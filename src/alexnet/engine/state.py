@@ -84,19 +84,25 @@ class TrainState:
         }
 
     def _optimizer_state(self, saved: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Checkpoints hold the optimizer state in the grouped single-device form, as they hold the weights, so
-        a run resumes with or without the two-tower split. ``saved``: convert a loaded state (of either form,
-        0.1 wrote tower runs in tower form) for this model; None: this optimizer's state, for saving."""
+        """Checkpoints hold the optimizer state in the grouped single-model form, as they hold the weights, so
+        a run resumes with or without the two-tower split or hybrid sharding. ``saved``: convert a loaded
+        state (0.1 wrote tower runs in tower form) for this model; None: this optimizer's state, for saving
+        (a collective for hybrid runs)."""
+        from ..hybrid import HybridAlexNet, optimizer_state_full, optimizer_state_shard
         from ..models.towers import TowerAlexNet, is_tower_form, optimizer_state_to_grouped, optimizer_state_to_towers
 
-        towers = isinstance(self.model, TowerAlexNet)
+        towers, hybrid = isinstance(self.model, TowerAlexNet), isinstance(self.model, HybridAlexNet)
         norm = getattr(self.model, "norm", None)
         if saved is None:
             state = self.optimizer.state_dict()
+            if hybrid:
+                return optimizer_state_full(self.model, state)
             return optimizer_state_to_grouped(state, norm) if towers else state
-        if norm not in ("lrn", "bn") or towers == is_tower_form(saved, norm):
-            return saved
-        return optimizer_state_to_towers(saved, norm) if towers else optimizer_state_to_grouped(saved, norm)
+        if norm in ("lrn", "bn") and is_tower_form(saved, norm):
+            saved = optimizer_state_to_grouped(saved, norm)
+        if towers:
+            return optimizer_state_to_towers(saved, norm)
+        return optimizer_state_shard(self.model, saved) if hybrid else saved
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])

@@ -33,8 +33,13 @@ class KeyedDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or self.keys is None or self.keys.shape[0] != x.shape[0]:
             return super().forward(x)
-        keep = keyed_random.uniform_grid(self.keys.to(x.device), self.stream, x.shape[1], self.offset) >= self.p
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p)) if self.p < 1 else x * 0
+        return keyed_dropout(x, self.p, self.keys, self.stream, self.offset)
+
+
+def keyed_dropout(x: torch.Tensor, p: float, keys: torch.Tensor, stream: int, offset: int = 0) -> torch.Tensor:
+    """Dropout of (B, n) ``x`` with sample ``i``'s mask of units ``offset .. offset + n`` drawn from ``keys[i]``."""
+    keep = keyed_random.uniform_grid(keys.to(x.device), stream, x.shape[1], offset) >= p
+    return x * keep.to(x.dtype) * (1.0 / (1.0 - p)) if p < 1 else x * 0
 
 
 def set_dropout_keys(model: nn.Module, keys: torch.Tensor | None) -> None:

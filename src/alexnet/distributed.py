@@ -66,6 +66,11 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world, dev)
 
 
+def new_group() -> dist.ProcessGroup:
+    """A second group over all ranks (same backend), for collectives that must not queue behind DDP's buckets."""
+    return dist.new_group()
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -180,7 +180,8 @@ class HybridAlexNet(nn.Module):
     def num_params(self) -> int:
         """The whole network's parameter count (this rank holds the replicated ones and its shards)."""
         return sum(p.numel() for n, p in self.named_parameters() if n not in self.shards) + sum(
-            s.size * self.get_parameter(n).numel() // (s.hi - s.lo) for n, s in self.shards.items())
+            s.size * self.get_parameter(n).numel() // (s.hi - s.lo) for n, s in self.shards.items()
+        )
 
     def _fc(self, i: int) -> nn.Module:
         return self.classifier.get_submodule(self.names[i])

@@ -18,7 +18,7 @@ from .. import tuning
 from ..config import Config, save_yaml
 from ..data.loaders import DataBundle, build_data, store_size
 from ..data.transforms import BatchAugment
-from ..distributed import DistInfo, global_batch_norm, pick_device
+from ..distributed import DistInfo, global_batch_norm, new_group, pick_device
 from ..errors import UserError
 from ..hybrid import HybridAlexNet
 from ..models import create_model, get_model_info, model_options
@@ -91,7 +91,7 @@ def build_model(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
     if dist.enabled and cfg.train.sync_bn:
         model = global_batch_norm(model)
     if hybrid(cfg, dist):
-        model = HybridAlexNet(model, torch.distributed.new_group())  # its own group: apart from DDP's buckets
+        model = HybridAlexNet(model, new_group())  # its own group: apart from DDP's buckets
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 

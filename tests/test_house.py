@@ -10,7 +10,7 @@ import pytest
 import torch
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "alexnet"
-COMMANDS = {"train", "evaluate", "predict", "export", "figures", "report", "summary"}
+COMMANDS = {"train", "evaluate", "predict", "export", "figures", "report", "summary", "import_weights", "explain"}
 
 
 def _module_name(path: Path) -> str:

@@ -188,21 +188,76 @@ def test_safetensors_round_trip(
 
 def test_onnx_parity(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnxruntime")
+    import onnx
     import onnxruntime as ort
 
-    out = tmp_path / "m.onnx"
-    assert main(["export", str(digits_run), "--format", "onnx", "--out", str(out)]) == 0
-    line = capsys.readouterr().out
-    diff = float(line.rsplit(" ", 1)[1])
-    assert diff < 1e-4
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     from alexnet.weights import load_weights
 
     model = load_weights(str(digits_run)).model
     x = torch.randn(5, 3, 72, 72)  # a batch size the export never saw: the batch axis is dynamic
-    got = session.run(None, {"images": x.numpy()})[0]
+    for flags, lrn_nodes in (([], 2 * 2), (["--no-lrn-op"], 0)):  # one ONNX LRN per tower and layer, or none
+        out = tmp_path / f"m{len(flags)}.onnx"
+        assert main(["export", str(digits_run), "--format", "onnx", "--out", str(out), *flags]) == 0
+        line = capsys.readouterr().out
+        assert float(line.rsplit(" ", 1)[1]) < 1e-4
+        ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+        assert ops.count("LRN") == lrn_nodes, ops
+        if not lrn_nodes:  # what runtimes without LRN (burn, candle, onnx2keras) lack
+            assert not {"LRN", "ScatterND"} & set(ops), sorted(set(ops))
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": x.numpy()})[0]
+        with torch.no_grad():
+            assert np.abs(got - model(x).numpy()).max() < 1e-4
+    assert main(["export", str(digits_run), "--format", "pt2", "--out", str(tmp_path / "x.pt2"), "--no-lrn-op"]) == 2
+    # the paper's network at its native 227 px: nothing but the most basic operators
+    from alexnet.data.preprocess import Preprocess
+    from alexnet.export import export_onnx
+    from alexnet.weights import Loaded
+
+    native = Loaded(create_model("alexnet", 10).eval(), "alexnet", [str(i) for i in range(10)],
+                    Preprocess.imagenet(256, 227), None, "random")  # fmt: skip
+    assert export_onnx(native, tmp_path / "n.onnx", lrn_op=False) < 1e-4
+    basic = {"Conv", "Relu", "MaxPool", "Reshape", "Gemm", "Pad", "Slice", "Add", "Mul", "Sqrt", "Reciprocal"}
+    assert {n.op_type for n in onnx.load(str(tmp_path / "n.onnx")).graph.node} <= basic
+
+
+def test_pt2_export_loads_without_this_package(digits_run: Path, tmp_path: Path) -> None:
+    """torch.export's ExportedProgram: dynamic batch, parity, and loadable by plain PyTorch."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.pt2"
+    assert main(["export", str(digits_run), "--format", "pt2", "--out", str(out)]) == 0
+    code = ("import sys, json, torch; m = torch.export.load(sys.argv[1]); y = m.module()(torch.ones(5, 3, 72, 72)); "
+            "extra = {'alexnet.json': ''}; torch.export.load(sys.argv[1], extra_files=extra); "
+            "assert not [k for k in sys.modules if k.split('.')[0] == 'alexnet']; "
+            "print(json.dumps({'y': y.tolist(), 'meta': json.loads(extra['alexnet.json'])}))")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout)
+    from alexnet.weights import load_weights
+
+    w = load_weights(str(digits_run))
     with torch.no_grad():
-        assert np.abs(got - model(x).numpy()).max() < 1e-4
+        want = w.model(torch.ones(5, 3, 72, 72))
+    assert torch.allclose(torch.tensor(got["y"]), want, atol=1e-4)
+    assert got["meta"]["class_names"] == w.class_names and got["meta"]["preprocess"]["crop"] == 72
+
+
+def test_torch_hub_local(digits_run: Path) -> None:
+    repo = str(Path(__file__).resolve().parents[1])
+    fresh = torch.hub.load(repo, "alexnet", source="local", num_classes=7)
+    assert fresh(torch.randn(1, 3, 227, 227)).shape == (1, 7)
+    trained = torch.hub.load(repo, "alexnet", source="local", weights=str(digits_run))
+    from alexnet.weights import load_weights
+
+    x = torch.randn(2, 3, 72, 72)
+    with torch.no_grad():
+        assert torch.equal(trained(x), load_weights(str(digits_run)).model(x))
+    assert trained.class_names == [str(i) for i in range(10)] and not trained.training
+    with pytest.raises(ValueError, match="holds alexnet weights"):
+        torch.hub.load(repo, "alexnet_owt", source="local", weights=str(digits_run))
 
 
 def test_torchscript_export(digits_run: Path, tmp_path: Path) -> None:
@@ -277,3 +332,31 @@ def test_malicious_pickle_is_refused(tmp_path: Path, val_digit_files: list, caps
             assert "refused to load" in err or "corrupt" in err
             assert "Traceback" not in err
     assert not marker.exists()
+
+
+def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: list, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """The demo network: occluding a digit's strokes lowers its probability more than occluding blank paper."""
+    from alexnet.occlusion import occlusion_map
+    from alexnet.weights import load_weights
+
+    path, label = val_digit_files[0]
+    out = tmp_path / "heat.png"
+    assert main(["explain", str(digits_run), str(path), "--out", str(out), "--target", str(label)]) == 0
+    assert "lowest p" in capsys.readouterr().out and Image.open(out).size[0] > 200
+    assert main(["explain", str(digits_run), str(path), "--out", str(out)]) == 2  # never overwritten
+    assert main(["explain", str(digits_run), str(path), "--out", str(tmp_path / "x.png"), "--target", "99"]) == 2
+    figs = tmp_path / "figs"
+    assert main(["figures", str(digits_run), "--out", str(figs), "--which", "occlusion,units", "--max-val", "40"]) == 0
+    assert (figs / "occlusion.png").is_file() and (figs / "units.png").is_file()
+    w = load_weights(str(digits_run))
+    norm, crop = w.preprocess.normalizer(), w.preprocess.crop
+    drops = []
+    for path, label in val_digit_files[:6]:
+        img = np.asarray(Image.open(path).convert("L").resize((crop, crop), Image.NEAREST), dtype=np.float32)
+        x = norm(torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((crop, crop), Image.NEAREST)))
+                 .permute(2, 0, 1)[None])[0]  # fmt: skip
+        m = occlusion_map(w.model, x, label, patch=crop // 4, stride=crop // 12)
+        ink = torch.from_numpy(img > img.mean())  # the strokes: brighter than the image's mean
+        drops.append(float(m.heat[~ink].mean() - m.heat[ink].mean()))
+    assert sum(d > 0 for d in drops) >= 5, drops  # strokes matter more than the background, for nearly every digit

@@ -66,7 +66,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its last checkpoint")
     p.add_argument("--seed", type=int)
-    p.add_argument("--weights", choices=["torchvision"], help="start from pretrained weights (alexnet_owt)")
+    p.add_argument("--weights", metavar="torchvision|FILE", help="start from pretrained weights: torchvision "
+                   "(alexnet_owt), or a .safetensors file / run (e.g. from import-weights); fc8 is re-initialised "
+                   "when the classes differ")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="fail on unreadable training images instead of skipping them")
     p.add_argument(
         "--towers", metavar="DEV_A,DEV_B", help="the paper's two-device split, e.g. cuda:0,cuda:1 (cpu,cpu to test)"
@@ -176,16 +178,54 @@ def _export(args: argparse.Namespace) -> int:
     from .export import run_export
 
     setup_logging(verbose=False)
-    return run_export(args.weights, args.format, Path(args.out), args.force)
+    return run_export(args.weights, args.format, Path(args.out), args.force, not args.no_lrn_op)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write ONNX, TorchScript or safetensors")
+    p = sub.add_parser("export", help="write ONNX, a torch.export program (.pt2), safetensors or TorchScript")
     p.add_argument("weights", metavar="WEIGHTS")
-    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True)
+    p.add_argument("--format", choices=["onnx", "pt2", "safetensors", "torchscript"], required=True,
+                   help="torchscript is deprecated by PyTorch (use pt2); kept while PyTorch ships it")  # fmt: skip
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--no-lrn-op", action="store_true", help="ONNX: write LRN as primitive operators, for runtimes "
+                   "without ONNX's LRN (burn, candle, onnx2keras, ...)")  # fmt: skip
     p.set_defaults(func=_export)
+
+
+def _import_weights(args: argparse.Namespace) -> int:
+    from .import_weights import run_import
+
+    return run_import(args.file, args.out, args.mean, args.force)
+
+
+def _add_import_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-weights", help="Caffe's bvlc_alexnet (.caffemodel) or its ONNX file -> .safetensors")
+    p.add_argument("file", metavar="FILE", help="bvlc_alexnet.caffemodel or bvlcalexnet-*.onnx")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--mean", metavar="BINARYPROTO", help="subtract Caffe's mean image (ilsvrc_2012_mean.binaryproto) "
+                   "instead of the per-channel mean (104, 117, 123)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=_import_weights)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import run_explain
+
+    return run_explain(args.weights, args.image, args.out, args.target, args.patch, args.stride, args.device, args.force)
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="occlusion map of one image: which parts the class depends on (PNG)")
+    p.add_argument("weights", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--target", help="class index or name (default: the top class)")
+    p.add_argument("--patch", type=int, help="grey square side in pixels (default: crop / 5)")
+    p.add_argument("--stride", type=int, help="step between squares (default: about 28 x 28 positions)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=_explain)
 
 
 def _figures(args: argparse.Namespace) -> int:
@@ -255,6 +295,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_predict,
     _add_features,
     _add_export,
+    _add_import_weights,
+    _add_explain,
     _add_figures,
     _add_report,
     _add_prepare,

@@ -26,7 +26,7 @@ def _rule(default: Any, **rule: Any) -> Any:
     return field(default=default, metadata={"rule": rule})
 
 
-def choice(default: Any, *allowed: str) -> Any:
+def choice(default: Any, *allowed: Any) -> Any:
     return _rule(default, choices=allowed)
 
 
@@ -52,7 +52,8 @@ class ModelConfig:
     lrn_alpha: float = non_negative(PAPER_LRN.alpha)
     lrn_beta: float = non_negative(PAPER_LRN.beta)
     lrn_k: float = non_negative(PAPER_LRN.k)
-    weights: str | None = None  # "torchvision": start from torchvision's IMAGENET1K_V1 (alexnet_owt)
+    lrn_groups: int = choice(2, 2, 1)  # 2: each tower normalises its own maps (paper); 1: all maps (Caffe's import)
+    weights: str | None = None  # "torchvision" (IMAGENET1K_V1, alexnet_owt), or a .safetensors file / run to start from
     freeze_features: bool = False  # fine-tuning: train only the classifier
 
 
@@ -173,7 +174,7 @@ def _check_field(key: str, value: Any, rule: dict[str, Any]) -> None:
     if value is None:
         return
     if "choices" in rule and value not in rule["choices"]:
-        raise UserError(f"{key}: {value!r} is not allowed; choose one of {', '.join(rule['choices'])}")
+        raise UserError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, rule['choices']))}")
     if "gt" in rule and not value > rule["gt"]:
         raise UserError(f"{key} must be > {rule['gt']}, got {value}")
     if "le" in rule and not rule["ge"] <= value <= rule["le"]:

@@ -1,4 +1,5 @@
-"""`alexnet export`: ONNX (checked with onnxruntime), TorchScript, and safetensors with metadata.
+"""`alexnet export`: ONNX (checked with onnxruntime), torch.export programs (.pt2), TorchScript (deprecated by
+PyTorch, kept while it ships), and safetensors with metadata.
 
 The safetensors file is self-describing (variant, class names, input size, normalisation), loads
 without executing code, and is what `predict` prefers.
@@ -6,39 +7,45 @@ without executing code, and is what `predict` prefers.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .atomic import atomic_write, atomic_write_bytes
 from .errors import UserError
-from .weights import SAFETENSORS_FORMAT, Loaded, load_weights
+from .weights import Loaded, load_weights, save_safetensors
 
 
-def save_safetensors(loaded: Loaded, out: Path) -> None:
-    from safetensors.torch import save
+def _onnx_lrn(x: Any, size: int, alpha: float, beta: float, k: float, groups: int) -> Any:
+    """``alexnet::lrn`` as ONNX: one ``LRN`` per tower (Split, LRN, Concat), same alpha/n convention."""
+    from onnxscript import opset18 as op
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
-    pre = loaded.preprocess
-    if pre.mean_image is not None:
-        tensors["__preprocess__.mean_image"] = pre.mean_image.float().contiguous()
-    meta = {
-        "format": SAFETENSORS_FORMAT,
-        "variant": loaded.variant,
-        "class_names": json.dumps(loaded.class_names),
-        "input_size": str(pre.crop),
-        "preprocess": json.dumps(pre.to_meta()),
-        "model_options": json.dumps(loaded.options),
-        "source": loaded.source,
-    }
-    atomic_write_bytes(out, save(tensors, metadata=meta))
+    if groups == 1:
+        return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
+    parts = op.Split(x, num_outputs=groups, axis=1)
+    return op.Concat(*[op.LRN(p, size=size, alpha=alpha, beta=beta, bias=k) for p in parts], axis=1)
 
 
-def export_onnx(loaded: Loaded, out: Path, opset: int = 18) -> float:
-    """Export with a dynamic batch axis; returns the max |onnxruntime - PyTorch| on random inputs."""
+def _with_lrn_op(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose GroupedLRN layers run as the ``alexnet::lrn`` operator, for the ONNX LRN mapping."""
+    from .models.lrn import GroupedLRN, LRNOp
+
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GroupedLRN):
+                setattr(parent, name, LRNOp(child))
+    return model
+
+
+def export_onnx(loaded: Loaded, out: Path, opset: int = 18, lrn_op: bool = True) -> float:
+    """Export with a dynamic batch axis; returns the max |onnxruntime - PyTorch| on random inputs. ``lrn_op``:
+    LRN as ONNX's ``LRN`` operator; else as primitive operators (Pow, Mul, Add, ...) for runtimes without it."""
     try:
         import onnx  # noqa: F401  (torch.onnx needs it; say so before exporting)
         import onnxruntime as ort
@@ -48,8 +55,10 @@ def export_onnx(loaded: Loaded, out: Path, opset: int = 18) -> float:
     model = loaded.model.cpu().eval()
     x = torch.randn(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(model, (x,), None, input_names=["images"], output_names=["logits"],
-                                dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True)  # fmt: skip
+    table = {torch.ops.alexnet.lrn.default: _onnx_lrn} if lrn_op else None
+    program = torch.onnx.export(_with_lrn_op(model) if lrn_op else model, (x,), None, input_names=["images"],
+                                output_names=["logits"], dynamic_shapes={"x": {0: batch}}, opset_version=opset,
+                                dynamo=True, custom_translation_table=table)  # fmt: skip
     proto = program.model_proto
     for key, value in {"variant": loaded.variant, "class_names": json.dumps(loaded.class_names),
                        "preprocess": json.dumps(loaded.preprocess.to_meta())}.items():  # fmt: skip
@@ -67,6 +76,26 @@ def export_onnx(loaded: Loaded, out: Path, opset: int = 18) -> float:
     return worst
 
 
+def export_pt2(loaded: Loaded, out: Path) -> float:
+    """A ``torch.export`` ExportedProgram with a dynamic batch axis, loadable with ``torch.export.load`` alone
+    (no alexnet import: LRN is plain tensor ops); the metadata as ``extra_files['alexnet.json']``. Returns the
+    max |loaded program - PyTorch| on batches of 1 and 3."""
+    size = loaded.preprocess.crop
+    model = loaded.model.cpu().eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.export.export(model, (torch.randn(2, 3, size, size),), dynamic_shapes={"x": {0: batch}})
+    meta = {"variant": loaded.variant, "class_names": loaded.class_names, "preprocess": loaded.preprocess.to_meta()}
+    atomic_write(out, lambda f: torch.export.save(program, f, extra_files={"alexnet.json": json.dumps(meta)}))
+    reloaded = torch.export.load(str(out)).module()
+    worst = 0.0
+    for b in (1, 3):
+        xi = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(b))
+        with torch.no_grad():
+            worst = max(worst, float((reloaded(xi) - model(xi)).abs().max()))
+    return worst
+
+
 def export_torchscript(loaded: Loaded, out: Path) -> float:
     size = loaded.preprocess.crop
     model = loaded.model.cpu().eval()
@@ -81,22 +110,35 @@ def export_torchscript(loaded: Loaded, out: Path) -> float:
             return float((torch.jit.load(str(out))(xi) - model(xi)).abs().max())
 
 
-def run_export(weights: str, fmt: str, out: Path, force: bool = False) -> int:
+def run_export(weights: str, fmt: str, out: Path, force: bool = False, lrn_op: bool = True) -> int:
     """`alexnet export`: never overwrites ``out`` without ``force``; prints what was written."""
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
-    print(export(load_weights(weights, "cpu"), fmt, out))
+    if not lrn_op and fmt != "onnx":
+        raise UserError("--no-lrn-op applies to --format onnx only")
+    print(export(load_weights(weights, "cpu"), fmt, out, lrn_op))
     return 0
 
 
-def export(loaded: Loaded, fmt: str, out: Path) -> str:
+def export(loaded: Loaded, fmt: str, out: Path, lrn_op: bool = True) -> str:
     if not out.parent.exists():
         raise UserError(f"output directory does not exist: {out.parent}")
     if fmt == "safetensors":
         save_safetensors(loaded, out)
         return f"wrote {out} (weights + metadata: {loaded.variant}, {len(loaded.class_names)} classes)"
     if fmt == "onnx":
-        diff = export_onnx(loaded, out)
-        return f"wrote {out}; onnxruntime vs PyTorch max abs difference {diff:.2e}"
+        diff = export_onnx(loaded, out, lrn_op=lrn_op)
+        how = "" if not _has_lrn(loaded.model) else ", LRN as the LRN operator" if lrn_op else ", LRN as primitive operators"
+        return f"wrote {out}{how}; onnxruntime vs PyTorch max abs difference {diff:.2e}"
+    if fmt == "pt2":
+        diff = export_pt2(loaded, out)
+        return f"wrote {out}; torch.export program vs PyTorch max abs difference {diff:.2e}"
     diff = export_torchscript(loaded, out)
-    return f"wrote {out}; TorchScript vs PyTorch max abs difference {diff:.2e}"
+    return f"wrote {out}; TorchScript (deprecated by PyTorch: prefer pt2) vs PyTorch max abs difference {diff:.2e}"
+
+
+def _has_lrn(model: torch.nn.Module) -> bool:
+    from .models.lrn import GroupedLRN
+
+    return any(isinstance(m, GroupedLRN) for m in model.modules())
+

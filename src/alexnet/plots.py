@@ -22,10 +22,11 @@ from .data.classes import display_name  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .inference import compute_path, feature_fn, predict_probs  # noqa: E402
 from .keyed_random import seeded_sample  # noqa: E402
+from .occlusion import OcclusionMap, TopPatches, occlusion_map, top_patches  # noqa: E402
 from .runlog import read_metrics  # noqa: E402
 from .weights import Loaded  # noqa: E402
 
-FIGURES = ("filters", "predictions", "neighbours", "curves", "confusion")
+FIGURES = ("filters", "predictions", "neighbours", "curves", "confusion", "occlusion", "units")
 DPI = 100
 
 
@@ -306,4 +307,60 @@ def make_figures(loaded: Loaded, run_dir: Path | None, data: str | None, out: Pa
             written.append(neighbours_figure(loaded, val_set, v_feats[q], train_set, bank, out))
         if "confusion" in which:
             written.append(confusion_figure(loaded, probs, labels, out))
+    if {"occlusion", "units"} & set(which):
+        written += _look_inside(loaded, data, out, which, device, max_val)
     return written
+
+
+def _look_inside(loaded: Loaded, data: str | None, out: Path, which: list[str], device: torch.device,
+                 max_val: int) -> list[Path]:  # fmt: skip
+    """Occlusion maps of 4 validation images (true class), and the top-9 validation patches of 8 conv5 units."""
+    _, val_src = _sources(loaded, data)
+    v_idx = seeded_sample(len(val_src), max_val).tolist()
+    norm, crop = loaded.preprocess.normalizer().to(device), loaded.preprocess.crop
+    written = []
+    if "occlusion" in which:
+        pick = [val_src[i] for i in v_idx[:4]]
+        off = (loaded.preprocess.resize - crop) // 2
+        images = [img[:, off : off + crop, off : off + crop] for img, _, _ in pick]
+        maps = [occlusion_map(loaded.model, norm(img[None].to(device))[0], label) for img, (_, label, _) in zip(images, pick)]
+        written.append(occlusion_figure(loaded, images, maps, out))
+    if "units" in which:
+        images = torch.stack([val_src[i][0] for i in v_idx])
+        units = torch.linspace(0, _conv5_width(loaded.model) - 1, 8).round().long().tolist()
+        written.append(units_figure(top_patches(loaded.model, images, norm, crop, units), out))
+    return written
+
+
+def _conv5_width(model: torch.nn.Module) -> int:
+    return [m for m in model.features if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+
+
+def occlusion_figure(loaded: Loaded, images: list[torch.Tensor], maps: list[OcclusionMap], out: Path) -> Path:
+    """Zeiler & Fergus's Fig. 7: each image beside its true class's probability as a grey square slides over it."""
+    fig, axes = plt.subplots(2, len(images), figsize=(2.6 * len(images), 5.4), squeeze=False)
+    for k, (img, m) in enumerate(zip(images, maps)):
+        _show(axes[0][k], img)
+        axes[0][k].set_title(_label(loaded, m.target), fontsize=8)
+        axes[1][k].imshow(img.permute(1, 2, 0).numpy())
+        axes[1][k].imshow(m.heat.numpy(), cmap="jet", alpha=0.55, vmin=0.0, vmax=max(m.base_prob, 1e-6))
+        axes[1][k].set_title(f"p {m.base_prob:.2f} -> min {float(m.grid.min()):.2f}", fontsize=8)
+        axes[1][k].axis("off")
+    fig.suptitle("occlusion sensitivity: p(true class) with a grey square centred on each region (blue = low)")
+    return _save(fig, out / "occlusion.png")
+
+
+def units_figure(top: TopPatches, out: Path) -> Path:
+    """The 9 validation patches that excite each chosen conv5 unit most (its receptive field in the crop)."""
+    units, patches = top.units, top.patches
+    k = max(len(p) for p in patches)
+    fig, axes = plt.subplots(len(units), k, figsize=(1.1 * k, 1.15 * len(units)), squeeze=False)
+    for r, (u, row) in enumerate(zip(units, patches)):
+        for c in range(k):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                ax.imshow(row[c].permute(1, 2, 0).numpy())
+        axes[r][0].set_title(f"conv5 unit {u}", fontsize=7, loc="left")
+    fig.suptitle("strongest validation patches per conv5 unit (receptive field of the maximum)", fontsize=9)
+    return _save(fig, out / "units.png")

@@ -1,5 +1,5 @@
 """Trained weights from any source, as a ready model plus what it needs to run: a run directory, a
-checkpoint (.pt), an exported .safetensors file, or ``torchvision``. Reading only; export.py writes.
+checkpoint (.pt), an exported .safetensors file, or ``torchvision``; and the one safetensors writer.
 Loading never executes code: checkpoints through ``weights_only=True``, safetensors by design."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from .atomic import atomic_write_bytes
 from .config import Config, from_dict
 from .data.classes import imagenet_classes
 from .data.preprocess import Preprocess
@@ -31,6 +32,7 @@ class Loaded:
     config: Config | None  # the training run's config (checkpoints only): its data, recipe, options
     source: str
     options: dict[str, Any] = field(default_factory=dict)  # architecture options (LRN settings) to rebuild it
+    published: dict[str, Any] | None = None  # the source's own published accuracy (imported weights)
 
 
 def model_from_state(variant: str, num_classes: int, state: dict[str, torch.Tensor], options: dict[str, Any]) -> nn.Module:
@@ -101,7 +103,29 @@ def load_safetensors(path: Path) -> Loaded:
         pre = Preprocess.from_meta(json.loads(meta["preprocess"]), tensors.pop("__preprocess__.mean_image", None))
         names, variant = json.loads(meta["class_names"]), meta["variant"]
         options = json.loads(meta.get("model_options", "{}"))
+        published = json.loads(meta["published"]) if "published" in meta else None
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: incomplete alexnet metadata (missing or bad {e})") from None
     model = model_from_state(variant, len(names), tensors, options)
-    return Loaded(model, variant, names, pre, None, str(path), options)
+    return Loaded(model, variant, names, pre, None, str(path), options, published)
+
+
+def save_safetensors(loaded: Loaded, out: Path) -> None:
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
+    pre = loaded.preprocess
+    if pre.mean_image is not None:
+        tensors["__preprocess__.mean_image"] = pre.mean_image.float().contiguous()
+    meta = {
+        "format": SAFETENSORS_FORMAT,
+        "variant": loaded.variant,
+        "class_names": json.dumps(loaded.class_names),
+        "input_size": str(pre.crop),
+        "preprocess": json.dumps(pre.to_meta()),
+        "model_options": json.dumps(loaded.options),
+        "source": loaded.source,
+    }
+    if loaded.published:
+        meta["published"] = json.dumps(loaded.published)
+    atomic_write_bytes(out, save(tensors, metadata=meta))

@@ -25,6 +25,7 @@ from ..models import create_model, get_model_info, model_options
 from ..optim import Schedule, build_optimizer
 from ..rundir import check_run_dir, make_run_dir
 from ..runlog import RunLogger
+from ..weights import load_weights
 from .state import RunInfo, TrainState
 
 log = logging.getLogger("alexnet")
@@ -66,6 +67,7 @@ def resolve_config(cfg: Config, device: torch.device) -> Config:
         if size is not None and size != d.resize:
             log.info("%s holds %dx%d images: using data.resize=%d", d.path, size, size, size)
             d.resize = size
+    _starting_weights_options(cfg)
     d.crop = d.crop or get_model_info(cfg.model.name).input_size
     if d.crop > d.resize:
         raise UserError(f"data.crop {d.crop} is larger than the images ({d.resize}px); use a smaller crop"
@@ -75,12 +77,46 @@ def resolve_config(cfg: Config, device: torch.device) -> Config:
     return cfg
 
 
-def build_model(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
+def _starting_weights_options(cfg: Config) -> None:
+    """``model.weights`` naming a file or run (e.g. `alexnet import-weights` output): its variant must be the
+    run's; its architecture options (LRN settings) and, unless set, its input normalisation (mean, std) become
+    the run's, written to config.yaml: the network is fed what it was trained on."""
+    m = cfg.model
+    if m.weights in (None, "torchvision"):
+        return
+    m.weights = str(Path(m.weights).absolute())
+    src = load_weights(m.weights)
+    if src.variant != m.name:
+        raise UserError(f"{m.weights} holds {src.variant} weights; train it with --model {src.variant}")
+    for key, value in src.options.items():
+        setattr(m, key, value)
+    pre, d = src.preprocess, cfg.data
+    if d.mean is None and d.std is None:
+        mean = pre.mean if pre.mean_image is None else tuple(float(v) for v in pre.mean_image.mean((1, 2)))
+        d.mean, d.std, d.normalize = [float(v) for v in mean], [float(v) for v in pre.std], "channel"
+
+
+def _load_starting_weights(model: nn.Module, cfg: Config, class_names: list[str]) -> None:
+    """Start from a weights file: every layer, except the last when the classes differ (fine-tuning)."""
+    src = load_weights(str(cfg.model.weights))
+    state = src.model.state_dict()
+    if src.class_names != class_names:
+        last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        state = {k: v for k, v in state.items() if not k.startswith(last + ".")}
+        log.info("starting from %s; %s freshly initialised for %d classes", src.source, last, len(class_names))
+    model.load_state_dict(state, strict=False)
+
+
+def build_model(cfg: Config, class_names: list[str], dist: DistInfo) -> nn.Module:
     """The raw model on its device(s): seeded by train.seed alone (not by what the data pipeline drew), the
     two-tower split when asked, channels_last when the compute path says so."""
     m = cfg.model
     torch.manual_seed(cfg.train.seed)
-    model = create_model(m.name, num_classes, init=m.init, weights=m.weights, **model_options(m.name, asdict(m)))
+    file_weights = m.weights not in (None, "torchvision")
+    model = create_model(m.name, len(class_names), init=m.init, weights=None if file_weights else m.weights,
+                         **model_options(m.name, asdict(m)))  # fmt: skip
+    if file_weights:
+        _load_starting_weights(model, cfg, class_names)
     if m.freeze_features:
         for p in model.features.parameters():
             p.requires_grad_(False)
@@ -127,7 +163,7 @@ def _seed_and_kernels(cfg: Config, device: torch.device) -> None:
 
 def new_state(cfg: Config, data: DataBundle, dist: DistInfo) -> TrainState:
     t = cfg.train
-    model = build_model(cfg, len(data.class_names), dist)
+    model = build_model(cfg, data.class_names, dist)
     lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_scale_batch if cfg.optim.lr_scale_batch else 1.0)
     optimizer = build_optimizer(model, cfg.optim, lr)
     assert data.train is not None

@@ -23,7 +23,8 @@ MIN_INPUT_SIZE = 67
 class AlexNet(nn.Module):
     """AlexNet as published, as one module on one device.
 
-    ``norm="lrn"``: the paper's network (LRN after conv1 and conv2, per tower).
+    ``norm="lrn"``: the paper's network (LRN after conv1 and conv2, per tower; ``lrn_groups=1`` normalises
+    across all maps instead, as Caffe's ``bvlc_alexnet`` does).
     ``norm="bn"``: BatchNorm2d after every convolution instead of LRN (conv biases
     dropped: BatchNorm's shift replaces them).
 
@@ -44,6 +45,7 @@ class AlexNet(nn.Module):
         lrn_alpha: float = PAPER_LRN.alpha,
         lrn_beta: float = PAPER_LRN.beta,
         lrn_k: float = PAPER_LRN.k,
+        lrn_groups: int = 2,
     ) -> None:
         super().__init__()
         if norm not in ("lrn", "bn"):
@@ -58,7 +60,7 @@ class AlexNet(nn.Module):
         def lrn(c: int) -> nn.Module:
             if bn:
                 return nn.BatchNorm2d(c)
-            return GroupedLRN(lrn_size, lrn_alpha, lrn_beta, lrn_k, groups=2)
+            return GroupedLRN(lrn_size, lrn_alpha, lrn_beta, lrn_k, groups=lrn_groups)
 
         layers: list[tuple[str, nn.Module]] = [
             ("conv1", conv(3, 96, 11, stride=4)),
@@ -102,7 +104,7 @@ class AlexNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.min_input_size, "alexnet")
         x = self.features(x)  # conv1 (B,96,55,55) ... pool3 (B,256,6,6) at 227x227
-        return self.avgpool(x)  # (B, 256, 6, 6)
+        return x if x.shape[-2:] == (6, 6) else self.avgpool(x)  # (B, 256, 6, 6); exports carry no no-op pool
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(x, 1)  # (B, 9216)

@@ -38,7 +38,11 @@ PAPER_LRN = LRNSpec()
 
 
 def _window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """out[:, :, c] = sum of t[:, :, c - before .. c + after] along dim 2 (zero outside): shifted in-place adds."""
+    """out[:, :, c] = sum of t[:, :, c - before .. c + after] along dim 2 (zero outside): shifted in-place adds;
+    under torch.export (pt2 and ONNX) the same sum as Pad + Slice + Add, operators every runtime has."""
+    if torch.compiler.is_exporting():
+        c, padded = t.shape[2], torch.nn.functional.pad(t, (0, 0, 0, 0, before, after))
+        return sum(padded[:, :, i : i + c] for i in range(1, before + after + 1)) + padded[:, :, :c]
     out = t.clone()
     for s in range(1, before + 1):
         out[:, :, s:] += t[:, :, :-s]
@@ -124,3 +128,26 @@ class GroupedLRN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"
+
+
+@torch.library.custom_op("alexnet::lrn", mutates_args=())
+def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """The LRN as one opaque operator, for exporters that map it to a runtime's own (ONNX ``LRN``)."""
+    return _forward(x, size, alpha, beta, k, groups)[0]
+
+
+@lrn_op.register_fake
+def _lrn_op_shape(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class LRNOp(nn.Module):
+    """A GroupedLRN's settings, computed through ``alexnet::lrn`` (inference and export only)."""
+
+    def __init__(self, lrn: GroupedLRN) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.groups = lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lrn_op(x, self.size, self.alpha, self.beta, self.k, self.groups)
+

@@ -53,7 +53,7 @@ class AlexNetOWT(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.min_input_size, "alexnet_owt")
         x = self.features(x)  # (B, 64, 55, 55) ... (B, 256, 6, 6) at 224x224
-        return self.avgpool(x)  # (B, 256, 6, 6)
+        return x if x.shape[-2:] == (6, 6) else self.avgpool(x)  # (B, 256, 6, 6); exports carry no no-op pool
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(x, 1)  # (B, 9216)

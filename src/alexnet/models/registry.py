@@ -83,7 +83,7 @@ def model_options(name: str, model_cfg: dict[str, Any] | None, dropout: bool = T
     m = model_cfg or {}
     opts: dict[str, Any] = {"dropout": m["dropout"]} if dropout and "dropout" in m else {}
     if name == "alexnet":
-        opts |= {k: m[k] for k in ("lrn_size", "lrn_alpha", "lrn_beta", "lrn_k") if k in m}
+        opts |= {k: m[k] for k in ("lrn_size", "lrn_alpha", "lrn_beta", "lrn_k", "lrn_groups") if k in m}
     return opts
 
 

@@ -105,6 +105,9 @@ class TowerAlexNet(nn.Module):
     @classmethod
     def from_grouped(cls, model: AlexNet, devices: tuple[Any, Any]) -> TowerAlexNet:
         lrn = {}
+        if model.norm == "lrn" and model.features.norm1.groups != 2:
+            raise UserError("the two-tower split needs the paper's per-tower LRN (lrn_groups=2); these weights "
+                            "normalise across both towers (lrn_groups=1, e.g. Caffe's bvlc_alexnet)")
         if model.norm == "lrn":
             m = model.features.norm1
             lrn = {"size": m.size, "alpha": m.alpha, "beta": m.beta, "k": m.k}

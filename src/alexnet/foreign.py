@@ -1,0 +1,197 @@
+"""The paper's network trained elsewhere, as this package's ``alexnet``: Caffe's ``bvlc_alexnet.caffemodel`` and
+its ONNX model-zoo conversion (``bvlcalexnet-*.onnx``).
+
+Both are read by structure, not by names: the convolutions, LRNs, poolings and fully-connected layers in graph
+order must be AlexNet's (conv lrn pool conv lrn pool conv conv conv pool fc fc fc; CaffeNet's pool-before-norm
+order is refused), and every weight must have AlexNet's shape and grouping. Caffe's conventions become ours:
+- BGR input: conv1's input channels are reversed, so the imported model takes RGB like every other here;
+- pixels on the 0-255 scale: conv1's weights are multiplied by 255, so it takes [0, 1] pixels;
+- mean subtraction, no std: by default the per-channel mean (B, G, R) = (104, 117, 123) of Caffe's examples, or
+  the mean image of ``ilsvrc_2012_mean.binaryproto``, recorded in the preprocessing metadata on the [0, 1] scale,
+  with resize 256 and centre crop 227 (Caffe's test-time crop);
+- LRN with Caffe's k (1) and alpha/n convention (PyTorch's), across all maps (``lrn_groups=1``), not per tower;
+- Caffe's pooling rounds up, PyTorch's down: at 227x227 every pooling output has the same size either way;
+- no final softmax (Caffe's ``prob`` layer, ONNX's Softmax): the model returns logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.classes import imagenet_classes
+from .data.preprocess import Preprocess
+from .errors import UserError
+from .models import create_model
+from .models.lrn import LRNSpec
+from .weights import Loaded
+
+ORDER = "conv lrn pool conv lrn pool conv conv conv pool fc fc fc".split()
+# out, in / groups, kernel, groups, stride, padding
+CONVS = [(96, 3, 11, 1, 4, 0), (256, 48, 5, 2, 1, 2), (384, 256, 3, 1, 1, 1), (384, 192, 3, 2, 1, 1), (256, 192, 3, 2, 1, 1)]
+FCS = [(4096, 9216), (4096, 4096)]  # fc8: (classes, 4096)
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # Caffe's examples (classify.py, the model zoo's deploy notes)
+CAFFE_PUBLISHED = {"top1": 0.571, "top5": 0.802, "what": "Caffe bvlc_alexnet, ILSVRC-2012 val, centre crop"}
+
+
+@dataclass
+class SourceNet:
+    """What an imported file holds, in graph order, before any conversion."""
+
+    convs: list[tuple[np.ndarray, np.ndarray, int, int, int]]  # weight (out, in / g, k, k), bias, g, stride, pad
+    fcs: list[tuple[np.ndarray, np.ndarray]]  # weight (out, in), bias
+    lrns: list[LRNSpec]
+    order: list[str]  # conv | lrn | pool | fc
+    source: str
+
+
+def check_structure(net: SourceNet) -> None:
+    """One clear line for anything that is not AlexNet."""
+    src = net.source
+    if net.order != ORDER:
+        raise UserError(f"{src}: layer order {' '.join(net.order) or '(none)'} is not AlexNet's ({' '.join(ORDER)})")
+    for i, ((w, b, *got), (o, c, k, *want)) in enumerate(zip(net.convs, CONVS), 1):
+        if w.shape != (o, c, k, k) or b.shape != (o,) or got != want:
+            raise UserError(f"{src}: conv{i} is {w.shape} with (groups, stride, pad) {tuple(got)}; AlexNet's is "
+                            f"{(o, c, k, k)} with {tuple(want)}")  # fmt: skip
+    for i, (w, b) in enumerate(net.fcs):
+        want = FCS[i] if i < 2 else (w.shape[0], 4096)
+        if w.shape != want or b.shape != (w.shape[0],) or w.shape[0] < 1:
+            raise UserError(f"{src}: fc{i + 6} weight is {w.shape}; AlexNet's is {want}")
+    if any(lrn != net.lrns[0] for lrn in net.lrns):
+        raise UserError(f"{src}: the two LRN layers differ ({net.lrns}); AlexNet uses one setting")
+
+
+def to_loaded(net: SourceNet, mean_image_bgr: np.ndarray | None = None) -> Loaded:
+    """The checked network as an ``alexnet`` model (RGB, [0, 1] pixels) with its preprocessing and class names."""
+    check_structure(net)
+    classes = net.fcs[2][0].shape[0]
+    lrn = net.lrns[0]
+    options = {"lrn_size": lrn.size, "lrn_alpha": lrn.alpha, "lrn_beta": lrn.beta, "lrn_k": lrn.k, "lrn_groups": 1}
+    model = create_model("alexnet", classes, init="default", **options)
+    state = {}
+    for i, (w, b, *_) in enumerate(net.convs, 1):
+        t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        if i == 1:
+            t = t.flip(1) * 255.0  # BGR -> RGB, 0-255 -> [0, 1]
+        state[f"features.conv{i}.weight"], state[f"features.conv{i}.bias"] = t, torch.from_numpy(b.astype(np.float32))
+    for name, (w, b) in zip(("fc6", "fc7", "fc8"), net.fcs):
+        state[f"classifier.{name}.weight"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        state[f"classifier.{name}.bias"] = torch.from_numpy(b.astype(np.float32))
+    model.load_state_dict(state)
+    if mean_image_bgr is not None:
+        mi = torch.from_numpy(np.ascontiguousarray(mean_image_bgr[::-1], dtype=np.float32)) / 255.0  # (3, H, W) RGB
+        pre = Preprocess(mi.shape[-1], 227, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), mi)
+    else:
+        b, g, r = (v / 255.0 for v in CAFFE_MEAN_BGR)
+        pre = Preprocess(256, 227, (r, g, b), (1.0, 1.0, 1.0))
+    names = [w for w, _ in imagenet_classes()] if classes == 1000 else [f"class_{i}" for i in range(classes)]
+    return Loaded(model.eval(), "alexnet", names, pre, None, net.source, options, dict(CAFFE_PUBLISHED))
+
+
+def read_caffemodel(path: Path) -> SourceNet:
+    from google.protobuf.message import DecodeError
+
+    from . import caffe_proto
+
+    try:
+        net = caffe_proto.parse("NetParameter", path.read_bytes())
+    except DecodeError as e:
+        raise UserError(f"{path}: not a Caffe model (protobuf: {e})") from None
+    v1 = len(net.layer) == 0
+    out = SourceNet([], [], [], [], str(path))
+    kinds = {"Convolution": "conv", "LRN": "lrn", "Pooling": "pool", "InnerProduct": "fc"}
+    for layer in net.layers if v1 else net.layer:
+        kind = kinds.get(caffe_proto.layer_type(layer, v1))
+        if kind is None:
+            continue
+        out.order.append(kind)
+        blobs = [caffe_proto.blob_values(b) for b in layer.blobs]
+        shapes = [caffe_proto.blob_shape(b) for b in layer.blobs]
+        if kind in ("conv", "fc") and len(blobs) != 2:
+            raise UserError(f"{path}: layer {layer.name!r} has {len(blobs)} blobs; AlexNet's have weights and biases")
+        if kind == "conv":
+            p = layer.convolution_param
+            w = _reshape(blobs[0], shapes[0], path, layer.name)
+            out.convs.append((w, blobs[1], int(p.group), int(p.stride[0]) if p.stride else 1, int(p.pad[0]) if p.pad else 0))
+        elif kind == "fc":  # weights (out, in); legacy files store them as (1, 1, out, in)
+            w = _reshape(blobs[0], shapes[0], path, layer.name)
+            out.fcs.append((w.reshape(w.shape[-2], w.shape[-1]) if w.ndim >= 2 else w, blobs[1]))
+        elif kind == "lrn":
+            p = layer.lrn_param
+            if p.norm_region != 0:
+                raise UserError(f"{path}: LRN {layer.name!r} is WITHIN_CHANNEL; AlexNet's is ACROSS_CHANNELS")
+            out.lrns.append(LRNSpec(int(p.local_size), float(p.alpha), float(p.beta), float(p.k)))
+    if not net.layer and not net.layers:
+        raise UserError(f"{path}: no layers (not a Caffe model, or a solver state)")
+    return out
+
+
+def _reshape(values: np.ndarray, shape: tuple[int, ...], path: Path, name: str) -> np.ndarray:
+    if not shape or int(np.prod(shape)) != values.size:
+        raise UserError(f"{path}: layer {name!r} blob holds {values.size} values for shape {shape}")
+    return values.reshape(shape)
+
+
+def read_onnx(path: Path) -> SourceNet:
+    """An ONNX graph of the same network (the model zoo's bvlcalexnet: grouped Conv, LRN, MaxPool, Gemm, Softmax)."""
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
+        raise UserError("importing ONNX needs the export extra: pip install 'alexnet[export]'") from None
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # onnx raises DecodeError, OSError or its own errors on a bad file
+        raise UserError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = SourceNet([], [], [], [], str(path))
+
+    def weight(node: onnx.NodeProto, i: int) -> np.ndarray:
+        if len(node.input) <= i or node.input[i] not in inits:
+            raise UserError(f"{path}: {node.op_type} node {node.name!r} has no stored weight for input {i}")
+        return inits[node.input[i]].astype(np.float32)
+
+    for node in model.graph.node:  # ONNX stores nodes in topological order
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        if node.op_type == "Conv":
+            w = weight(node, 1)
+            b = weight(node, 2) if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+            pads, strides = list(a.get("pads", [0] * 4)), list(a.get("strides", [1, 1]))
+            pad = pads[0] if len(set(pads)) == 1 else -1  # asymmetric padding is not AlexNet's
+            out.convs.append((w, b, int(a.get("group", 1)), int(strides[0]) if len(set(strides)) == 1 else -1, pad))
+            out.order.append("conv")
+        elif node.op_type == "LRN":
+            out.lrns.append(LRNSpec(int(a["size"]), float(a.get("alpha", 1e-4)), float(a.get("beta", 0.75)),
+                                    float(a.get("bias", 1.0))))  # fmt: skip
+            out.order.append("lrn")
+        elif node.op_type == "MaxPool":
+            out.order.append("pool")
+        elif node.op_type == "Gemm":
+            w, b = weight(node, 1), weight(node, 2)
+            w = w if a.get("transB", 0) else w.T  # y = x W^T + b with W (out, in)
+            if a.get("transA", 0):
+                raise UserError(f"{path}: Gemm {node.name!r} transposes its input; not AlexNet's layout")
+            out.fcs.append((np.ascontiguousarray(w) * float(a.get("alpha", 1.0)), b * float(a.get("beta", 1.0))))
+            out.order.append("fc")
+    return out
+
+
+def read_mean_binaryproto(path: Path) -> np.ndarray:
+    """Caffe's mean image (``ilsvrc_2012_mean.binaryproto``): (3, H, W), BGR, 0-255."""
+    from google.protobuf.message import DecodeError
+
+    from . import caffe_proto
+
+    try:
+        blob = caffe_proto.parse("BlobProto", Path(path).read_bytes())
+    except (DecodeError, OSError) as e:
+        raise UserError(f"{path}: not a readable Caffe mean file ({e})") from None
+    shape, values = caffe_proto.blob_shape(blob), caffe_proto.blob_values(blob)
+    shape = shape[1:] if len(shape) == 4 and shape[0] == 1 else shape
+    if len(shape) != 3 or shape[0] != 3 or int(np.prod(shape)) != values.size or min(shape[1:]) < 227:
+        raise UserError(f"{path}: a mean image must be 3 x H x W with H, W >= 227, got {shape}")
+    return values.reshape(shape)

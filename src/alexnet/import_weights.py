@@ -1,0 +1,35 @@
+"""`alexnet import-weights`: Caffe's bvlc_alexnet (.caffemodel) or its ONNX conversion (.onnx) as a .safetensors
+file of this package's ``alexnet``, usable wherever weights are (predict, evaluate, features, figures, export,
+and ``--weights`` to fine-tune). The conversion and its checks live in ``foreign.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+from .foreign import read_caffemodel, read_mean_binaryproto, read_onnx, to_loaded
+from .weights import save_safetensors
+
+
+def run_import(source: str, out: str, mean: str | None = None, force: bool = False) -> int:
+    src, dst = Path(source), Path(out)
+    if not src.is_file():
+        raise UserError(f"no such file: {src}")
+    if dst.suffix != ".safetensors":
+        raise UserError(f"--out must name a .safetensors file, got {dst}")
+    if dst.exists() and not force:
+        raise UserError(f"{dst} exists; pass --force to overwrite it")
+    if not dst.parent.is_dir():
+        raise UserError(f"output directory does not exist: {dst.parent}")
+    readers = {".caffemodel": read_caffemodel, ".onnx": read_onnx}
+    if src.suffix not in readers:
+        raise UserError(f"{src}: unknown format; expected a .caffemodel (Caffe) or .onnx file")
+    mean_image = read_mean_binaryproto(Path(mean)) if mean else None
+    loaded = to_loaded(readers[src.suffix](src), mean_image)
+    save_safetensors(loaded, dst)
+    lrn, pre = loaded.options, loaded.preprocess
+    how = "mean image " + mean if mean else "per-channel mean (B, G, R) = (104, 117, 123)"
+    print(f"wrote {dst}: alexnet, {len(loaded.class_names)} classes, LRN size {lrn['lrn_size']} alpha {lrn['lrn_alpha']:g} "
+          f"beta {lrn['lrn_beta']:g} k {lrn['lrn_k']:g} over all maps; BGR and the 0-255 scale folded into conv1; "
+          f"{how}; resize {pre.resize}, centre crop {pre.crop}")  # fmt: skip
+    return 0

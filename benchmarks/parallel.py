@@ -58,6 +58,13 @@ def formula(b: int, world: int, classes: int = 1000) -> dict[str, float]:
     }
 
 
+def fc8_wire(b: int, world: int, classes: int = 1000) -> tuple[float, float]:
+    """fc8's share of the wire bytes per step and rank: replicated (ring all-reduce of its gradient) or sharded
+    by class (two more activation exchanges of b x 4096 and two of b x classes, each sending (W-1) x its input)."""
+    w = world
+    return 2 * (w - 1) / w * 4 * (F6_OUT + 1) * classes, (w - 1) * 4 * b * 2 * (F6_OUT + classes)
+
+
 def crossover(classes: int = 1000) -> float:
     """The global batch W b where both send the same wire bytes: (W-1) 8 b 13312 = 2 (W-1)/W 4 p_shard."""
     _, p_shard = param_counts(classes)
@@ -149,6 +156,15 @@ def main() -> None:
                          "hybrid" if f["hybrid_wire"] < f["ddp_wire"] else "DDP"])  # fmt: skip
     print(table(rows))
     print(f"crossover: hybrid sends fewer bytes while the global batch is below {crossover():.0f} images, any world")
+    print("\nfc8 (4096 x 1000) in hybrid, wire MB per step and rank: replicated (its gradient in DDP's all-reduce) vs "
+          "sharded by class (fc7's output all-gathered and its gradient reduce-scattered, logits gathered and their "
+          "gradient scattered)")
+    rows = [["world", "batch/rank", "replicated", "sharded", "keep"]]
+    for w in (2, 8, 64):
+        for b in (32, 128, 512):
+            rep, shard = fc8_wire(b, w)
+            rows.append([str(w), str(b), f"{rep / MB:.1f}", f"{shard / MB:.1f}", "replicated" if rep <= shard else "sharded"])
+    print(table(rows))
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "res.json")
         torch.multiprocessing.spawn(_worker, args=(_free_port(), args, out), nprocs=2)

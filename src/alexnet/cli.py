@@ -228,6 +228,24 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_explain)
 
 
+def _prepare_val(args: argparse.Namespace) -> int:
+    from .data.valprep import prepare_val
+
+    setup_logging(verbose=False)
+    return prepare_val(args.val, args.labels, args.out, args.synsets, args.mode)
+
+
+def _add_prepare_val(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare-val", help="sort ImageNet's flat val/ into class folders from its label file")
+    p.add_argument("val", metavar="VAL_DIR", help="the flat folder of ILSVRC2012_val_*.JPEG")
+    p.add_argument("--labels", required=True, help="LOC_val_solution.csv (Kaggle) or "
+                   "ILSVRC2012_validation_ground_truth.txt (devkit, with --synsets)")  # fmt: skip
+    p.add_argument("--synsets", help="the devkit's meta.mat, or a text file of the wnids in ILSVRC2012_ID order")
+    p.add_argument("--out", help="output folder (default: VAL_DIR itself, files moved into class folders)")
+    p.add_argument("--mode", choices=["link", "move", "copy"], help="default: move in place, hard-link elsewhere")
+    p.set_defaults(func=_prepare_val)
+
+
 def _figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -297,6 +315,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_import_weights,
     _add_explain,
+    _add_prepare_val,
     _add_figures,
     _add_report,
     _add_prepare,

@@ -14,9 +14,11 @@ instead, for rank r of W with a local batch of b (global batch B = W b):
 The backward of an all-gather is a reduce-scatter and the reverse, so gradients flow back through the same two
 collectives (their own process group, apart from DDP's). Replicated parameters (convolutions, fc7's bias, fc8)
 are averaged by DDP; the fc6/fc7 shards saw every image, and their gradients are sums of the W local losses'
-gradients, so they are divided by W to equal DDP's average. fc8 stays replicated: 4096 x classes parameters
-(16 MB at 1000 classes) in DDP's all-reduce, where sharding it would add two activation exchanges and a logits
-gather per step (benchmarks/parallel.py prints both terms).
+gradients, so they are divided by W to equal DDP's average. fc8 stays replicated: its gradient (16 MB at 1000
+classes) costs at most 2 x 16 MB of wire traffic per step at any world size, where sharding it by class would add
+(W-1) x 8 x (4096 + classes) bytes per image of the local batch (fc7's output and the logits, both ways): less
+only while the global batch is below ~800 images (benchmarks/parallel.py prints both), and it would need a
+softmax across ranks.
 
 Checkpoints keep the single-model form: ``state_dict()`` gathers the shards, ``load_state_dict()`` slices them,
 and the optimizer state is converted the same way, so a hybrid run resumes as DDP or as one process and back.

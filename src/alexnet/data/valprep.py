@@ -1,0 +1,130 @@
+"""ImageNet's validation set, sorted into class folders: ``val/ILSVRC2012_val_00000001.JPEG ...`` (flat, as
+ILSVRC-2012 ships it) plus its labels -> ``OUT/<wnid>/ILSVRC2012_val_00000001.JPEG``, the layout training,
+evaluation and ``prepare`` read. The labels come as either
+
+- Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString``; the first word of the prediction string is
+  the wnid), or
+- the devkit's ``ILSVRC2012_validation_ground_truth.txt`` (line i: the ILSVRC2012_ID of image i, 1..1000) with
+  its class order: the devkit's ``meta.mat`` or a text file of the 1000 wnids in ILSVRC2012_ID order.
+
+Files are hard-linked (another folder on the same disk) or moved (in place, as pytorch/examples' valprep.sh
+does), never copied unless asked. Everything is checked before anything is touched: a label file of an unknown
+format, images without a label, labels without an image, or an output that exists get one line and change nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+
+log = logging.getLogger("alexnet")
+WNID = re.compile(r"^n\d{8}$")
+
+
+def read_labels(labels: Path, synsets: Path | None) -> dict[str, str]:
+    """file stem (``ILSVRC2012_val_00000001``) -> wnid."""
+    if not labels.is_file():
+        raise UserError(f"no such label file: {labels}")
+    head = labels.read_text(errors="replace")[:200]
+    if head.startswith("ImageId,PredictionString"):
+        with labels.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        out = {r["ImageId"]: (r["PredictionString"] or "").split(" ")[0] for r in rows}
+    elif re.match(r"^\d+\s*\n", head):
+        if synsets is None:
+            raise UserError(f"{labels} holds class numbers: pass --synsets (the devkit's meta.mat, or a text file of "
+                            "the 1000 wnids in ILSVRC2012_ID order)")  # fmt: skip
+        order = read_synsets(synsets)
+        ids = [int(x) for x in labels.read_text().split()]
+        bad = [i for i in ids if not 1 <= i <= len(order)]
+        if bad:
+            raise UserError(f"{labels}: class number {bad[0]} outside 1..{len(order)}")
+        out = {f"ILSVRC2012_val_{n:08d}": order[i - 1] for n, i in enumerate(ids, 1)}
+    else:
+        raise UserError(f"{labels}: unknown label format (expected Kaggle's LOC_val_solution.csv or the devkit's "
+                        "ILSVRC2012_validation_ground_truth.txt)")  # fmt: skip
+    wrong = next((w for w in out.values() if not WNID.match(w)), None)
+    if wrong is not None:
+        raise UserError(f"{labels}: {wrong!r} is not a WordNet id like n01440764")
+    return out
+
+
+def read_synsets(path: Path) -> list[str]:
+    """The devkit's class order: meta.mat's synsets (ILSVRC2012_ID 1..1000 are the leaves), or a wnid per line."""
+    if not path.is_file():
+        raise UserError(f"no such synsets file: {path}")
+    if path.suffix == ".mat":
+        from scipy.io import loadmat
+
+        try:
+            syn = loadmat(str(path), squeeze_me=True)["synsets"]
+            pairs = sorted((int(s["ILSVRC2012_ID"]), str(s["WNID"])) for s in syn)
+        except (KeyError, ValueError, TypeError, IndexError, NotImplementedError) as e:
+            raise UserError(f"{path}: not the devkit's meta.mat ({e})") from None
+        order = [w for i, w in pairs if 1 <= i <= 1000]
+    else:
+        order = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not order or not all(WNID.match(w) for w in order) or len(set(order)) != len(order):
+        raise UserError(f"{path}: expected distinct wnids (n01440764, ...), one per class in ILSVRC2012_ID order")
+    return order
+
+
+def prepare_val(val: str, labels: str, out: str | None = None, synsets: str | None = None,
+                mode: str | None = None) -> int:  # fmt: skip
+    """Sort ``val`` into ``out`` (default: in place) class folders; ``mode``: link | move | copy (default: move in
+    place, link elsewhere)."""
+    src = Path(val)
+    if not src.is_dir():
+        raise UserError(f"no such directory: {src}")
+    dst = Path(out) if out else src
+    mode = mode or ("move" if dst.resolve() == src.resolve() else "link")
+    images = sorted(p.name for p in src.iterdir() if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    table = read_labels(Path(labels), Path(synsets) if synsets else None)
+    stems = {Path(n).stem: n for n in images}
+    unlabelled = sorted(set(stems) - set(table))
+    missing = sorted(set(table) - set(stems))
+    if unlabelled or missing:
+        raise UserError(f"{src} has {len(images)} images and {labels} labels {len(table)}: "
+                        + (f"{len(unlabelled)} images without a label (e.g. {stems[unlabelled[0]]})" if unlabelled else "")
+                        + ("; " if unlabelled and missing else "")
+                        + (f"{len(missing)} labels without an image (e.g. {missing[0]})" if missing else ""))  # fmt: skip
+    clash = next((dst / table[s] / n for s, n in stems.items() if (dst / table[s] / n).exists()), None)
+    if clash is not None:
+        raise UserError(f"{clash} exists; the output must not hold these files yet")
+    if mode == "link":
+        _probe_link(src / images[0], dst)
+    for wnid in sorted(set(table.values())):
+        (dst / wnid).mkdir(parents=True, exist_ok=True)
+    for stem, name in stems.items():
+        _place(src / name, dst / table[stem] / name, mode)
+    log.info("%s: %d images in %d class folders (%s)", dst, len(images), len(set(table.values())), mode)
+    print(f"{dst}: {len(images)} images sorted into {len(set(table.values()))} class folders ({mode})")
+    return 0
+
+
+def _probe_link(a: Path, dst: Path) -> None:
+    """Hard links work from ``a``'s disk into ``dst``, or one clear line before any file is placed."""
+    dst.mkdir(parents=True, exist_ok=True)
+    probe = dst / ".alexnet-link-probe"
+    try:
+        probe.unlink(missing_ok=True)
+        os.link(a, probe)
+    except OSError as e:
+        raise UserError(f"cannot hard-link {a} into {dst} ({e.strerror}): use --mode move, or --mode copy for an "
+                        "output on another disk") from None  # fmt: skip
+    probe.unlink()
+
+
+def _place(a: Path, b: Path, mode: str) -> None:
+    if mode == "move":
+        os.replace(a, b)
+    elif mode == "copy":
+        shutil.copy2(a, b)
+    else:
+        os.link(a, b)

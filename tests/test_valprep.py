@@ -1,0 +1,89 @@
+"""`alexnet prepare-val`: ImageNet's flat validation folder into class folders, from Kaggle's CSV or the devkit's
+ground truth with its class order (a wnid list or meta.mat); every mismatch refused before anything moves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet.cli import main
+
+WNIDS = ["n01440764", "n02102040", "n02979186"]  # devkit order (ILSVRC2012_ID 1, 2, 3)
+TRUTH = [2, 1, 3, 3, 1, 2, 2]  # image i -> ILSVRC2012_ID
+
+
+@pytest.fixture
+def flat(tmp_path: Path) -> Path:
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in range(1, len(TRUTH) + 1):
+        Image.fromarray(np.full((8, 8, 3), i * 30, np.uint8)).save(val / f"ILSVRC2012_val_{i:08d}.JPEG", "JPEG")
+    return val
+
+
+def _csv(path: Path, n: int = len(TRUTH)) -> Path:
+    rows = [f"ILSVRC2012_val_{i:08d},{WNIDS[t - 1]} 10 20 30 40 {WNIDS[t - 1]} 1 2 3 4" for i, t in enumerate(TRUTH[:n], 1)]
+    path.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _layout(root: Path) -> dict[str, list[str]]:
+    return {d.name: sorted(f.name for f in d.iterdir()) for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+def _want() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for i, t in enumerate(TRUTH, 1):
+        out.setdefault(WNIDS[t - 1], []).append(f"ILSVRC2012_val_{i:08d}.JPEG")
+    return dict(sorted(out.items()))
+
+
+def test_kaggle_csv_hard_links_into_another_folder(flat: Path, tmp_path: Path) -> None:
+    out = tmp_path / "imagenet" / "val"
+    assert main(["prepare-val", str(flat), "--labels", str(_csv(tmp_path / "LOC_val_solution.csv")), "--out", str(out)]) == 0
+    assert _layout(out) == _want()
+    a, b = flat / "ILSVRC2012_val_00000001.JPEG", out / WNIDS[1] / "ILSVRC2012_val_00000001.JPEG"
+    assert os.path.samefile(a, b)  # a hard link: no copy of 6 GB
+    assert not (out / ".alexnet-link-probe").exists()
+
+
+@pytest.mark.parametrize("order", ["txt", "mat"])
+def test_devkit_ground_truth_moves_in_place(flat: Path, tmp_path: Path, order: str) -> None:
+    gt = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    gt.write_text("\n".join(map(str, TRUTH)) + "\n")
+    if order == "txt":
+        synsets = tmp_path / "synsets.txt"
+        synsets.write_text("\n".join(WNIDS) + "\n")
+    else:  # meta.mat's synsets: the 1000 leaves first (here 3), then inner nodes with larger ids
+        from scipy.io import savemat
+
+        synsets = tmp_path / "meta.mat"
+        rows = [(i, w, "name") for i, w in enumerate(WNIDS, 1)] + [(1001, "n00001740", "entity")]
+        arr = np.array(rows, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")])
+        savemat(str(synsets), {"synsets": arr})
+    assert main(["prepare-val", str(flat), "--labels", str(gt)]) == 2  # class numbers need their order
+    assert main(["prepare-val", str(flat), "--labels", str(gt), "--synsets", str(synsets)]) == 0
+    assert _layout(flat) == _want()
+    assert not [f for f in flat.iterdir() if f.is_file()]  # moved, not copied
+
+
+def test_mismatches_are_refused_and_nothing_changes(flat: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    before = sorted(p.name for p in flat.iterdir())
+    short = _csv(tmp_path / "short.csv", n=len(TRUTH) - 2)
+    (tmp_path / "junk.txt").write_text("hello\nworld\n")
+    extra = _csv(tmp_path / "extra.csv")
+    extra.write_text(extra.read_text() + f"ILSVRC2012_val_{99:08d},{WNIDS[0]} 1 2 3 4\n")
+    capsys.readouterr()
+    for labels, needle in [(short, "2 images without a label"), (tmp_path / "junk.txt", "unknown label format"),
+                           (extra, "1 labels without an image"), (tmp_path / "none.csv", "no such label file")]:  # fmt: skip
+        assert main(["prepare-val", str(flat), "--labels", str(labels)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in flat.iterdir()) == before
+    out = tmp_path / "sorted"
+    assert main(["prepare-val", str(flat), "--labels", str(_csv(tmp_path / "ok.csv")), "--out", str(out)]) == 0
+    assert main(["prepare-val", str(flat), "--labels", str(tmp_path / "ok.csv"), "--out", str(out)]) == 2  # exists

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.plots import FIGURES, filters_figure, nearest
+from alexnet.plots import DEFAULT_FIGURES, filters_figure, nearest
 from alexnet.weights import load_weights
 
 from .conftest import FAST, make_imagefolder
@@ -54,7 +54,7 @@ def test_all_figures(folder_run: tuple[Path, Path], tmp_path: Path, capsys: pyte
     run, _ = folder_run
     out = tmp_path / "figs"
     assert main(["figures", str(run), "--out", str(out)]) == 0
-    for name in FIGURES:
+    for name in DEFAULT_FIGURES:
         _check_png(out / f"{name}.png")
     assert main(["figures", str(run), "--out", str(out), "--which", "filters,bogus"]) == 2
     assert "unknown figure bogus" in capsys.readouterr().err
@@ -99,7 +99,7 @@ def test_report_links_every_figure(folder_run: tuple[Path, Path]) -> None:
     assert main(["report", str(run)]) == 0
     md = (run / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert {Path(x).stem for x in links} == set(FIGURES)
+    assert {Path(x).stem for x in links} == set(DEFAULT_FIGURES)
     for link in links:
         _check_png(run / link)
     page = (run / "report.html").read_text()

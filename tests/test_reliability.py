@@ -174,10 +174,16 @@ def test_hostile_training_folder(tmp_path: Path, capsys: pytest.CaptureFixture) 
     bad = _hostile_folder(data)
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), *FAST, "--set", "data.normalize=channel"]) == 0
-    err = capsys.readouterr().err
-    assert f"skipping {len(bad)} unreadable files" in err
+    err = capsys.readouterr().err  # by default a bad file is found where it is read anyway: when it is decoded
+    assert "skipping 1 unreadable files" in err and "notes.txt: not an image file (extension)" in err
+    assert "skipped 3 images that failed to decode" in err
     for name in bad:
         assert name in err
+    checked = tmp_path / "checked"  # data.check_files: every header read before training, in parallel
+    assert main(["train", "--data", str(data), "--out", str(checked), *FAST, "--set", "data.normalize=channel",
+                 "--set", "data.check_files=true"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"skipping {len(bad)} unreadable files" in err and all(name in err for name in bad)
     assert "truncated (no end-of-image marker" in err  # found at the start by the end-marker check
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "strict"), *FAST, "--strict"]) == 2
     err = capsys.readouterr().err

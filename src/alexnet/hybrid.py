@@ -78,26 +78,18 @@ def reduce_scatter_rows(x: torch.Tensor, group: Any) -> torch.Tensor:
     return out
 
 
-class _GatherRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return gather_rows(x, group)
+class _Exchange(torch.autograd.Function):
+    """An activation exchange whose backward is its dual: all-gather forward, reduce-scatter backward, and the
+    reverse."""
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return reduce_scatter_rows(g, ctx.group), None
-
-
-class _ReduceScatterRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return reduce_scatter_rows(x, group)
+    def forward(ctx: Any, x: torch.Tensor, group: Any, fwd: Any, bwd: Any) -> torch.Tensor:
+        ctx.group, ctx.bwd = group, bwd
+        return fwd(x, group)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return gather_rows(g, ctx.group), None
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return ctx.bwd(g, ctx.group), None, None, None
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -197,13 +189,14 @@ class HybridAlexNet(nn.Module):
         for m in self._pre:  # alexnet_owt's dropout on fc6's input: local rows, local keys
             h = m(h)
         keys = self._global_keys()
-        h = _GatherRows.apply(h, self.group)  # (B, 9216)
+        h = _Exchange.apply(h, self.group, gather_rows, reduce_scatter_rows)  # (B, 9216)
         fc6 = self._fc(0)
         h = fc6(h)  # (B, n_r)
         for m in self._mid:  # relu6, drop6 on this rank's units of the whole global batch
             h = keyed_dropout(h, m.p, keys, m.stream, m.offset + fc6.lo) if _keyed(m) and keys is not None else m(h)
         p = self._fc(1)(h)  # (B, 4096): this rank's share of every image's fc7 input
-        h = _ReduceScatterRows.apply(p.float(), self.group).to(p.dtype) + self._fc(1).bias  # (b, 4096), summed in fp32
+        h = _Exchange.apply(p.float(), self.group, reduce_scatter_rows, gather_rows)  # (b, 4096): summed in fp32
+        h = h.to(p.dtype) + self._fc(1).bias
         for m in self._post:
             h = m(h)
         return h if pre_logits else self._fc(2)(h)

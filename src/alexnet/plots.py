@@ -26,7 +26,8 @@ from .occlusion import OcclusionMap, TopPatches, occlusion_map, top_patches  # n
 from .runlog import read_metrics  # noqa: E402
 from .weights import Loaded  # noqa: E402
 
-FIGURES = ("filters", "predictions", "neighbours", "curves", "confusion", "occlusion", "units")
+DEFAULT_FIGURES = ("filters", "predictions", "neighbours", "curves", "confusion")  # `figures` and `report`
+FIGURES = (*DEFAULT_FIGURES, "occlusion", "units")  # a look inside: on request (seconds per image on a CPU)
 DPI = 100
 
 

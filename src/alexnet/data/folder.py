@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from PIL import Image
 
 from .. import keyed_random
 from ..errors import UserError
-from .images import ImageError, is_image_path, load_rgb
+from .images import ImageError, load_rgb
+from .index import Listing, build, io_threads, load_cached, save
 
 log = logging.getLogger("alexnet")
 
@@ -75,31 +78,48 @@ def _decodes(path: str) -> bool:
         return False
 
 
-def scan_folder(split_dir: Path, classes: list[str] | None = None, check: bool = True) -> FolderIndex:
-    """Index ``split_dir/<class>/**/<image>``; with ``check`` every file's header is read once."""
+def scan_folder(split_dir: Path, classes: list[str] | None = None, check: bool = True, rank: int = 0,
+                world: int = 1) -> FolderIndex:  # fmt: skip
+    """Index ``split_dir/<class>/**/<image>`` from its cached listing (data/index.py: built in parallel, by rank 0
+    alone under torchrun while the others wait). ``check``: also read every file's header, in parallel threads
+    (`prepare`, `--strict`, ``data.check_files``); otherwise a bad file is found when it is decoded."""
     found = find_classes(split_dir)
     classes = classes or found
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise UserError(f"{split_dir}: class folders not in the training set: {', '.join(unknown[:5])}")
+    listing = _listing(split_dir, found, rank, world)
     to_idx = {c: i for i, c in enumerate(classes)}
-    samples: list[tuple[str, int]] = []
-    bad: list[str] = []
-    for c in found:
-        for p in sorted((split_dir / c).rglob("*")):
-            if not p.is_file() or p.name.startswith("."):
-                continue
-            if not is_image_path(p):
-                bad.append(f"{p}: not an image file (extension)")
-                continue
-            reason = _header_ok(str(p)) if check else None
-            if reason:
-                bad.append(f"{p}: {reason}")
-            else:
-                samples.append((str(p), to_idx[c]))
+    # strings, not Paths: joining 1.28 M pathlib paths alone takes ~20 s (measured, 100k files: 1.8 s)
+    samples = [(p + r, to_idx[c]) for c in found for p in [f"{split_dir}{os.sep}{c}{os.sep}"] for r in listing.files[c]]
+    bad = [f"{split_dir}{os.sep}{c}{os.sep}{r}: not an image file (extension)" for c in found for r in listing.not_images[c]]
+    if check and samples:
+        with ThreadPoolExecutor(io_threads()) as ex:
+            reasons = list(ex.map(_header_ok, [p for p, _ in samples], chunksize=64))
+        bad += [f"{p}: {r}" for (p, _), r in zip(samples, reasons) if r]
+        samples = [s for s, r in zip(samples, reasons) if not r]
     if not samples:
         raise UserError(f"{split_dir}: no readable images found")
     return FolderIndex(split_dir, classes, samples, bad)
+
+
+def _listing(split_dir: Path, classes: list[str], rank: int, world: int) -> Listing:
+    """The cached listing, or a fresh one (saved for next time). Under torchrun rank 0 builds it while the
+    others wait, then they read it (each lists the folder itself only if it could not be cached anywhere)."""
+    from .. import distributed
+
+    listing = None
+    if rank == 0:
+        listing = load_cached(split_dir, classes)
+        if listing is None:
+            t, started = time.perf_counter(), time.time_ns()
+            listing = build(split_dir, classes)
+            where = save(split_dir, listing, started)
+            log.info("listed %s: %d files in %.1fs (index %s)", split_dir, sum(map(len, listing.files.values())),
+                     time.perf_counter() - t, where or "not cached: no writable location")  # fmt: skip
+    if world > 1:
+        distributed.barrier()
+    return listing or load_cached(split_dir, classes) or build(split_dir, classes)
 
 
 class FolderDataset(torch.utils.data.Dataset):

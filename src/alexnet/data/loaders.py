@@ -57,8 +57,9 @@ def store_size(path: str) -> int | None:
     return int(json.loads((Path(path) / MANIFEST).read_text())["size"]) if is_store(path) else None
 
 
-def open_split(path: str | None, split: str, resize: int, classes: list[str] | None = None, check: bool = True,
-               val_fraction: float = 0.2, split_dir: str | None = None) -> SplitData:  # fmt: skip
+def open_split(path: str | None, split: str, resize: int, classes: list[str] | None = None, check: bool = False,
+               val_fraction: float = 0.2, split_dir: str | None = None, rank: int = 0,
+               world: int = 1) -> SplitData:  # fmt: skip
     """``split`` ("train" or "val") of the built-in digits (``path`` None), a store, or an image folder
     (``split_dir`` replaces ``path/split``). ``classes`` fixes the label order of a folder's val split."""
     if path is None:
@@ -71,7 +72,7 @@ def open_split(path: str | None, split: str, resize: int, classes: list[str] | N
     root = Path(path)
     if not root.exists():
         raise UserError(f"data path not found: {root}")
-    index = scan_folder(Path(split_dir) if split_dir else root / split, classes=classes, check=check)
+    index = scan_folder(Path(split_dir) if split_dir else root / split, classes, check, rank, world)
     return SplitData(None, index, index.classes, [p for p, _ in index.samples])
 
 
@@ -95,6 +96,18 @@ def resolve_stats(cfg: Config, train: SplitData | None) -> ColourStats:
 
     assert train.index is not None
     return folder_stats(train.index, d.resize, AUTO_STATS_IMAGES, d.workers)
+
+
+def _shared_stats(cfg: Config, train: SplitData, rank: int, world: int) -> ColourStats:
+    """``resolve_stats`` on rank 0 alone (computing them reads thousands of images); the others receive them."""
+    if world == 1:
+        return resolve_stats(cfg, train)
+    import torch.distributed as dist
+
+    box: list[ColourStats | None] = [resolve_stats(cfg, train) if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)  # between this run's own processes (numpy arrays and strings)
+    assert box[0] is not None
+    return box[0]
 
 
 def preprocess_for(cfg: Config, stats: ColourStats) -> Preprocess:
@@ -129,12 +142,13 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
     d, t = cfg.data, cfg.train
     assert d.crop is not None, "resolve the config first"
     per_rank = _per_rank(t.batch_size, world)
-    train = open_split(d.path, "train", d.resize, val_fraction=d.val_fraction, check=True)
-    val = open_split(d.path, "val", d.resize, classes=train.class_names, val_fraction=d.val_fraction)
+    check = d.check_files or t.strict_data  # else a bad file is skipped when it is decoded
+    train = open_split(d.path, "train", d.resize, None, check, d.val_fraction, rank=rank, world=world)
+    val = open_split(d.path, "val", d.resize, train.class_names, check, d.val_fraction, rank=rank, world=world)
     skipped = (train.index.bad if train.index else []) + (val.index.bad if val.index else [])
     if skipped and t.strict_data:
         raise UserError(f"{len(skipped)} unreadable image files (train.strict_data): " + "; ".join(skipped))
-    stats = resolve_stats(cfg, train)
+    stats = _shared_stats(cfg, train, rank, world)
     pre = preprocess_for(cfg, stats)
     normalizer = pre.normalizer(stats)
     rrc = random_resized_crop(d.crop, d.min_scale) if d.train_aug == "modern" and train.index else None
@@ -160,7 +174,7 @@ def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], b
     size = store_size(path) if path is not None else None
     if size not in (None, pre.resize):
         raise UserError(f"{path} holds {size}px images but these weights want {pre.resize}px")
-    val = open_split(path, "val", pre.resize, classes=class_names, val_fraction=val_fraction, split_dir=split_dir)
+    val = open_split(path, "val", pre.resize, class_names, False, val_fraction, split_dir, rank, world)
     if val.class_names != class_names:
         raise UserError(f"the data's classes ({len(val.class_names)}) differ from the model's ({len(class_names)})")
     return Batches(val.dataset(pre.resize), batch_size, False, 0, rank, world, default_workers(workers))

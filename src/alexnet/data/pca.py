@@ -42,7 +42,7 @@ def pca_stats(
         )
         stats.save(out)
         return stats, out
-    index = scan_folder(root / "train" if (root / "train").is_dir() else root, check=True)
+    index = scan_folder(root / "train" if (root / "train").is_dir() else root, check=False)  # bad files: at decode
     stats = folder_stats(index, size, max_images, workers)
     stats.save(out)
     return stats, out
@@ -57,9 +57,14 @@ def folder_stats(index: FolderIndex, size: int, max_images: int, workers: int = 
     loader = torch.utils.data.DataLoader(subset, batch_size=64, num_workers=default_workers(workers))
 
     def batches():
+        from ..progress import Progress
+
+        progress = Progress(len(loader), "colour statistics", True, every=max(1, len(loader) // 10))
         for x, y, _ in loader:
             ok = y >= 0
+            progress.update()
             if ok.any():
                 yield x[ok]
+        progress.close()
 
     return compute_stats(batches(), f"{index.root} ({len(pick)} of {n} images)")

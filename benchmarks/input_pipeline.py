@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
 
 from alexnet import keyed_random  # noqa: E402
+from alexnet.data import store as store_mod  # noqa: E402
 from alexnet.data.folder import FolderDataset, scan_folder  # noqa: E402
 from alexnet.data.store import open_store, prepare  # noqa: E402
 from alexnet.data.transforms import BatchAugment, Normalizer, resize_square  # noqa: E402
@@ -43,6 +44,16 @@ def rate(fn, n: int) -> float:
     t = time.perf_counter()
     fn()
     return n / (time.perf_counter() - t)
+
+
+def _torchvision_decode(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(blobs, mode=ImageReadMode.RGB)
 
 
 def main() -> None:
@@ -98,9 +109,29 @@ def main() -> None:
                     aug(images[b], keyed_random.keys(0, 0, b))
 
             ours_store()  # warm the page cache, as in any epoch after the first
+            jstore = Path(tmp) / "jstore"
+            prepare(str(folder), str(jstore), size=256, fmt="jpeg", workers=2, progress=False)
+            jimages, _, _ = open_store(jstore, "train")
+
+            def jpeg_store(decoder):  # noqa: ANN001, ANN202
+                def run() -> None:
+                    real = store_mod.jpeg_decoder
+                    store_mod.jpeg_decoder = lambda: decoder
+                    try:
+                        for i in range(0, n, args.batch):
+                            b = sidx[i : i + args.batch]
+                            aug(jimages[b], keyed_random.keys(0, 0, b))
+                    finally:
+                        store_mod.jpeg_decoder = real
+
+                return run
+
             base = rate(baseline, n)
             rows.append([name, "torchvision ImageFolder + PIL (baseline)", f"{base:.0f}", "1.00x"])
-            for label, fn in (("ours, raw JPEG folder", ours_jpeg), ("ours, prepared store", ours_store)):
+            pipelines = [("ours, raw JPEG folder", ours_jpeg), ("ours, prepared store", ours_store),
+                         ("ours, JPEG store, torchvision decode_jpeg (before)", jpeg_store(_torchvision_decode)),
+                         ("ours, JPEG store, decoder in use (TorchCodec)", jpeg_store(store_mod.jpeg_decoder()))]  # fmt: skip
+            for label, fn in pipelines:
                 r = rate(fn, n)
                 rows.append([name, label, f"{r:.0f}", f"{r / base:.2f}x"])
     print(f"batch {args.batch}, {args.n} images per measurement, 1 thread")

@@ -50,6 +50,36 @@ def test_jpeg_store_is_close(tiny_folder: Path, tmp_path: Path) -> None:
     assert images[4].shape == (3, 72, 72)
     assert (images[4].float() - ref.float()).abs().mean() < 12  # lossy, but the same picture
     assert (out / "val.jpeg").stat().st_size < (3 * 72 * 72 * 9)
+    # the maintained decoder (TorchCodec, where it loads) and torchvision's deprecated one: the same pixels
+    import sys
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    ids = torch.arange(len(images))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        blobs = [torch.from_numpy(np.array(images.data[images.offsets[i] : images.offsets[i + 1]])) for i in ids.tolist()]
+        assert torch.equal(images[ids], torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB)))
+    if sys.platform == "linux":  # a dependency there: it must be the decoder in use
+        assert store_mod.jpeg_decoder().backend == "torchcodec"
+
+
+def test_jpeg_stores_fall_back_to_torchvision_without_torchcodec(tiny_folder: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    out = tmp_path / "jstore"
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(out), "--size", "72", "--format", "jpeg",
+                 "--workers", "1"]) == 0  # fmt: skip
+    images, _, _ = store_mod.open_store(out, "val")
+    want = images[torch.arange(len(images))]
+    for name in ("torchcodec", "torchcodec.decoders"):  # the import fails, as where it is absent
+        monkeypatch.setitem(__import__("sys").modules, name, None)
+    store_mod.jpeg_decoder.cache_clear()
+    try:
+        assert store_mod.jpeg_decoder().backend == "torchvision"
+        assert torch.equal(images[torch.arange(len(images))], want)
+    finally:
+        store_mod.jpeg_decoder.cache_clear()
 
 
 def test_training_on_the_store_equals_training_on_the_folder(tiny_folder: Path, tmp_path: Path) -> None:

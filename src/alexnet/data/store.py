@@ -11,12 +11,14 @@ works for train, evaluate and pca-stats with no other change.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -227,11 +229,40 @@ class StoreImages:
                 return out
             # one parallel memcpy per image; measured 12 GB/s into a reused buffer on 2 cores vs 4 for numpy
             return torch.index_select(self.tensor, 0, ids, out=out)
-        from torchvision.io import decode_jpeg
-
         blobs = [torch.from_numpy(np.array(self.data[self.offsets[i] : self.offsets[i + 1]])) for i in ids.tolist()]
-        out = torch.stack(decode_jpeg(blobs))
+        out = torch.stack(jpeg_decoder()(blobs))
         return out.pin_memory() if pin_memory else out
+
+
+@functools.cache
+def jpeg_decoder() -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """uint8 JPEG byte tensors -> RGB uint8 (3, H, W) tensors. TorchCodec's decoder, the maintained one
+    (torchvision 0.29 deprecates its own in its favour); torchvision's where TorchCodec is absent or does not
+    load against this PyTorch. The two give the same pixels (libjpeg-turbo both; tested) at the same speed
+    (benchmarks/input_pipeline.py)."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+
+        decode_jpeg([_tiny_jpeg()])  # loads its native library: fails here if it was built for another PyTorch
+
+        def decode_tc(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
+            return decode_jpeg(blobs, mode="RGB")
+
+        decode_tc.backend = "torchcodec"  # type: ignore[attr-defined]
+        return decode_tc
+    except Exception:  # noqa: BLE001 - ImportError, or a library built for another PyTorch (OSError, RuntimeError)
+        import warnings
+
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_jpeg as tv_decode
+
+        def decode(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
+            with warnings.catch_warnings():  # its deprecation notice, once per batch otherwise
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return tv_decode(blobs, mode=ImageReadMode.RGB)
+
+        decode.backend = "torchvision"  # type: ignore[attr-defined]
+        return decode
 
 
 def open_store(path: str | Path, split: str) -> tuple[StoreImages, torch.Tensor, list[str]]:
@@ -257,3 +288,12 @@ def verify(path: str | Path) -> list[str]:
             if not (root / f).is_file() or _sha256(root / f) != digest:
                 bad.append(f)
     return bad
+
+
+def _tiny_jpeg() -> torch.Tensor:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (90, 120, 150)).save(buf, format="JPEG")
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+

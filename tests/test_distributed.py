@@ -140,6 +140,12 @@ def test_towers_state_dict_round_trip_and_devices() -> None:
     assert towers.tower_a.conv3.weight.shape == (192, 256, 3, 3)  # conv3 reads both towers
     assert towers.tower_a.fc6.weight.shape == (2048, 9216)
     torch.testing.assert_close(towers.tower_b.conv1.weight, grouped.features.conv1.weight[48:])
+    # nn.Module's contract: prefix and destination honoured, strict=False reports instead of failing
+    wrapped = towers.state_dict(prefix="net.", destination={"other": torch.zeros(1)})
+    assert "other" in wrapped and "net.classifier.fc8.weight" in wrapped and len(wrapped) == len(sd) + 1
+    partial = {k: v for k, v in sd.items() if not k.startswith("classifier.fc8")}
+    res = towers.load_state_dict(partial, strict=False)
+    assert res.missing_keys == ["classifier.fc8.bias", "classifier.fc8.weight"] and not res.unexpected_keys
 
 
 def test_train_with_towers_on_cpu(tiny_folder: Path, tmp_path: Path) -> None:
@@ -181,3 +187,26 @@ def test_towers_on_or_off_between_runs_resumes_exactly(tiny_folder: Path, tmp_pa
     assert main(["train", "--resume", str(b), "--epochs", "2", "--towers", "cpu,cpu"]) == 0
     _assert_same_weights(full / "checkpoints" / "last.pt", a / "checkpoints" / "last.pt")
     _assert_same_weights(full / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt")
+
+
+def test_mid_epoch_ddp_resume_counts_every_rank_once(odd_folder: Path, tmp_path: Path) -> None:
+    """The checkpoint holds the epoch's partial sums of all ranks; resuming mid-epoch on 2 processes gives the
+    uninterrupted epoch's training loss and accuracy (before, rank 0's share was restored on every rank)."""
+    run = tmp_path / "run"
+    _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(run), *COMMON, "--epochs", "1",
+                  "--set", "train.checkpoint_every=2"])  # fmt: skip
+    whole = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    mid = ckpt_io.load(run / "checkpoints" / "step-00000002.pt")
+    assert mid["step_in_epoch"] == 2 and mid["partial"]["count"] == 8  # 2 steps x global batch 4, both ranks
+    _torchrun(2, ["train", "--resume", str(run / "checkpoints" / "step-00000002.pt")])
+    again = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert again["train_top1"] == whole["train_top1"]
+    assert again["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
+
+
+def test_towers_keep_frozen_features_frozen(tiny_folder: Path, tmp_path: Path) -> None:
+    """model.freeze_features with --towers: the towers' own copies of the convolutions stay frozen too."""
+    args = ["--data", str(tiny_folder), *COMMON, "--set", "model.freeze_features=true"]
+    assert main(["train", *args, "--out", str(tmp_path / "towers"), "--towers", "cpu,cpu"]) == 0
+    assert main(["train", *args, "--out", str(tmp_path / "plain")]) == 0
+    _assert_same_weights(tmp_path / "towers" / "checkpoints" / "last.pt", tmp_path / "plain" / "checkpoints" / "last.pt")

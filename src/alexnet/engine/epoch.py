@@ -117,8 +117,14 @@ def optimizer_step(st: TrainState, loss: torch.Tensor, update: bool = True) -> N
 
 
 def save(s: Session, st: TrainState, names: tuple[str, ...]) -> None:
-    """Every rank calls this (a hybrid run's state_dict gathers its shards); rank 0 writes."""
+    """Every rank calls this (a hybrid run's state_dict gathers its shards); rank 0 writes. Under DDP the
+    checkpoint holds the epoch's partial sums over all ranks (each rank has its own); on resume rank 0 takes
+    them and the others start from zero (engine/setup.py), so no rank's share is lost or counted twice."""
     ck = st.state_dict()
+    if s.dist.enabled:
+        p = st.partial
+        total = distributed.all_reduce_sum(torch.tensor([p.loss, p.correct, p.count], device=s.device)).tolist()
+        ck["partial"] = {"loss": total[0], "correct": total[1], "count": total[2], "seconds": p.seconds}
     if s.main:
         ckpt_io.publish(ck, s.run_dir / "checkpoints", st.global_step, names, s.cfg.train.keep_last)
 

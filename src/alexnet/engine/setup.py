@@ -26,7 +26,7 @@ from ..optim import Schedule, build_optimizer
 from ..rundir import check_run_dir, make_run_dir
 from ..runlog import RunLogger
 from ..weights import load_weights
-from .state import RunInfo, TrainState
+from .state import EpochSums, RunInfo, TrainState
 
 log = logging.getLogger("alexnet")
 
@@ -122,6 +122,10 @@ def build_model(cfg: Config, class_names: list[str], dist: DistInfo) -> nn.Modul
             p.requires_grad_(False)
     if cfg.train.towers:
         model = _towers(model, cfg, dist)
+        if m.freeze_features:  # the towers hold their own copies of the convolutions (and BatchNorms)
+            for name, p in model.named_parameters():
+                if name.split(".")[1].startswith(("conv", "bn")):
+                    p.requires_grad_(False)
     else:
         model = model.to(dist.device)
     if dist.enabled and cfg.train.sync_bn:
@@ -192,6 +196,11 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
     state = new_state(cfg, data, dist)
     if resume is not None:
         state.load_state_dict(resume)
+        if not dist.is_main:  # the checkpoint's partial sums are every rank's together: rank 0 carries them
+            state.partial = EpochSums(seconds=state.partial.seconds)
+        if resume.get("world_size", 1) != dist.world and dist.is_main:
+            log.info("checkpoint written by %d process(es), continuing on %d: the same network (keyed dropout, "
+                     "global BatchNorm; see Scaling)", resume.get("world_size", 1), dist.world)  # fmt: skip
         if dist.is_main:
             log.info("resuming at epoch %d, step %d (global step %d)", state.epoch + 1, state.step_in_epoch,
                      state.global_step)  # fmt: skip

@@ -114,3 +114,5 @@ class TrainState:
         self.best = dict(ck["best"])
         self.partial = EpochSums(**ck["partial"]) if ck.get("partial") else EpochSums()
         torch.set_rng_state(ck["rng"]["torch"])
+        if ck["rng"].get("python"):
+            random.setstate((3, tuple(int(v) for v in ck["rng"]["python"]), None))

@@ -154,7 +154,9 @@ class TowerAlexNet(nn.Module):
             ]
         return out
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> OrderedDict[str, torch.Tensor]:  # type: ignore[override]
+    def state_dict(self, *args: Any, destination: dict[str, Any] | None = None, prefix: str = "",
+                   keep_vars: bool = False) -> OrderedDict[str, torch.Tensor]:  # type: ignore[override]  # fmt: skip
+        """The grouped single-device model's state_dict (CPU copies), under ``prefix``, into ``destination``."""
         sd: OrderedDict[str, torch.Tensor] = OrderedDict()
         for key, path, how in self._pairs():
             ta = (
@@ -172,7 +174,9 @@ class TowerAlexNet(nn.Module):
             )
         sd["classifier.fc8.weight"] = self.fc8.weight.detach().cpu().clone()
         sd["classifier.fc8.bias"] = self.fc8.bias.detach().cpu().clone()
-        return sd
+        out = destination if destination is not None else OrderedDict()
+        out.update((prefix + k, v) for k, v in sd.items())
+        return out  # type: ignore[return-value]
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
         expected = {k for k, _, _ in self._pairs()} | {"classifier.fc8.weight", "classifier.fc8.bias"}
@@ -191,9 +195,10 @@ class TowerAlexNet(nn.Module):
                         dst = tower.get_buffer(path)
                     half = full if how == "same" else full.chunk(2, 0)[i]
                     dst.copy_(half)
-            self.fc8.weight.copy_(state_dict["classifier.fc8.weight"])
-            self.fc8.bias.copy_(state_dict["classifier.fc8.bias"])
-        return None
+            for name in ("weight", "bias"):
+                if f"classifier.fc8.{name}" in state_dict:
+                    getattr(self.fc8, name).copy_(state_dict[f"classifier.fc8.{name}"])
+        return nn.modules.module._IncompatibleKeys(missing, unexpected)
 
 
 # --- optimizer state in the grouped form, so a checkpoint resumes with or without --towers ----------------

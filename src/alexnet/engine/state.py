@@ -114,5 +114,6 @@ class TrainState:
         self.best = dict(ck["best"])
         self.partial = EpochSums(**ck["partial"]) if ck.get("partial") else EpochSums()
         torch.set_rng_state(ck["rng"]["torch"])
-        if ck["rng"].get("python"):
-            random.setstate((3, tuple(int(v) for v in ck["rng"]["python"]), None))
+        py = ck["rng"].get("python") or []
+        if len(py) == len(random.getstate()[1]):  # a Mersenne Twister state (625 ints); else nothing to restore
+            random.setstate((3, tuple(int(v) for v in py), None))

@@ -54,7 +54,7 @@ class Session:
         return self.dist.device
 
 
-def resolve_config(cfg: Config, device: torch.device) -> Config:
+def resolve_config(cfg: Config, device: torch.device, resuming: bool = False) -> Config:
     """The one place where a run's config is completed: ``auto`` compute settings for this device, an absolute
     data path (config.yaml is read again on resume, maybe from another directory), ``data.resize`` from a
     store's images, and ``data.crop`` from the model. Lower layers only read it."""
@@ -67,7 +67,8 @@ def resolve_config(cfg: Config, device: torch.device) -> Config:
         if size is not None and size != d.resize:
             log.info("%s holds %dx%d images: using data.resize=%d", d.path, size, size, size)
             d.resize = size
-    _starting_weights_options(cfg)
+    if not resuming:  # a resumed run's config already holds them, and its checkpoint replaces the weights
+        _starting_weights_options(cfg)
     d.crop = d.crop or get_model_info(cfg.model.name).input_size
     if d.crop > d.resize:
         raise UserError(f"data.crop {d.crop} is larger than the images ({d.resize}px); use a smaller crop"
@@ -107,15 +108,16 @@ def _load_starting_weights(model: nn.Module, cfg: Config, class_names: list[str]
     model.load_state_dict(state, strict=False)
 
 
-def build_model(cfg: Config, class_names: list[str], dist: DistInfo) -> nn.Module:
+def build_model(cfg: Config, class_names: list[str], dist: DistInfo, start: bool = True) -> nn.Module:
     """The raw model on its device(s): seeded by train.seed alone (not by what the data pipeline drew), the
-    two-tower split when asked, channels_last when the compute path says so."""
+    two-tower split when asked, channels_last when the compute path says so. ``start``: load ``model.weights``
+    (not when resuming: the checkpoint replaces them, and the file need not exist any more)."""
     m = cfg.model
     torch.manual_seed(cfg.train.seed)
     file_weights = m.weights not in (None, "torchvision")
     model = create_model(m.name, len(class_names), init=m.init, weights=None if file_weights else m.weights,
                          **model_options(m.name, asdict(m)))  # fmt: skip
-    if file_weights:
+    if file_weights and start:
         _load_starting_weights(model, cfg, class_names)
     if m.freeze_features:
         for p in model.features.parameters():
@@ -165,9 +167,9 @@ def _seed_and_kernels(cfg: Config, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def new_state(cfg: Config, data: DataBundle, dist: DistInfo) -> TrainState:
+def new_state(cfg: Config, data: DataBundle, dist: DistInfo, resuming: bool = False) -> TrainState:
     t = cfg.train
-    model = build_model(cfg, data.class_names, dist)
+    model = build_model(cfg, data.class_names, dist, start=not resuming)
     lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_scale_batch if cfg.optim.lr_scale_batch else 1.0)
     optimizer = build_optimizer(model, cfg.optim, lr)
     assert data.train is not None
@@ -180,7 +182,7 @@ def new_state(cfg: Config, data: DataBundle, dist: DistInfo) -> TrainState:
 def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistInfo,
           verbose: bool = True) -> tuple[Session, TrainState]:  # fmt: skip
     """Resolve, check the run directory (before any data is scanned), build data and state, wrap the model."""
-    cfg = resolve_config(cfg, dist.device)
+    cfg = resolve_config(cfg, dist.device, resuming=resume is not None)
     if dist.is_main:
         check_run_dir(run_dir, resuming=resume is not None)
     if resume is not None and cfg.data.stats is None and (run_dir / "stats.npz").is_file():
@@ -193,7 +195,7 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
             log.warning("skipping %d unreadable files:\n  %s", len(data.skipped), "\n  ".join(data.skipped[:50]))
     if resume is not None and resume["class_names"] != data.class_names:
         raise UserError("the data's classes differ from the checkpoint's; resume with the same --data")
-    state = new_state(cfg, data, dist)
+    state = new_state(cfg, data, dist, resuming=resume is not None)
     if resume is not None:
         state.load_state_dict(resume)
         if not dist.is_main:  # the checkpoint's partial sums are every rank's together: rank 0 carries them

@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
 
     flags = {"data": "data.path", "model": "model.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
              "lr": "optim.lr", "device": "train.device", "seed": "train.seed", "weights": "model.weights",
-             "towers": "train.towers", "parallel": "train.parallel"}  # fmt: skip
+             "towers": "train.towers", "parallel": "train.parallel", "budget": "train.budget"}  # fmt: skip
     overrides = list(args.set or []) + [f"{key}={getattr(args, f)}" for f, key in flags.items()
                                         if getattr(args, f) is not None]  # fmt: skip
     if args.strict:
@@ -61,6 +61,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list_models())
     p.add_argument("--out", help="run directory (default: runs/<recipe>-<model>-<time>)")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--budget", metavar="DURATION", help="finish within this wall-clock time, e.g. 15m, 2h, 1h30m: "
+                   "the run measures itself and plans its epochs, lr schedule and crops (printed)")  # fmt: skip
     p.add_argument("--batch-size", type=int, help="global batch size (all processes together)")
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")

@@ -8,6 +8,7 @@ typo or an impossible value fails before any work starts, with one line naming t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class DataConfig:
     crop: int | None = positive(None)  # training/test crop; None: the model's native size (227 or 224)
     train_aug: str = choice("paper", "paper", "modern", "shift")  # paper: crop+flip; modern: RandomResizedCrop+flip
     min_scale: float = fraction(0.08)  # modern: RandomResizedCrop's smallest area fraction
+    # progressive resizing (data/resolution.py): training crops from res_start up to crop, in the network's steps
+    # of 32 px, rising linearly between these fractions of the run; evaluation always at crop. None: off
+    res_start: int | None = positive(None)
+    res_ramp: list[float] = field(default_factory=lambda: [0.35, 0.85])
     normalize: str = choice("channel", "channel", "pixel")  # pixel: subtract the mean image (paper §2)
     mean: list[float] | None = None  # channel mean, [0,1] scale; None: from stats, else ImageNet's
     std: list[float] | None = None
@@ -99,6 +104,8 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = positive(90)
+    budget: str | None = None  # wall-clock budget, e.g. 15m, 2h, 1h30m: plans epochs, lr and sizes (engine/budget.py)
+    max_steps: int | None = positive(None)  # end after this many optimizer steps (last epoch partial); set by --budget
     batch_size: int = positive(128)  # global batch, split across DDP ranks
     amp: str = choice("auto", "auto", "none", "bf16", "fp16")  # auto: what the device runs natively (tuning.py)
     channels_last: bool | None = None  # None/auto: on for CUDA and CPU
@@ -200,17 +207,38 @@ def check(cfg: Config) -> None:
         if cfg.train.parallel == "hybrid":
             raise UserError("train.towers and train.parallel=hybrid are two different splits; choose one")
     d = cfg.data
+    if cfg.train.budget is not None:
+        parse_duration(cfg.train.budget, "train.budget")
+    if len(d.res_ramp) != 2 or not 0 <= d.res_ramp[0] <= d.res_ramp[1] <= 1:
+        raise UserError(f"data.res_ramp must be two fractions [start, end] with 0 <= start <= end <= 1, got {d.res_ramp}")
     if d.crop is not None and d.crop > d.resize:
         raise UserError(f"data.crop ({d.crop}) cannot be larger than data.resize ({d.resize})")
     minimum = get_model_info(cfg.model.name).min_input_size
     if (d.crop or minimum) < minimum:
         raise UserError(f"data.crop {d.crop} is below {cfg.model.name}'s minimum input of {minimum}x{minimum} pixels")
+    if (d.res_start or minimum) < minimum:
+        raise UserError(f"data.res_start {d.res_start} is below {cfg.model.name}'s minimum input of "
+                        f"{minimum}x{minimum} pixels")  # fmt: skip
     for key in ("mean", "std"):
         v = getattr(d, key)
         if v is not None and len(v) != 3:
             raise UserError(f"data.{key} must have 3 values (R, G, B), got {v}")
     if d.std is not None and min(d.std) <= 0:
         raise UserError(f"data.std values must be > 0, got {d.std}")
+
+
+_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str, key: str = "--budget") -> float:
+    """Seconds in ``90s``, ``15m``, ``2h``, ``1h30m`` or ``1.5h``."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text.strip().lower())
+    if not parts or re.sub(r"\d+(?:\.\d+)?\s*[hms]", "", text.strip().lower()).strip():
+        raise UserError(f"{key}: {text!r} is not a duration; use e.g. 90s, 15m, 2h or 1h30m")
+    seconds = sum(float(v) * _UNITS[u] for v, u in parts)
+    if seconds <= 0:
+        raise UserError(f"{key}: {text!r} must be longer than zero")
+    return seconds
 
 
 def from_dict(d: dict[str, Any], where: str = "config") -> Config:

@@ -63,12 +63,14 @@ class Schedule:
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float, epochs: int, steps_per_epoch: int
+        self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float, epochs: int, steps_per_epoch: int,
+        total_steps: int | None = None,
     ):
+        """``total_steps`` (train.max_steps): the per-step schedules end there instead of after ``epochs``."""
         self.opt = optimizer
         self.cfg = cfg
         self.base_lr = base_lr
-        self.total = max(1, epochs * steps_per_epoch)
+        self.total = max(1, total_steps or epochs * steps_per_epoch)
         self.warmup = int(cfg.warmup_epochs * steps_per_epoch)
         self.step_count = 0
         self.drops = 0

@@ -6,6 +6,7 @@ All pixels derive from the model and the data: nothing is drawn from stored pict
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -142,11 +143,15 @@ def neighbours_figure(loaded: Loaded, val: ImageSet, val_feats: torch.Tensor, tr
 
 
 def curves_figure(run_dir: Path, out: Path) -> Path:
+    """Loss, accuracy and lr per epoch, and val top-1 against wall-clock minutes (training and validation time,
+    start-up excluded): what a budget buys."""
     rows = read_metrics(run_dir)
     if not rows:
         raise UserError(f"{run_dir}: no metrics.jsonl rows to plot")
     ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(4, 1, figsize=(8, 9), dpi=DPI, sharex=True)
+    fig = plt.figure(figsize=(8, 11), dpi=DPI)
+    axes = [fig.add_subplot(5, 1, 1)]
+    axes += [fig.add_subplot(5, 1, i, sharex=axes[0]) for i in range(2, 5)]
     axes[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
     axes[0].plot(ep, [r["val_loss"] for r in rows], "o-", label="val")
     axes[0].set_ylabel("loss")
@@ -160,11 +165,22 @@ def curves_figure(run_dir: Path, out: Path) -> Path:
     axes[3].set_xlabel("epoch")
     if max(r["lr"] for r in rows) > 0 and min(r["lr"] for r in rows) > 0:
         axes[3].set_yscale("log")
-    for ax in axes[:3]:
+    clock = fig.add_subplot(5, 1, 5)
+    minutes = [m / 60 for m in itertools.accumulate(r.get("seconds", 0.0) for r in rows)]
+    clock.plot(minutes, [100 * r["val_top1"] for r in rows], "o-", color="tab:red", label="val top-1")
+    for m, r in zip(minutes, rows):
+        if "train_size" in r:
+            clock.annotate(f"{r['train_size']}px", (m, 100 * r["val_top1"]), fontsize=7, xytext=(3, -10),
+                           textcoords="offset points")  # fmt: skip
+    clock.set_xlabel("wall-clock minutes (training + validation)")
+    clock.set_ylabel("val top-1 (%)")
+    axes.append(clock)
+    for ax in axes[:3] + [clock]:
         ax.legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(f"Training curves: {run_dir.name}")
+    fig.tight_layout()
     return _save(fig, out / "curves.png")
 
 

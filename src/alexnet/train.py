@@ -7,6 +7,7 @@ The run directory holds config.yaml, metrics.jsonl, stats.npz, tensorboard/ and 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,8 +17,9 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import Config, apply_overrides, from_dict, load_recipe
-from .engine.epoch import end_of_epoch, train_one_epoch
+from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration
+from .engine.budget import plan_run, process_age
+from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup
 from .engine.state import TrainState
 from .errors import UserError
@@ -36,13 +38,18 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # metrics rows of the epochs run by this call
 
 
-def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verbose: bool = True) -> TrainResult:
+def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verbose: bool = True,
+          started: float | None = None) -> TrainResult:  # fmt: skip
+    """``started``: time.monotonic() when the process started, what a --budget counts from (default: now)."""
+    started = time.monotonic() if started is None else started
     dist = distributed.setup(cfg.train.device)
     try:
         s, st = setup(cfg, run_dir, resume, dist, verbose)
+        if s.cfg.train.budget and resume is None:  # a resumed run keeps its plan (config.yaml)
+            plan_run(s, st, started)
         history: list[dict[str, Any]] = []
         with StopFlag() as stop:
-            while st.epoch < s.cfg.train.epochs:
+            while not finished(s, st):
                 signal = train_one_epoch(s, st, stop)
                 if signal is None:
                     history.append(end_of_epoch(s, st))
@@ -54,6 +61,10 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
             b = st.best
             log.info("best val top-1 %.2f%% top-5 %.2f%% (epoch %d); run directory: %s", 100 * b["val_top1"],
                      100 * b["val_top5"], b["epoch"], run_dir)  # fmt: skip
+            if s.cfg.train.budget and resume is None:
+                spent = time.monotonic() - started
+                log.info("finished in %.0fs: %.1f%% of the %s budget", spent, 100 * spent / parse_duration(
+                    s.cfg.train.budget), s.cfg.train.budget)  # fmt: skip
         return TrainResult(run_dir, None, st.global_step, st.best, history)
     finally:
         distributed.teardown()
@@ -73,6 +84,7 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
               resume: str | None = None, overrides: list[str] | None = None) -> int:  # fmt: skip
     """`alexnet train`: a new run from a recipe plus overrides, or ``resume`` an existing one. Returns the
     exit code: 0, or 128 + the signal that stopped it (143 after SIGTERM, 130 after SIGINT)."""
+    started = time.monotonic() - process_age()  # a --budget counts from the process's start
     setup_logging()
     overrides = list(overrides or [])
     if resume:
@@ -84,7 +96,9 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
     else:
         ck = None
         cfg = apply_overrides(load_recipe(recipe or ("paper" if data else "digits")), overrides)
+        if cfg.train.budget and cfg.train.max_steps:
+            raise UserError("--budget plans train.max_steps itself; give one or the other")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out) if out else Path("runs") / f"{cfg.recipe}-{cfg.model.name}-{stamp}"
-    result = train(cfg, run_dir, ck)
+    result = train(cfg, run_dir, ck, started=started)
     return 128 + result.stopped if result.stopped else 0

@@ -71,7 +71,9 @@ class Batches:
     def num_samples(self) -> int:
         return len(self.source)
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, start_batch: int = 0, size: int | None = None) -> Iterator[Batch]:
+        """The batches of ``epoch`` from ``start_batch``; ``size``: the side a folder's workers crop to this epoch
+        (progressive resizing; in-memory sources are cropped on the batch)."""
         idx = epoch_indices(len(self.source), epoch, self.seed, self.rank, self.world, self.shuffle)
         batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)][start_batch:]
         if isinstance(self.source, TensorSource):
@@ -81,6 +83,8 @@ class Batches:
                 yield from (self._tensor_batch(b) for b in batches)
             return
         self.source.set_epoch(epoch)
+        if size is not None:
+            self.source.set_size(size)
         if not batches:
             return
         loader = torch.utils.data.DataLoader(

@@ -126,16 +126,23 @@ class FolderDataset(torch.utils.data.Dataset):
     """Returns (uint8 (3, S, S) image, label, index). An image that fails to decode mid-run gets
     label -100 (ignored by the loss and the counts) instead of killing the epoch."""
 
-    def __init__(self, index: FolderIndex, transform: Callable, size: int, seed: int = 0, random: bool = False):
+    def __init__(self, index: FolderIndex, transform: Callable, size: int, seed: int = 0, random: bool = False,
+                 make_transform: Callable[[int], Callable] | None = None):  # fmt: skip
         self.samples = index.samples
         self.transform = transform
         self.size = size
         self.seed = seed
         self.random = random
+        self.make_transform = make_transform  # size -> transform: the workers' output follows progressive resizing
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_size(self, size: int) -> None:
+        """This epoch's output side (set before the epoch's workers start), when the transform makes the crop."""
+        if self.make_transform is not None and size != self.size:
+            self.transform, self.size = self.make_transform(size), size
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -42,14 +44,17 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.names)
 
-    def dataset(self, size: int, transform: object = None, seed: int = 0) -> TensorSource | FolderDataset:
-        """Something ``Batches`` reads; folders decode each image with ``transform`` (a random one, keyed by
-        ``seed``, making ``size`` x ``size`` images), by default a resize to a ``size`` square."""
+    def dataset(self, size: int, make_transform: Callable[[int], Callable] | None = None,
+                seed: int = 0) -> TensorSource | FolderDataset:  # fmt: skip
+        """Something ``Batches`` reads; folders decode each image with ``make_transform(size)`` (a random one,
+        keyed by ``seed``, making ``size`` x ``size`` images; any size, for progressive resizing), by default a
+        resize to a ``size`` square."""
         if self.tensors is not None:
             return self.tensors
         assert self.index is not None
-        random = transform is not None
-        return FolderDataset(self.index, transform or resize_square(size), size, seed, random=random)
+        if make_transform is None:
+            return FolderDataset(self.index, resize_square(size), size, seed)
+        return FolderDataset(self.index, make_transform(size), size, seed, random=True, make_transform=make_transform)
 
 
 def store_size(path: str) -> int | None:
@@ -151,7 +156,7 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
     stats = _shared_stats(cfg, train, rank, world)
     pre = preprocess_for(cfg, stats)
     normalizer = pre.normalizer(stats)
-    rrc = random_resized_crop(d.crop, d.min_scale) if d.train_aug == "modern" and train.index else None
+    rrc = partial(random_resized_crop, min_scale=d.min_scale) if d.train_aug == "modern" and train.index else None
     workers = default_workers(d.workers)
     return DataBundle(
         train=Batches(train.dataset(d.crop if rrc else d.resize, rrc, t.seed), per_rank, True, t.seed, rank, world,
@@ -160,7 +165,7 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
         class_names=train.class_names,
         preprocess=pre,
         normalizer=normalizer,
-        augment=BatchAugment(d.train_aug, d.crop, normalizer, d.pca_noise, d.min_scale),
+        augment=BatchAugment(d.train_aug, d.crop, normalizer, d.pca_noise, d.min_scale, pre_cropped=rrc is not None),
         stats=stats,
         skipped=skipped,
     )

@@ -174,33 +174,44 @@ class Normalizer:
         return self.finish(self.scale(x))
 
 
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Progressive resizing of a cropped batch: the same view at ``size`` px (antialiased bilinear; uint8 stays
+    uint8 on CPUs, other devices resize in float, which the fused normalisation takes as it is)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if x.dtype == torch.uint8 and x.device.type != "cpu":
+        x = x.float()
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+
+
 @dataclass
 class BatchAugment:
-    """Training augmentation on uint8 batches. ``mode``: paper (crop + flip), shift (crop only),
-    modern (flip only; the crop was a RandomResizedCrop per image)."""
+    """Training augmentation on uint8 batches. ``mode``: paper (crop + flip), shift (crop only), modern
+    (RandomResizedCrop + flip; done per image in the workers when ``pre_cropped``, else here on the batch).
+    ``size`` (progressive resizing, data/resolution.py): the output side when below ``crop``, of the same view."""
 
     mode: str
     crop: int
     normalizer: Normalizer
     pca_std: float = 0.0
     min_scale: float = 0.08
+    pre_cropped: bool = False  # a folder's workers did the RandomResizedCrop, at this epoch's size
 
     memory_format: torch.memory_format = torch.contiguous_format  # of the output (train: channels_last)
 
-    def __call__(self, x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, key: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """``x``: uint8 (B, 3, S, S); ``key``: (B,) from ``keyed_random.keys(seed, epoch, index)``."""
-        norm = self.normalizer
+        norm, size = self.normalizer, size or self.crop
         if self.mode not in ("paper", "shift", "modern"):
             raise ValueError(f"unknown augmentation {self.mode!r}")
         if norm.mean_image is None and x.dtype == torch.uint8:
             # channel-mean mode: every geometric step on the uint8 pixels (4x less data), then one fused
             # conversion; measured 148 -> 60 ms (modern) for 128 images of 256x256 on this 2-core CPU
             if self.mode == "modern":
-                if x.shape[-1] != self.crop:  # in-memory source: the crop has not happened yet
-                    x = resized_crop_batch(x, self.crop, self.min_scale, key)
+                x = resize_batch(x, size) if self.pre_cropped else resized_crop_batch(x, size, self.min_scale, key)
                 x = random_flip(x, key)
             else:
-                x = crop_flip(x, self.crop, self.mode == "paper", key)
+                x = resize_batch(crop_flip(x, self.crop, self.mode == "paper", key), size)
             return norm.fused(x, self.pca_std, key, self.memory_format)
         if self.mode in ("paper", "shift"):  # crop the uint8 pixels first: 4x less data to convert
             flip = self.mode == "paper"
@@ -211,10 +222,9 @@ class BatchAugment:
             x = crop_flip(x, self.crop, flip, key).float().mul_(1.0 / 255.0)
             if mean_image is not None:
                 x.sub_(mean_image)
-            return norm.finish(x, self.pca_std, key)
+            return norm.finish(resize_batch(x, size).contiguous(), self.pca_std, key)
         x = norm.scale(x)  # pixel-mean mode: the full-size mean image is subtracted before cropping
-        if x.shape[-1] != self.crop:
-            x = resized_crop_batch(x, self.crop, self.min_scale, key)
+        x = resize_batch(x, size) if self.pre_cropped else resized_crop_batch(x, size, self.min_scale, key)
         x = random_flip(x, key)
         return self.normalizer.finish(x.contiguous(), self.pca_std, key)
 

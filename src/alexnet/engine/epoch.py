@@ -8,6 +8,7 @@ instead of one waiting forever in the next gradient all-reduce.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from .. import checkpoint as ckpt_io
 from .. import distributed, keyed_random
+from ..data.resolution import epoch_sizes
 from ..errors import UserError
 from ..hybrid import HybridAlexNet, assemble
 from ..inference import autocast, evaluate
@@ -73,7 +75,8 @@ def is_check_step(s: Session, st: TrainState) -> bool:
     t = s.cfg.train
     step = st.global_step + 1
     return (s.device.type == "cpu" or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
-            or step % (t.log_every or 50) == 0 or st.step_in_epoch + 1 == len(s.data.train or []))  # fmt: skip
+            or step % (t.log_every or 50) == 0 or st.step_in_epoch + 1 == len(s.data.train or [])
+            or step == total_steps(s))  # fmt: skip
 
 
 def check_finite(step: int, epoch: int, run_dir: Path) -> None:
@@ -84,13 +87,31 @@ def check_finite(step: int, epoch: int, run_dir: Path) -> None:
                                "try a lower learning rate (--lr)")  # fmt: skip
 
 
-def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor,
-            idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Augment on the device (keyed by seed, epoch and sample index), run the model; (loss, logits, labels)."""
+def total_steps(s: Session) -> int:
+    """The run's length in optimizer steps: train.max_steps (a --budget plan's), else every step of every epoch."""
+    return s.cfg.train.max_steps or s.cfg.train.epochs * len(s.data.train or [])
+
+
+def finished(s: Session, st: TrainState) -> bool:
+    return st.epoch >= s.cfg.train.epochs or st.global_step >= total_steps(s)
+
+
+def epoch_size(s: Session, epoch: int) -> int:
+    """This epoch's training crop (progressive resizing, data/resolution.py; the final crop when off)."""
+    d = s.cfg.data
+    assert d.crop is not None
+    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, len(s.data.train or [1]), total_steps(s))
+    return sizes[min(epoch, len(sizes) - 1)]
+
+
+def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+            size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Augment on the device (keyed by seed, epoch and sample index) to ``size`` px (default: the crop), run the
+    model; (loss, logits, labels)."""
     t, dev = s.cfg.train, s.device
     x, y, idx = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), idx.to(dev, non_blocking=True)
     keys = keyed_random.keys(t.seed, st.epoch, idx)  # per sample: augmentation and dropout masks
-    x = s.augment(x, keys)  # (B, 3, crop, crop)
+    x = s.augment(x, keys, size)  # (B, 3, size, size)
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     set_dropout_keys(st.model, keys)
@@ -132,17 +153,19 @@ def save(s: Session, st: TrainState, names: tuple[str, ...]) -> None:
 def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
     """Train epoch ``st.epoch`` from step ``st.step_in_epoch`` to its end. Returns the agreed stop signal when one
     arrived (a checkpoint was saved at that step), else None with ``st.partial`` holding the epoch's sums."""
-    t, n_steps = s.cfg.train, len(s.data.train or [])
+    t, size = s.cfg.train, epoch_size(s, st.epoch)
+    n_steps = min(len(s.data.train or []), total_steps(s) - (st.global_step - st.step_in_epoch))  # last may be partial
     if st.step_in_epoch == 0:
         st.partial = EpochSums()
     sums, t0 = StepSums.zeros(s.device), time.perf_counter()
-    progress = Progress(n_steps, f"epoch {st.epoch + 1}/{t.epochs}", s.main and s.verbose, t.log_every,
-                        initial=st.step_in_epoch)  # fmt: skip
+    label = f"epoch {st.epoch + 1}/{t.epochs}" + (f" {size}px" if s.cfg.data.res_start else "")
+    progress = Progress(n_steps, label, s.main and s.verbose, t.log_every, initial=st.step_in_epoch)
     s.model.train()
     assert s.data.train is not None
-    for x, y, idx in s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch):
+    batches = s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch, size=size)
+    for x, y, idx in itertools.islice(batches, max(0, n_steps - st.step_in_epoch)):
         update = s.dist.enabled or bool((y >= 0).any())  # y is still on the host: no sync
-        loss, logits, y = forward(s, st, x, y, idx)
+        loss, logits, y = forward(s, st, x, y, idx, size)
         sums.bad_step = torch.where(torch.isfinite(loss) | (sums.bad_step > 0), sums.bad_step, st.global_step + 1)
         signal = None
         if is_check_step(s, st):
@@ -186,7 +209,7 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
     n_train = max(totals[2], 1.0)
     row = {"epoch": st.epoch + 1, "lr": lr_used, "train_loss": totals[0] / n_train, "train_top1": totals[1] / n_train,
            "val_loss": res.loss, "val_top1": res.top1, "val_top5": res.top5, "val_n": res.n,
-           "images_per_sec": totals[2] / max(p.seconds, 1e-9),
+           "images_per_sec": totals[2] / max(p.seconds, 1e-9), "train_size": epoch_size(s, st.epoch),
            "seconds": p.seconds + (time.perf_counter() - t_eval)}  # fmt: skip
     if res.top1 > st.best["val_top1"]:
         st.best = {"val_top1": res.top1, "val_top5": res.top5, "epoch": st.epoch + 1}

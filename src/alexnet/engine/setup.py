@@ -173,7 +173,7 @@ def new_state(cfg: Config, data: DataBundle, dist: DistInfo, resuming: bool = Fa
     lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_scale_batch if cfg.optim.lr_scale_batch else 1.0)
     optimizer = build_optimizer(model, cfg.optim, lr)
     assert data.train is not None
-    schedule = Schedule(optimizer, cfg.schedule, lr, t.epochs, len(data.train))
+    schedule = Schedule(optimizer, cfg.schedule, lr, t.epochs, len(data.train), t.max_steps)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=t.amp == "fp16")
     info = RunInfo(cfg, data.class_names, data.preprocess, dist.world)
     return TrainState(model, optimizer, schedule, scaler, info)

@@ -1,0 +1,261 @@
+"""`alexnet train --budget 15m`: plan a run that finishes its whole schedule within a wall-clock budget.
+
+The run measures itself before its first real step: a few training steps at the smallest and the largest
+crop of its resolution schedule (the model, optimizer and scaler are restored afterwards, so they leave no
+trace), two validation batches, and one checkpoint write. A step's cost is fitted as ``a + b * side**2``
+(the convolutions scale with the area, fc6-fc8 do not; on this repo's 2-core CPU the fit from 131 and 227 px
+predicts the measured 163 and 195 px steps within 8 %). From these it picks the largest number of optimizer
+steps whose epochs, validations and checkpoints fit in what is left of the budget (less a 2 % margin), and
+scales the recipe's schedule to that length: the lr warm-up keeps its share of the run (never cut off), the
+resolution ramp its fractions, and the last epoch may be partial (``train.max_steps``).
+
+The plan is written into the run's config.yaml (train.epochs, train.max_steps, schedule.warmup_epochs) and
+plan.json, so a resumed run keeps it. Under torchrun every rank probes together (DDP steps need all ranks),
+the timings are agreed with a max all-reduce, and every rank computes the same plan from the same numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import checkpoint as ckpt_io
+from .. import distributed
+from ..atomic import atomic_write_text
+from ..config import parse_duration, save_yaml
+from ..data.resolution import allowed_sizes, epoch_sizes
+from ..errors import UserError
+from ..inference import evaluate
+from ..optim import Schedule
+from .epoch import forward
+from .setup import Session
+from .state import TrainState
+
+log = logging.getLogger("alexnet")
+MARGIN = 0.02  # of the time left: step times on this CPU vary by about 2-4 % from step to step
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: from /proc, so Python's and torch's imports count too);
+    0 elsewhere, where the budget counts from the start of `train`."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
+@dataclass
+class Costs:
+    """What the probe measured (seconds; the slowest rank's)."""
+
+    step_s: dict[int, float]  # per training step, at each probed crop
+    warm_s: float  # extra cost of a new crop's first step (allocation, autotuning, compilation)
+    epoch_s: float  # fixed cost per epoch beyond its steps (data-loader start-up)
+    val_s: float  # one validation pass
+    save_s: float  # one checkpoint
+
+    def step(self, size: int) -> float:
+        """Seconds per step at ``size``: ``a + b * size**2`` through the probed sizes."""
+        (s0, t0), (s1, t1) = min(self.step_s.items()), max(self.step_s.items())
+        if s0 == s1:
+            return t0
+        b = (t1 - t0) / (s1 * s1 - s0 * s0)
+        return max(t0 + b * (size * size - s0 * s0), 1e-6)
+
+
+@dataclass
+class Plan:
+    budget_s: float
+    elapsed_s: float  # already spent at planning time: start-up and the probe
+    max_steps: int
+    epochs: int
+    warmup_epochs: float
+    sizes: list[int]  # the training crop of each epoch
+    predicted_s: float  # the whole run, start-up included
+    costs: Costs
+
+    def describe(self, spe: int) -> str:
+        m = lambda s: f"{int(s // 60)}m{int(round(s % 60)):02d}s"  # noqa: E731
+        sizes = ", ".join(f"{s}px" + (f" x{k}" if k > 1 else "") for s, k in _runs(self.sizes))
+        return (f"budget {m(self.budget_s)}: {self.max_steps} steps = {self.max_steps / spe:.2f} epochs (crops per epoch: "
+                f"{sizes}), "
+                f"lr warm-up {self.warmup_epochs:.2f} epochs; predicted end at {m(self.predicted_s)} "
+                f"(start-up and probe {m(self.elapsed_s)}, validation {m(self.costs.val_s)} and checkpoint "
+                f"{self.costs.save_s:.1f}s per epoch)")  # fmt: skip
+
+
+def _runs(sizes: list[int]) -> Iterator[tuple[int, int]]:
+    for size, group in itertools.groupby(sizes):
+        yield size, len(list(group))
+
+
+def plan_run(s: Session, st: TrainState, started: float) -> Plan:
+    """Probe, plan, and apply the plan to the config, the schedule and the run directory (config.yaml, plan.json).
+    ``started``: time.monotonic() at the process's start."""
+    t, d = s.cfg.train, s.cfg.data
+    assert t.budget is not None and d.crop is not None and s.data.train is not None
+    budget, spe = parse_duration(t.budget, "--budget"), len(s.data.train)
+    sizes = sorted({allowed_sizes(d.crop, d.res_start)[0] if d.res_start else d.crop, d.crop})
+    costs = probe(s, st, sizes)
+    elapsed = float(distributed.all_reduce_max(torch.tensor(time.monotonic() - started, device=s.device)))
+    steps = best_steps(budget - elapsed, spe, s, costs)
+    if steps < min(spe, 10):
+        raise UserError(f"--budget {t.budget} is too short here: start-up and measuring took {elapsed:.0f}s, and "
+                        f"{min(spe, 10)} steps with one validation need {cost(min(spe, 10), spe, s, costs):.0f}s more")  # fmt: skip
+    recipe_epochs = t.epochs
+    t.max_steps, t.epochs = steps, math.ceil(steps / spe)
+    s.cfg.schedule.warmup_epochs *= (steps / spe) / recipe_epochs  # the warm-up keeps its share of the run
+    lr = st.schedule.base_lr
+    st.schedule = Schedule(st.optimizer, s.cfg.schedule, lr, t.epochs, spe, steps)
+    plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs,
+                epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps), elapsed + cost(steps, spe, s, costs), costs)  # fmt: skip
+    if s.main:
+        save_yaml(s.cfg, s.run_dir / "config.yaml")
+        atomic_write_text(s.run_dir / "plan.json", json.dumps(asdict(plan), indent=1))
+        log.info("%s", plan.describe(spe))
+    return plan
+
+
+def cost(steps: int, spe: int, s: Session, c: Costs) -> float:
+    """Seconds for a run of ``steps`` optimizer steps: its epochs' steps at their crops, one warm-up per new crop,
+    and per epoch its fixed cost, a validation and a checkpoint (plus train.checkpoint_every's)."""
+    d, every = s.cfg.data, s.cfg.train.checkpoint_every
+    assert d.crop is not None
+    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
+    per_epoch = [min(spe, steps - e * spe) for e in range(len(sizes))]
+    train = sum(k * c.step(size) for k, size in zip(per_epoch, sizes))
+    new_sizes = len(set(sizes) - set(c.step_s))
+    saves = len(sizes) + (steps // every if every else 0)
+    return train + new_sizes * c.warm_s + len(sizes) * (c.epoch_s + c.val_s) + saves * c.save_s
+
+
+def best_steps(left: float, spe: int, s: Session, c: Costs) -> int:
+    """The most steps whose ``cost`` fits in ``left`` seconds less the margin (0 if none)."""
+    left *= 1 - MARGIN
+    lo, hi = 0, max(1, int(left / c.step(min(c.step_s))) + 1)
+    while lo < hi:  # cost grows with steps (more steps never make a run cheaper); bisect on it
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid, spe, s, c) <= left else (lo, mid - 1)
+    return lo
+
+
+def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
+    """Time training steps at ``sizes``, a validation prefix and a checkpoint, leaving the state as it was."""
+    gpu = s.device.type != "cpu"
+    # GPUs autotune in their first steps; CPU steps take seconds and vary little (2-core AVX2 CPU, 227 px,
+    # three steps: 6.63, 6.38, 6.44 s), so one timed step per size keeps the probe short
+    warm, timed = (3, 10) if gpu else (1, 1)
+    snapshot = _snapshot(st)
+    firsts, step_s = [], {}
+    for size in sizes:
+        first, steady = _time_steps(s, st, size, warm, timed)
+        firsts.append(first)
+        step_s[size] = steady
+    _restore(st, snapshot)
+    val_s = _time_validation(s)
+    save_s = _time_save(s, st)
+    first_excess = [f - step_s[z] for f, z in zip(firsts, sizes)]
+    numbers = [*step_s.values(), max(first_excess[0], 0.0), max(first_excess[-1], 0.0), val_s, save_s]
+    agreed = distributed.all_reduce_max(torch.tensor(numbers, device=s.device)).tolist()  # float32: MPS has no float64
+    k = len(sizes)
+    return Costs(dict(zip(sizes, agreed[:k])), agreed[k], agreed[k + 1], agreed[k + 2], agreed[k + 3])
+
+
+def _sync(s: Session) -> None:
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+
+
+def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) -> tuple[float, float]:
+    """(the first step's seconds, the median of the ``timed`` steps after ``warm`` warm-up steps) at ``size``;
+    real batches of epoch 0 through the run's own augmentation, forward, backward and optimizer step."""
+    assert s.data.train is not None
+    times, t0 = [], time.perf_counter()
+    for x, y, idx in itertools.islice(s.data.train.epoch(0, size=size), warm + timed):
+        loss, _, _ = forward(s, st, x, y, idx, size)
+        st.optimizer.zero_grad(set_to_none=True)
+        st.scaler.scale(loss).backward()
+        st.scaler.step(st.optimizer)
+        st.scaler.update()
+        _sync(s)
+        now = time.perf_counter()
+        times.append(now - t0)
+        t0 = now
+    steady = times[warm:] or times[-1:]
+    return times[0], statistics.median(steady)
+
+
+def _time_validation(s: Session, batches: int = 2) -> float:
+    """One validation pass, from its first ``batches`` batches: the first (data-loader start-up included) plus
+    the rest's median times the remaining batches."""
+    stamps: list[float] = []
+
+    class Prefix:  # the first batches of the validation set, time-stamped as evaluate() asks for them
+        def epoch(self, epoch: int) -> Iterator[Any]:
+            for batch in itertools.islice(s.data.val.epoch(epoch), batches):
+                stamps.append(time.perf_counter())
+                yield batch
+            stamps.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    t = s.cfg.train
+    assert s.data.preprocess.crop is not None
+    evaluate(s.eval_model, Prefix(), s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),  # type: ignore[arg-type]
+             s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
+    _sync(s)
+    if len(stamps) < 2:
+        return time.perf_counter() - t0
+    per = [b - a for a, b in zip(stamps[1:], stamps[2:])] or [stamps[1] - t0]
+    return (stamps[1] - t0) + statistics.median(per) * max(0, len(s.data.val) - 1)
+
+
+def _time_save(s: Session, st: TrainState) -> float:
+    """One checkpoint write (every rank builds the state; rank 0 writes a scratch file and removes it)."""
+    t0 = time.perf_counter()
+    ck = st.state_dict()
+    if s.main:
+        scratch = s.run_dir / "checkpoints" / ".budget-probe.pt"
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        ckpt_io.atomic_save(ck, scratch)
+        scratch.unlink(missing_ok=True)
+    return time.perf_counter() - t0
+
+
+def _snapshot(st: TrainState) -> dict[str, Any]:
+    tensors = [t.detach().clone() for t in itertools.chain(st.model.parameters(), st.model.buffers())]
+    opt = {k: v for k, v in st.optimizer.state_dict().items()}
+    return {"tensors": tensors, "optimizer": _clone(opt), "scaler": st.scaler.state_dict()}
+
+
+def _restore(st: TrainState, snap: dict[str, Any]) -> None:
+    with torch.no_grad():
+        for t, saved in zip(itertools.chain(st.model.parameters(), st.model.buffers()), snap["tensors"]):
+            t.copy_(saved)
+    st.optimizer.load_state_dict(snap["optimizer"])
+    st.optimizer.zero_grad(set_to_none=True)
+    if snap["scaler"]:
+        st.scaler.load_state_dict(snap["scaler"])
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    return obj
+

@@ -1,0 +1,145 @@
+"""Progressive resizing (data/resolution.py) and `train --budget` (engine/budget.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet import checkpoint as ckpt_io
+from alexnet.cli import main
+from alexnet.config import load_recipe, parse_duration
+from alexnet.data.folder import FolderDataset, scan_folder
+from alexnet.data.resolution import allowed_sizes, epoch_sizes
+from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
+from alexnet.engine.budget import Costs, best_steps, cost
+from alexnet.errors import UserError
+
+from .conftest import FAST
+
+
+def test_durations_and_their_refusals(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert [parse_duration(t) for t in ("90s", "15m", "2h", "1h30m", "1.5h", "2m 30s")] == [90, 900, 7200, 5400,
+                                                                                           5400, 150]  # fmt: skip
+    for bad in ("15", "15x", "m", "0s", "fast"):
+        with pytest.raises(UserError, match="duration|longer than zero"):
+            parse_duration(bad)
+    run = tmp_path / "run"
+    assert main(["train", "--budget", "15 minutes", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.budget" in err and "not a duration" in err
+    assert not run.exists()
+    assert main(["train", "--budget", "1m", "--set", "train.max_steps=5", "--out", str(run)]) == 2
+    assert "one or the other" in capsys.readouterr().err and not run.exists()
+
+
+def test_resolution_schedule_steps_by_the_network_stride() -> None:
+    assert allowed_sizes(227, 131) == [131, 163, 195, 227]
+    assert allowed_sizes(224, 128) == [128, 160, 192, 224]
+    sizes = epoch_sizes(227, 131, [0.35, 0.85], steps_per_epoch=10, total_steps=160)
+    assert len(sizes) == 16 and sizes[0] == 131 and sizes[-1] == 227
+    assert sizes == sorted(sizes) and all((227 - s) % 32 == 0 for s in sizes)
+    assert sizes[:5] == [131] * 5 and sizes[-2:] == [227, 227]  # before the ramp / after it
+    assert len(epoch_sizes(227, 131, [0.35, 0.85], 10, 25)) == 3  # a partial last epoch has its own size
+    assert epoch_sizes(227, None, [0.35, 0.85], 10, 30) == [227] * 3  # off
+
+
+def test_a_smaller_epoch_sees_the_same_view_at_lower_resolution() -> None:
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
+    key = torch.arange(4, dtype=torch.int64) * 7919
+    aug = BatchAugment("paper", 40, Normalizer(torch.zeros(3), torch.ones(3)), 0.0)
+    full, small = aug(x, key), aug(x, key, size=24)
+    assert small.shape == (4, 3, 24, 24)
+    # the same crop window and mirror, resampled: up to the uint8 rounding of the small batch
+    expected = F.interpolate(full, size=(24, 24), mode="bilinear", antialias=True)
+    assert (small - expected).abs().max() <= 1 / 255 + 1e-6
+    modern = BatchAugment("modern", 40, Normalizer(torch.zeros(3), torch.ones(3)), 0.0, 0.3)
+    assert modern(x, key, size=24).shape == (4, 3, 24, 24)
+    # a store's images are cropped on the batch even when they are already the crop's size
+    same = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    assert not torch.equal(modern(same, key), Normalizer(torch.zeros(3), torch.ones(3))(same))
+
+
+def test_folder_workers_crop_at_the_epoch_size(tiny_folder: Path) -> None:
+    from functools import partial
+
+    index = scan_folder(tiny_folder / "train")
+    make = partial(random_resized_crop, min_scale=0.5)
+    ds = FolderDataset(index, make(64), 64, seed=0, random=True, make_transform=make)
+    assert ds[0][0].shape == (3, 64, 64)
+    ds.set_size(32)
+    assert ds[0][0].shape == (3, 32, 32)
+
+
+def _session(res_start: int | None, every: int = 0) -> SimpleNamespace:
+    cfg = load_recipe("fast")
+    cfg.data.crop, cfg.data.res_start, cfg.train.checkpoint_every = 227, res_start, every
+    return SimpleNamespace(cfg=cfg)
+
+
+def test_the_plan_is_the_longest_run_that_fits() -> None:
+    # step cost a + b * side^2 through two probed sizes (the shape measured on this repo's CPU)
+    costs = Costs({131: 2.0, 227: 6.4}, warm_s=3.0, epoch_s=1.0, val_s=40.0, save_s=2.0)
+    assert costs.step(163) == pytest.approx(2.0 + 4.4 * (163**2 - 131**2) / (227**2 - 131**2))
+    s = _session(131)
+    n = best_steps(900.0, 74, s, costs)  # type: ignore[arg-type]
+    assert cost(n, 74, s, costs) <= 900 * 0.98 < cost(n + 1, 74, s, costs)  # type: ignore[arg-type]
+    fixed = _session(None)
+    assert best_steps(900.0, 74, fixed, costs) < n  # type: ignore[arg-type]  # progressive buys more steps
+    # every epoch pays its validation and checkpoint, mid-epoch checkpoints are counted too
+    assert cost(74, 74, fixed, costs) == pytest.approx(74 * 6.4 + 1.0 + 40.0 + 2.0)  # type: ignore[arg-type]
+    assert cost(74, 74, _session(None, every=10), costs) == pytest.approx(74 * 6.4 + 43.0 + 7 * 2.0)  # type: ignore[arg-type]
+    assert best_steps(30.0, 74, fixed, costs) == 0  # type: ignore[arg-type]  # not even one validation fits
+
+
+def _small_run(data: Path) -> list[str]:
+    return ["--data", str(data), *FAST, "--batch-size", "4", "--set", "data.resize=104", "--set", "data.crop=99",
+            "--set", "data.res_start=67", "--set", "optim.lr=0.002", "--set", "train.log_every=0"]  # fmt: skip
+
+
+def test_max_steps_ends_mid_epoch_with_progressive_crops_and_resumes_exactly(tiny_folder: Path, tmp_path: Path) -> None:
+    common = [*_small_run(tiny_folder), "--epochs", "3", "--set", "train.max_steps=7", "--set",
+              "train.checkpoint_every=2", "--set", "schedule.name=onecycle"]  # fmt: skip
+    full = tmp_path / "full"
+    assert main(["train", "--out", str(full), *common]) == 0  # 18 images / 4: 5 steps an epoch; 7 = 5 + 2
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["train_size"] for r in rows] == [67, 99]
+    ck = ckpt_io.load(full / "checkpoints" / "last.pt")
+    assert ck["global_step"] == 7 and ck["schedule"]["lr"] == 0.0  # the one-cycle schedule ends at max_steps
+    cut = tmp_path / "cut"  # pretend it died after step 6 (mid-epoch 2)
+    shutil.copytree(full, cut)
+    for f in (cut / "checkpoints").glob("*.pt"):
+        if f.name != "step-00000006.pt":
+            f.unlink()
+    (cut / "metrics.jsonl").write_text((full / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    assert main(["train", "--resume", str(cut)]) == 0
+    a, b = ckpt_io.load(full / "checkpoints" / "last.pt")["model"], ckpt_io.load(cut / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "budget"
+    onecycle = ["--set", "schedule.name=onecycle", "--set", "schedule.warmup_epochs=1"]
+    assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "40s"]) == 0
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["predicted_s"] <= plan["budget_s"] and plan["max_steps"] >= 5
+    assert set(plan["costs"]["step_s"]) == {"67", "99"}  # the smallest and the largest crop were measured
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == plan["epochs"] and [r["train_size"] for r in rows] == plan["sizes"]
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"]
+    assert plan["warmup_epochs"] == pytest.approx(1 * plan["max_steps"] / 5 / 4)  # keeps its share: 1 of 4 epochs
+    # the same plan given by hand gives the same network: the probe steps were undone
+    same = tmp_path / "same"
+    assert main(["train", "--out", str(same), *_small_run(tiny_folder), *onecycle, "--epochs", str(plan["epochs"]), "--set",
+                 f"train.max_steps={plan['max_steps']}", "--set", f"schedule.warmup_epochs={plan['warmup_epochs']}"]) == 0  # fmt: skip
+    a, b = ckpt_io.load(run / "checkpoints" / "last.pt")["model"], ckpt_io.load(same / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a resumed budget run keeps its plan (config.yaml holds it): nothing is left to do
+    assert main(["train", "--resume", str(run)]) == 0
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"]

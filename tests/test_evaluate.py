@@ -48,6 +48,17 @@ def test_evaluate_matches_training_metrics(trained_run: tuple[Path, Path], capsy
     assert d["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
+def test_testing_above_the_training_resolution(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    run, _ = trained_run
+    results = {}
+    for size in (None, 67, 72):
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--json"] + (["--test-size", str(size)] if size else [])) == 0
+        results[size] = json.loads(capsys.readouterr().out)
+    assert results[67]["loss"] == results[None]["loss"]  # the training crop: the default path exactly
+    assert results[72]["n"] == 15 and results[72]["loss"] != results[None]["loss"]  # a 72 px view of the same field
+
+
 def test_evaluate_report_and_other_data(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
     run, data = trained_run
     assert main(["evaluate", str(run), "--data", str(data)]) == 0
@@ -60,6 +71,7 @@ def test_evaluate_report_and_other_data(trained_run: tuple[Path, Path], capsys: 
     [
         (["evaluate", "/no/such/run"], "no such run directory or checkpoint"),
         (["evaluate", "{run}", "--data", "/no/such/data"], "data path not found"),
+        (["evaluate", "{run}", "--test-size", "40"], "below alexnet's minimum input of 67"),
     ],
 )
 def test_evaluate_errors(trained_run: tuple[Path, Path], args: list[str], message: str,

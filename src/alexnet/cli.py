@@ -85,7 +85,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import run_evaluate
 
     return run_evaluate(args.weights, args.data, args.split_dir, args.tta, args.batch_size, args.device, args.towers,
-                        args.json, args.amp)  # fmt: skip
+                        args.json, args.amp, args.test_size)  # fmt: skip
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -105,6 +105,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices (alexnet, alexnet_bn)")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
                    help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
+    p.add_argument("--test-size", type=int, metavar="PX", help="network input side at test time, the same view as "
+                   "the crop enlarged (e.g. 259 for a 227 crop): testing above the training resolution")  # fmt: skip
     p.set_defaults(func=_evaluate)
 
 

@@ -11,14 +11,14 @@ from .data.classes import display_name, is_imagenet
 from .data.loaders import build_eval_data
 from .errors import UserError
 from .inference import EvalResult, compute_path, evaluate
-from .models import PAPER_ILSVRC2012
+from .models import PAPER_ILSVRC2012, get_model_info
 from .runlog import setup_logging
 from .weights import load_weights
 
 
 def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = None, tta: str = "center",
                  batch_size: int | None = None, device: str = "auto", towers: str | None = None,
-                 as_json: bool = False, amp: str = "auto") -> int:  # fmt: skip
+                 as_json: bool = False, amp: str = "auto", test_size: int | None = None) -> int:  # fmt: skip
     """Evaluate ``weights`` (a run or checkpoint) on ``data``'s val split (default: the run's own data)."""
     setup_logging(verbose=not as_json)
     dist = distributed.setup(device)  # under torchrun: each rank evaluates its shard, rank 0 prints the sums
@@ -31,8 +31,13 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
                                   (batch_size or cfg.train.batch_size) // dist.world or 1, cfg.data.workers,
                                   split_dir, cfg.data.val_fraction, dist.rank, dist.world)  # fmt: skip
         path = compute_path(w.model, dist.device, amp)
+        minimum = get_model_info(w.variant).min_input_size
+        if test_size is not None and test_size < minimum:
+            raise UserError(f"--test-size {test_size} is below {w.variant}'s minimum input of {minimum} px")
+        if test_size is not None and w.preprocess.normalizer().mean_image is not None:
+            raise UserError("--test-size works with channel-mean normalisation only (these weights subtract a mean image)")
         res = evaluate(w.model, batches, w.preprocess.normalizer(), w.preprocess.crop, len(w.class_names),
-                       dist.device, tta, path.amp, path.channels_last)  # fmt: skip
+                       dist.device, tta, path.amp, path.channels_last, test_size)  # fmt: skip
     finally:
         distributed.teardown()
     if dist.is_main:

@@ -83,8 +83,10 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, normalizer: Normalizer, crop: int, num_classes: int,
-             device: torch.device, tta: str = "center", amp: str = "none",
-             channels_last: bool = False) -> EvalResult:  # fmt: skip
+             device: torch.device, tta: str = "center", amp: str = "none", channels_last: bool = False,
+             test_size: int | None = None) -> EvalResult:  # fmt: skip
+    """``test_size``: feed the network ``test_size`` px views of the same field of view as ``crop`` (the images
+    resized by test_size / crop first): testing above the training resolution (Touvron et al. 2019)."""
     was_training = model.training
     model.eval()
     norm = normalizer.to(device)
@@ -93,9 +95,12 @@ def evaluate(model: nn.Module, batches: Batches, normalizer: Normalizer, crop: i
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for x, y, _ in batches.epoch(0):
         x = norm(x.to(device, non_blocking=True))
+        if test_size and test_size != crop:
+            side = round(x.shape[-1] * test_size / crop)
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
         y = y.to(device, non_blocking=True)
         keep = y >= 0  # images that failed to decode carry label -100
-        probs = predict_probs(model, x, crop, tta, device, amp, channels_last)[keep]
+        probs = predict_probs(model, x, test_size or crop, tta, device, amp, channels_last)[keep]
         y = y[keep]
         loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
         top = probs.topk(min(5, num_classes), dim=1).indices

@@ -1,0 +1,109 @@
+"""Time to accuracy: `alexnet train --budget B` on Imagenette for several budgets, and levers at one budget.
+
+    python benchmarks/budget.py --store /tmp/imnette-store [--budgets 4m 8m 16m 32m] [--lever-budget 8m]
+        [--levers fixed_res] [--out /tmp/budget-runs] [--figure docs/figures/budget.png]
+
+Each run is a separate `alexnet train --data STORE --recipe fast --budget B` process (the budget counts from the
+process's start, imports included), timed from outside too. The store is made once beforehand
+(`alexnet prepare --data ../shared/data/imagenette2-224 --out /tmp/imnette-store`; its time is printed by
+prepare). Levers change one recipe value against the `fast` recipe's run at the same budget (the baseline,
+run in the same invocation): each prints its top-1 difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table  # noqa: E402
+
+LEVERS = {  # one recipe value changed against `fast` (see README "Time to accuracy")
+    "fixed_res": ["--set", "data.res_start=none"],  # no progressive resizing: every epoch at 227 px
+    "no_label_smoothing": ["--set", "optim.label_smoothing=0"],
+    "min_scale_0.08": ["--set", "data.min_scale=0.08"],  # torchvision's RandomResizedCrop default
+    "batch_256": ["--batch-size", "256", "--set", "optim.lr=0.08"],  # linear scaling rule (Goyal et al. 2017)
+}
+
+
+def run(store: Path, budget: str, out: Path, extra: list[str]) -> dict:
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "alexnet", "train", "--data", str(store), "--recipe", "fast", "--budget", budget,
+           "--out", str(out), *extra]  # fmt: skip
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if rc:
+        raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {log}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    plan = json.loads((out / "plan.json").read_text())
+    return {"budget": budget, "wall": wall, "rows": rows, "plan": plan, "top1": rows[-1]["val_top1"],
+            "top5": rows[-1]["val_top5"]}  # fmt: skip
+
+
+def describe(name: str, r: dict) -> list[str]:
+    b = r["plan"]["budget_s"]
+    return [name, r["budget"], f"{r['wall']:.0f} s ({100 * r['wall'] / b:.1f} %)", str(r["plan"]["max_steps"]),
+            str(len(r["rows"])), " ".join(str(s) for s in r["plan"]["sizes"]), f"{100 * r['top1']:.1f}",
+            f"{100 * r['top5']:.1f}"]  # fmt: skip
+
+
+def figure(results: list[dict], path: Path) -> None:
+    import itertools
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in results:
+        start = r["plan"]["elapsed_s"] / 60
+        minutes = [start + m / 60 for m in itertools.accumulate(row["seconds"] for row in r["rows"])]
+        ax.plot(minutes, [100 * row["val_top1"] for row in r["rows"]], "o-", label=f"--budget {r['budget']}")
+    ax.set_xlabel("wall-clock minutes from the start of `alexnet train`")
+    ax.set_ylabel("Imagenette val top-1 (%)")
+    ax.set_title("alexnet train --recipe fast --budget B (2-core AVX2 CPU, fp32)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--budgets", nargs="*", default=["4m", "8m", "16m", "32m"])
+    ap.add_argument("--lever-budget", default="8m")
+    ap.add_argument("--levers", nargs="*", default=["fixed_res"], choices=sorted(LEVERS))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/budget-runs"))
+    ap.add_argument("--figure", type=Path)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    header = ["run", "budget", "wall (of budget)", "steps", "epochs", "crops per epoch", "top-1 %", "top-5 %"]
+    rows, results = [header], {}
+    for budget in a.budgets:
+        results[budget] = run(a.store, budget, a.out / f"fast-{budget}", [])
+        rows.append(describe("fast", results[budget]))
+        print(table(rows), flush=True)
+    for lever in a.levers:
+        if a.lever_budget not in results:
+            results[a.lever_budget] = run(a.store, a.lever_budget, a.out / f"fast-{a.lever_budget}", [])
+            rows.append(describe("fast", results[a.lever_budget]))
+        r = run(a.store, a.lever_budget, a.out / f"{lever}-{a.lever_budget}", LEVERS[lever])
+        rows.append(describe(lever, r))
+        delta = 100 * (r["top1"] - results[a.lever_budget]["top1"])
+        print(table(rows), f"\n{lever}: {delta:+.1f} points top-1 against fast at {a.lever_budget}", flush=True)
+    if a.figure:
+        figure([results[b] for b in a.budgets], a.figure)
+        print(f"wrote {a.figure}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from alexnet.data.resolution import allowed_sizes, epoch_sizes
 from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
 from alexnet.engine.budget import Costs, best_steps, cost
 from alexnet.errors import UserError
+from alexnet.plots import curves_figure
 
 from .conftest import FAST
 
@@ -36,6 +37,8 @@ def test_durations_and_their_refusals(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not run.exists()
     assert main(["train", "--budget", "1m", "--set", "train.max_steps=5", "--out", str(run)]) == 2
     assert "one or the other" in capsys.readouterr().err and not run.exists()
+    assert main(["train", "--set", "train.eval_every=2", "--set", "schedule.name=plateau", "--out", str(run)]) == 2
+    assert "needs train.eval_every=1" in capsys.readouterr().err and not run.exists()
 
 
 def test_resolution_schedule_steps_by_the_network_stride() -> None:
@@ -96,6 +99,9 @@ def test_the_plan_is_the_longest_run_that_fits() -> None:
     assert cost(74, 74, fixed, costs) == pytest.approx(74 * 6.4 + 1.0 + 40.0 + 2.0)  # type: ignore[arg-type]
     assert cost(74, 74, _session(None, every=10), costs) == pytest.approx(74 * 6.4 + 43.0 + 7 * 2.0)  # type: ignore[arg-type]
     assert best_steps(30.0, 74, fixed, costs) == 0  # type: ignore[arg-type]  # not even one validation fits
+    last_only = _session(None)
+    last_only.cfg.train.eval_every = 0  # one validation, after the last epoch
+    assert cost(222, 74, last_only, costs) == pytest.approx(cost(222, 74, fixed, costs) - 2 * 40.0)  # type: ignore[arg-type]
 
 
 def _small_run(data: Path) -> list[str]:
@@ -105,11 +111,14 @@ def _small_run(data: Path) -> list[str]:
 
 def test_max_steps_ends_mid_epoch_with_progressive_crops_and_resumes_exactly(tiny_folder: Path, tmp_path: Path) -> None:
     common = [*_small_run(tiny_folder), "--epochs", "3", "--set", "train.max_steps=7", "--set",
-              "train.checkpoint_every=2", "--set", "schedule.name=onecycle"]  # fmt: skip
+              "train.checkpoint_every=2", "--set", "schedule.name=onecycle", "--set", "train.eval_every=0"]  # fmt: skip
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), *common]) == 0  # 18 images / 4: 5 steps an epoch; 7 = 5 + 2
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and [r["train_size"] for r in rows] == [67, 99]
+    assert "val_top1" not in rows[0] and rows[1]["val_n"] == 9  # eval_every=0: the last epoch only
+    (tmp_path / "figs").mkdir()
+    assert curves_figure(full, tmp_path / "figs").is_file()  # draws runs with unvalidated epochs
     ck = ckpt_io.load(full / "checkpoints" / "last.pt")
     assert ck["global_step"] == 7 and ck["schedule"]["lr"] == 0.0  # the one-cycle schedule ends at max_steps
     cut = tmp_path / "cut"  # pretend it died after step 6 (mid-epoch 2)
@@ -133,7 +142,7 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == plan["epochs"] and [r["train_size"] for r in rows] == plan["sizes"]
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"]
-    assert plan["warmup_epochs"] == pytest.approx(1 * plan["max_steps"] / 5 / 4)  # keeps its share: 1 of 4 epochs
+    assert plan["warmup_epochs"] == pytest.approx(min(1, 0.3 * plan["max_steps"] / 5))  # 1 epoch, <= 30 % of the run
     # the same plan given by hand gives the same network: the probe steps were undone
     same = tmp_path / "same"
     assert main(["train", "--out", str(same), *_small_run(tiny_folder), *onecycle, "--epochs", str(plan["epochs"]), "--set",

@@ -114,6 +114,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (CPU runs are deterministic anyway)
     eval_tta: str = choice("center", "center", "flip", "10crop")  # used for the per-epoch val metrics
+    eval_every: int = non_negative(1)  # validate after every N epochs and always after the last (0: the last only)
     checkpoint_every: int = non_negative(0)  # also save every N optimizer steps (0: only at epoch ends)
     keep_last: int = positive(3)  # step checkpoints kept besides last.pt / best.pt
     log_every: int = non_negative(20)  # steps between plain log lines when not on a terminal
@@ -207,6 +208,8 @@ def check(cfg: Config) -> None:
         if cfg.train.parallel == "hybrid":
             raise UserError("train.towers and train.parallel=hybrid are two different splits; choose one")
     d = cfg.data
+    if cfg.schedule.name == "plateau" and cfg.train.eval_every != 1:
+        raise UserError("schedule.name=plateau drops the lr on validation results: it needs train.eval_every=1")
     if cfg.train.budget is not None:
         parse_duration(cfg.train.budget, "train.budget")
     if len(d.res_ramp) != 2 or not 0 <= d.res_ramp[0] <= d.res_ramp[1] <= 1:

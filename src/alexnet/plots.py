@@ -149,16 +149,18 @@ def curves_figure(run_dir: Path, out: Path) -> Path:
     if not rows:
         raise UserError(f"{run_dir}: no metrics.jsonl rows to plot")
     ep = [r["epoch"] for r in rows]
+    val = [r for r in rows if "val_top1" in r]  # train.eval_every may skip epochs
+    vep = [r["epoch"] for r in val]
     fig = plt.figure(figsize=(8, 11), dpi=DPI)
     axes = [fig.add_subplot(5, 1, 1)]
     axes += [fig.add_subplot(5, 1, i, sharex=axes[0]) for i in range(2, 5)]
     axes[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
-    axes[0].plot(ep, [r["val_loss"] for r in rows], "o-", label="val")
+    axes[0].plot(vep, [r["val_loss"] for r in val], "o-", label="val")
     axes[0].set_ylabel("loss")
     axes[1].plot(ep, [100 * r["train_top1"] for r in rows], "o-", label="train")
-    axes[1].plot(ep, [100 * r["val_top1"] for r in rows], "o-", label="val")
+    axes[1].plot(vep, [100 * r["val_top1"] for r in val], "o-", label="val")
     axes[1].set_ylabel("top-1 accuracy (%)")
-    axes[2].plot(ep, [100 * r["val_top5"] for r in rows], "o-", color="tab:orange", label="val")
+    axes[2].plot(vep, [100 * r["val_top5"] for r in val], "o-", color="tab:orange", label="val")
     axes[2].set_ylabel("top-5 accuracy (%)")
     axes[3].plot(ep, [r["lr"] for r in rows], "o-", color="tab:green")
     axes[3].set_ylabel("learning rate")
@@ -166,9 +168,10 @@ def curves_figure(run_dir: Path, out: Path) -> Path:
     if max(r["lr"] for r in rows) > 0 and min(r["lr"] for r in rows) > 0:
         axes[3].set_yscale("log")
     clock = fig.add_subplot(5, 1, 5)
-    minutes = [m / 60 for m in itertools.accumulate(r.get("seconds", 0.0) for r in rows)]
-    clock.plot(minutes, [100 * r["val_top1"] for r in rows], "o-", color="tab:red", label="val top-1")
-    for m, r in zip(minutes, rows):
+    minutes = [m / 60 for m, r in zip(itertools.accumulate(r.get("seconds", 0.0) for r in rows), rows)
+               if "val_top1" in r]  # fmt: skip
+    clock.plot(minutes, [100 * r["val_top1"] for r in val], "o-", color="tab:red", label="val top-1")
+    for m, r in zip(minutes, val):
         if "train_size" in r:
             clock.annotate(f"{r['train_size']}px", (m, 100 * r["val_top1"]), fontsize=7, xytext=(3, -10),
                            textcoords="offset points")  # fmt: skip

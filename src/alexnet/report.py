@@ -32,8 +32,9 @@ def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> li
     if not rows:
         raise UserError(f"{run_dir}: no metrics.jsonl yet; train first")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    best = max(rows, key=lambda r: r["val_top1"])
-    last = rows[-1]
+    validated = [r for r in rows if "val_top1" in r]  # train.eval_every may skip epochs; the last is validated
+    best = max(validated, key=lambda r: r["val_top1"])
+    last = validated[-1]
     wall = sum(r["seconds"] for r in rows)
     ips = sum(r["images_per_sec"] for r in rows) / len(rows)
     blocks: list[tuple[str, object]] = [("h1", f"Run report: {run_dir.name}")]

@@ -6,8 +6,9 @@ trace), two validation batches, and one checkpoint write. A step's cost is fitte
 (the convolutions scale with the area, fc6-fc8 do not; on this repo's 2-core CPU the fit from 131 and 227 px
 predicts the measured 163 and 195 px steps within 8 %). From these it picks the largest number of optimizer
 steps whose epochs, validations and checkpoints fit in what is left of the budget (less a 2 % margin), and
-scales the recipe's schedule to that length: the lr warm-up keeps its share of the run (never cut off), the
-resolution ramp its fractions, and the last epoch may be partial (``train.max_steps``).
+scales the recipe's schedule to that length: the lr warm-up keeps its length, up to 30 % of the run (never
+cut off; ``warmup_for``), the resolution ramp its fractions, and the last epoch may be partial
+(``train.max_steps``).
 
 The plan is written into the run's config.yaml (train.epochs, train.max_steps, schedule.warmup_epochs) and
 plan.json, so a resumed run keeps it. Under torchrun every rank probes together (DDP steps need all ranks),
@@ -43,6 +44,7 @@ from .setup import Session
 from .state import TrainState
 
 log = logging.getLogger("alexnet")
+WARMUP_SHARE = 0.3  # one-cycle's usual warm-up share (Smith & Topin 2018; optim.py's default without a warm-up)
 MARGIN = 0.02  # of the time left: step times on this CPU vary by about 2-4 % from step to step
 
 
@@ -115,9 +117,8 @@ def plan_run(s: Session, st: TrainState, started: float) -> Plan:
     if steps < min(spe, 10):
         raise UserError(f"--budget {t.budget} is too short here: start-up and measuring took {elapsed:.0f}s, and "
                         f"{min(spe, 10)} steps with one validation need {cost(min(spe, 10), spe, s, costs):.0f}s more")  # fmt: skip
-    recipe_epochs = t.epochs
     t.max_steps, t.epochs = steps, math.ceil(steps / spe)
-    s.cfg.schedule.warmup_epochs *= (steps / spe) / recipe_epochs  # the warm-up keeps its share of the run
+    s.cfg.schedule.warmup_epochs = warmup_for(s.cfg.schedule.warmup_epochs, steps / spe)
     lr = st.schedule.base_lr
     st.schedule = Schedule(st.optimizer, s.cfg.schedule, lr, t.epochs, spe, steps)
     plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs,
@@ -129,17 +130,27 @@ def plan_run(s: Session, st: TrainState, started: float) -> Plan:
     return plan
 
 
+def warmup_for(recipe_warmup: float, epochs: float) -> float:
+    """The recipe's warm-up length, at most WARMUP_SHARE of the planned run. Not scaled with the run: the
+    warm-up protects the first steps from a freshly initialised network's large gradients, whatever the run's
+    length. Measured (Imagenette store, `fast`, this 2-core CPU): scaled with an 8-minute budget (12 steps to lr
+    0.04) the network blew up (epoch-1 train loss 3.02) and stayed at chance (12.0 % top-1 after 96 steps)."""
+    return min(recipe_warmup, WARMUP_SHARE * epochs)
+
+
 def cost(steps: int, spe: int, s: Session, c: Costs) -> float:
     """Seconds for a run of ``steps`` optimizer steps: its epochs' steps at their crops, one warm-up per new crop,
-    and per epoch its fixed cost, a validation and a checkpoint (plus train.checkpoint_every's)."""
-    d, every = s.cfg.data, s.cfg.train.checkpoint_every
+    per epoch its fixed cost and a checkpoint (plus train.checkpoint_every's), and the validations
+    (train.eval_every's, and the last epoch's)."""
+    d, t = s.cfg.data, s.cfg.train
     assert d.crop is not None
     sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
     per_epoch = [min(spe, steps - e * spe) for e in range(len(sizes))]
     train = sum(k * c.step(size) for k, size in zip(per_epoch, sizes))
     new_sizes = len(set(sizes) - set(c.step_s))
-    saves = len(sizes) + (steps // every if every else 0)
-    return train + new_sizes * c.warm_s + len(sizes) * (c.epoch_s + c.val_s) + saves * c.save_s
+    saves = len(sizes) + (steps // t.checkpoint_every if t.checkpoint_every else 0)
+    vals = sum(1 for e in range(1, len(sizes) + 1) if e == len(sizes) or (t.eval_every and e % t.eval_every == 0))
+    return train + new_sizes * c.warm_s + len(sizes) * c.epoch_s + vals * c.val_s + saves * c.save_s
 
 
 def best_steps(left: float, spe: int, s: Session, c: Costs) -> int:

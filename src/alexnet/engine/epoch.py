@@ -195,29 +195,35 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
 
 
 def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
-    """Validate, step the schedule, write the metrics row and the checkpoints; returns the row."""
+    """Validate (every train.eval_every epochs and after the last), step the schedule, write the metrics row
+    and the checkpoints; returns the row (without val_* when this epoch was not validated)."""
     t, t_eval = s.cfg.train, time.perf_counter()
     p = st.partial
     totals = distributed.all_reduce_sum(torch.tensor([p.loss, p.correct, p.count], dtype=torch.float32,
                                                      device=s.device)).tolist()  # fmt: skip
-    if isinstance(st.model, HybridAlexNet):
-        assemble(st.model, getattr(s.eval_model, "_orig_mod", s.eval_model))
-    res = evaluate(s.eval_model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
-                   s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
+    last = st.epoch + 1 >= t.epochs or st.global_step >= total_steps(s)
+    res = None
+    if last or (t.eval_every and (st.epoch + 1) % t.eval_every == 0):
+        if isinstance(st.model, HybridAlexNet):
+            assemble(st.model, getattr(s.eval_model, "_orig_mod", s.eval_model))
+        res = evaluate(s.eval_model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
+                       s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
     lr_used = st.schedule.lr
-    st.schedule.after_epoch(res.top1)
+    st.schedule.after_epoch(res.top1 if res else None)
     n_train = max(totals[2], 1.0)
-    row = {"epoch": st.epoch + 1, "lr": lr_used, "train_loss": totals[0] / n_train, "train_top1": totals[1] / n_train,
-           "val_loss": res.loss, "val_top1": res.top1, "val_top5": res.top5, "val_n": res.n,
-           "images_per_sec": totals[2] / max(p.seconds, 1e-9), "train_size": epoch_size(s, st.epoch),
-           "seconds": p.seconds + (time.perf_counter() - t_eval)}  # fmt: skip
-    if res.top1 > st.best["val_top1"]:
+    row = {"epoch": st.epoch + 1, "lr": lr_used, "train_loss": totals[0] / n_train, "train_top1": totals[1] / n_train}
+    if res is not None:
+        row |= {"val_loss": res.loss, "val_top1": res.top1, "val_top5": res.top5, "val_n": res.n}
+    row |= {"images_per_sec": totals[2] / max(p.seconds, 1e-9), "train_size": epoch_size(s, st.epoch),
+            "seconds": p.seconds + (time.perf_counter() - t_eval)}  # fmt: skip
+    if res is not None and res.top1 > st.best["val_top1"]:
         st.best = {"val_top1": res.top1, "val_top5": res.top5, "epoch": st.epoch + 1}
     st.epoch, st.step_in_epoch, st.partial = st.epoch + 1, 0, EpochSums()
     if s.main:
         s.logger.epoch(row)
-        log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.2f%%  val loss %.4f top-1 %.2f%% top-5 %.2f%%  "
-                 "%.0f img/s  %.1fs", row["epoch"], t.epochs, lr_used, row["train_loss"], 100 * row["train_top1"],
-                 res.loss, 100 * res.top1, 100 * res.top5, row["images_per_sec"], row["seconds"])  # fmt: skip
+        val = (f"val loss {res.loss:.4f} top-1 {100 * res.top1:.2f}% top-5 {100 * res.top5:.2f}%" if res
+               else "not validated (train.eval_every)")  # fmt: skip
+        log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.2f%%  %s  %.0f img/s  %.1fs", row["epoch"], t.epochs,
+                 lr_used, row["train_loss"], 100 * row["train_top1"], val, row["images_per_sec"], row["seconds"])  # fmt: skip
     save(s, st, ("last", "best") if st.best["epoch"] == st.epoch else ("last",))
     return row

@@ -210,8 +210,9 @@ def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) ->
 
 
 def _time_validation(s: Session, batches: int = 2) -> float:
-    """One validation pass, from its first ``batches`` batches: the first (data-loader start-up included) plus
-    the rest's median times the remaining batches."""
+    """One validation pass: the time to its first batch (data-loader start-up) plus the batches' count times
+    the median of the batches after the first (the first is a warm-up: counted, it overestimated a 3925-image
+    Imagenette validation by 10 s of 53 on this CPU)."""
     stamps: list[float] = []
 
     class Prefix:  # the first batches of the validation set, time-stamped as evaluate() asks for them
@@ -227,10 +228,10 @@ def _time_validation(s: Session, batches: int = 2) -> float:
     evaluate(s.eval_model, Prefix(), s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),  # type: ignore[arg-type]
              s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
     _sync(s)
-    if len(stamps) < 2:
+    if len(stamps) < 3:  # a one-batch validation set
         return time.perf_counter() - t0
-    per = [b - a for a, b in zip(stamps[1:], stamps[2:])] or [stamps[1] - t0]
-    return (stamps[1] - t0) + statistics.median(per) * max(0, len(s.data.val) - 1)
+    per = [b - a for a, b in zip(stamps[1:], stamps[2:])]
+    return (stamps[0] - t0) + statistics.median(per) * len(s.data.val)
 
 
 def _time_save(s: Session, st: TrainState) -> float:

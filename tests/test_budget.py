@@ -17,7 +17,7 @@ from alexnet.config import load_recipe, parse_duration
 from alexnet.data.folder import FolderDataset, scan_folder
 from alexnet.data.resolution import allowed_sizes, epoch_sizes
 from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
-from alexnet.engine.budget import Costs, best_steps, cost
+from alexnet.engine.budget import Costs, best_steps, command_age, cost
 from alexnet.errors import UserError
 from alexnet.plots import curves_figure
 
@@ -80,6 +80,18 @@ def test_folder_workers_crop_at_the_epoch_size(tiny_folder: Path) -> None:
     assert ds[0][0].shape == (3, 32, 32)
 
 
+def test_the_budget_counts_from_the_command_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import time
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest"])
+    assert command_age() == 0.0  # called from Python (a test, a notebook): counted from the call
+    if Path("/proc/self/stat").is_file():  # Linux: the `alexnet` process's own age, imports included
+        for argv0 in ("/venv/bin/alexnet", "/site-packages/alexnet/__main__.py"):
+            monkeypatch.setattr(sys, "argv", [argv0])
+            assert 0 < command_age() <= time.monotonic()
+
+
 def _session(res_start: int | None, every: int = 0) -> SimpleNamespace:
     cfg = load_recipe("fast")
     cfg.data.crop, cfg.data.res_start, cfg.train.checkpoint_every = 227, res_start, every
@@ -135,7 +147,7 @@ def test_max_steps_ends_mid_epoch_with_progressive_crops_and_resumes_exactly(tin
 def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "budget"
     onecycle = ["--set", "schedule.name=onecycle", "--set", "schedule.warmup_epochs=1"]
-    assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "40s"]) == 0
+    assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "20s"]) == 0
     plan = json.loads((run / "plan.json").read_text())
     assert plan["predicted_s"] <= plan["budget_s"] and plan["max_steps"] >= 5
     assert set(plan["costs"]["step_s"]) == {"67", "99"}  # the smallest and the largest crop were measured

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint as ckpt_io
 from . import distributed
 from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration
-from .engine.budget import plan_run, process_age
+from .engine.budget import command_age, plan_run
 from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup
 from .engine.state import TrainState
@@ -84,7 +84,7 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
               resume: str | None = None, overrides: list[str] | None = None) -> int:  # fmt: skip
     """`alexnet train`: a new run from a recipe plus overrides, or ``resume`` an existing one. Returns the
     exit code: 0, or 128 + the signal that stopped it (143 after SIGTERM, 130 after SIGINT)."""
-    started = time.monotonic() - process_age()  # a --budget counts from the process's start
+    started = time.monotonic() - command_age()  # a --budget counts from the command's start
     setup_logging()
     overrides = list(overrides or [])
     if resume:

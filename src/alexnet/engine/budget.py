@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -48,9 +49,13 @@ WARMUP_SHARE = 0.3  # one-cycle's usual warm-up share (Smith & Topin 2018; optim
 MARGIN = 0.02  # of the time left: step times on this CPU vary by about 2-4 % from step to step
 
 
-def process_age() -> float:
-    """Seconds since this process started (Linux: from /proc, so Python's and torch's imports count too);
-    0 elsewhere, where the budget counts from the start of `train`."""
+def command_age() -> float:
+    """Seconds since this `alexnet` command started: the process's age (Linux, from /proc, so Python's and
+    torch's imports count too) when this process is the command (`alexnet ...`, `python -m alexnet`, torchrun's
+    workers); 0 when train is called from other Python code (a notebook, a test) or without /proc."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if argv0.stem != "alexnet" and (argv0.name, argv0.parent.name) != ("__main__.py", "alexnet"):
+        return 0.0
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])

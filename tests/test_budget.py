@@ -94,7 +94,7 @@ def test_the_budget_counts_from_the_command_start(monkeypatch: pytest.MonkeyPatc
 
 def _session(res_start: int | None, every: int = 0) -> SimpleNamespace:
     cfg = load_recipe("fast")
-    cfg.data.crop, cfg.data.res_start, cfg.train.checkpoint_every = 227, res_start, every
+    cfg.data.crop, cfg.data.res_start, cfg.train.checkpoint_every, cfg.train.eval_every = 227, res_start, every, 1
     return SimpleNamespace(cfg=cfg)
 
 

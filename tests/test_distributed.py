@@ -58,7 +58,7 @@ def test_ddp_two_processes_match_one(odd_folder: Path, tmp_path: Path, recipe: s
     """Same global batch, dropout 0.5 on (masks keyed per sample), BatchNorm over the global batch (sync_bn)."""
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["--recipe", recipe, *FAST, "--model", model, "--epochs", "2", "--batch-size", "4", "--set",
-            "model.dropout=0.5", "--set", "optim.lr=0.001", "--set", "data.workers=0"]  # fmt: skip
+            "model.dropout=0.5", "--set", "optim.lr=0.001", "--set", "data.workers=0", "--set", "train.eval_every=1"]  # fmt: skip
     assert main(["train", "--data", str(odd_folder), "--out", str(one), *args]) == 0
     res = _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(two), *args])
     assert "world 2" in res.stderr

@@ -236,7 +236,8 @@ def _time_validation(s: Session, batches: int = 2) -> float:
     if len(stamps) < 3:  # a one-batch validation set
         return time.perf_counter() - t0
     per = [b - a for a, b in zip(stamps[1:], stamps[2:])]
-    return (stamps[0] - t0) + statistics.median(per) * len(s.data.val)
+    full_batches = s.data.val.num_samples / (s.data.val.batch_size * s.dist.world)  # the last one may be smaller
+    return (stamps[0] - t0) + statistics.median(per) * max(1.0, full_batches)
 
 
 def _time_save(s: Session, st: TrainState) -> float:

@@ -13,6 +13,7 @@ run in the same invocation): each prints its top-1 difference.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -55,8 +56,6 @@ def describe(name: str, r: dict) -> list[str]:
 
 
 def figure(results: list[dict], path: Path) -> None:
-    import itertools
-
     import matplotlib
 
     matplotlib.use("Agg")

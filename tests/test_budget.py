@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 
 from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
-from alexnet.config import load_recipe, parse_duration
+from alexnet.config import Config, load_recipe, parse_duration
 from alexnet.data.folder import FolderDataset, scan_folder
 from alexnet.data.resolution import allowed_sizes, epoch_sizes
 from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
@@ -92,28 +91,28 @@ def test_the_budget_counts_from_the_command_start(monkeypatch: pytest.MonkeyPatc
             assert 0 < command_age() <= time.monotonic()
 
 
-def _session(res_start: int | None, every: int = 0) -> SimpleNamespace:
+def _config(res_start: int | None, every: int = 0) -> Config:
     cfg = load_recipe("fast")
     cfg.data.crop, cfg.data.res_start, cfg.train.checkpoint_every, cfg.train.eval_every = 227, res_start, every, 1
-    return SimpleNamespace(cfg=cfg)
+    return cfg
 
 
 def test_the_plan_is_the_longest_run_that_fits() -> None:
     # step cost a + b * side^2 through two probed sizes (the shape measured on this repo's CPU)
     costs = Costs({131: 2.0, 227: 6.4}, warm_s=3.0, epoch_s=1.0, val_s=40.0, save_s=2.0)
     assert costs.step(163) == pytest.approx(2.0 + 4.4 * (163**2 - 131**2) / (227**2 - 131**2))
-    s = _session(131)
-    n = best_steps(900.0, 74, s, costs)  # type: ignore[arg-type]
-    assert cost(n, 74, s, costs) <= 900 * 0.98 < cost(n + 1, 74, s, costs)  # type: ignore[arg-type]
-    fixed = _session(None)
-    assert best_steps(900.0, 74, fixed, costs) < n  # type: ignore[arg-type]  # progressive buys more steps
+    s = _config(131)
+    n = best_steps(900.0, 74, s, costs)
+    assert cost(n, 74, s, costs) <= 900 * 0.98 < cost(n + 1, 74, s, costs)
+    fixed = _config(None)
+    assert best_steps(900.0, 74, fixed, costs) < n  # progressive buys more steps
     # every epoch pays its validation and checkpoint, mid-epoch checkpoints are counted too
-    assert cost(74, 74, fixed, costs) == pytest.approx(74 * 6.4 + 1.0 + 40.0 + 2.0)  # type: ignore[arg-type]
-    assert cost(74, 74, _session(None, every=10), costs) == pytest.approx(74 * 6.4 + 43.0 + 7 * 2.0)  # type: ignore[arg-type]
-    assert best_steps(30.0, 74, fixed, costs) == 0  # type: ignore[arg-type]  # not even one validation fits
-    last_only = _session(None)
-    last_only.cfg.train.eval_every = 0  # one validation, after the last epoch
-    assert cost(222, 74, last_only, costs) == pytest.approx(cost(222, 74, fixed, costs) - 2 * 40.0)  # type: ignore[arg-type]
+    assert cost(74, 74, fixed, costs) == pytest.approx(74 * 6.4 + 1.0 + 40.0 + 2.0)
+    assert cost(74, 74, _config(None, every=10), costs) == pytest.approx(74 * 6.4 + 43.0 + 7 * 2.0)
+    assert best_steps(30.0, 74, fixed, costs) == 0  # not even one validation fits
+    last_only = _config(None)
+    last_only.train.eval_every = 0  # one validation, after the last epoch
+    assert cost(222, 74, last_only, costs) == pytest.approx(cost(222, 74, fixed, costs) - 2 * 40.0)
 
 
 def _small_run(data: Path) -> list[str]:

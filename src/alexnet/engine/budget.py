@@ -17,6 +17,7 @@ the timings are agreed with a max all-reduce, and every rank computes the same p
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
@@ -35,7 +36,7 @@ import torch
 from .. import checkpoint as ckpt_io
 from .. import distributed
 from ..atomic import atomic_write_text
-from ..config import parse_duration, save_yaml
+from ..config import Config, parse_duration, save_yaml
 from ..data.resolution import allowed_sizes, epoch_sizes
 from ..errors import UserError
 from ..inference import evaluate
@@ -118,16 +119,16 @@ def plan_run(s: Session, st: TrainState, started: float) -> Plan:
     sizes = sorted({allowed_sizes(d.crop, d.res_start)[0] if d.res_start else d.crop, d.crop})
     costs = probe(s, st, sizes)
     elapsed = float(distributed.all_reduce_max(torch.tensor(time.monotonic() - started, device=s.device)))
-    steps = best_steps(budget - elapsed, spe, s, costs)
+    steps = best_steps(budget - elapsed, spe, s.cfg, costs)
     if steps < min(spe, 10):
         raise UserError(f"--budget {t.budget} is too short here: start-up and measuring took {elapsed:.0f}s, and "
-                        f"{min(spe, 10)} steps with one validation need {cost(min(spe, 10), spe, s, costs):.0f}s more")  # fmt: skip
+                        f"{min(spe, 10)} steps with one validation need {cost(min(spe, 10), spe, s.cfg, costs):.0f}s more")  # fmt: skip
     t.max_steps, t.epochs = steps, math.ceil(steps / spe)
     s.cfg.schedule.warmup_epochs = warmup_for(s.cfg.schedule.warmup_epochs, steps / spe)
     lr = st.schedule.base_lr
     st.schedule = Schedule(st.optimizer, s.cfg.schedule, lr, t.epochs, spe, steps)
     plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs,
-                epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps), elapsed + cost(steps, spe, s, costs), costs)  # fmt: skip
+                epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps), elapsed + cost(steps, spe, s.cfg, costs), costs)  # fmt: skip
     if s.main:
         save_yaml(s.cfg, s.run_dir / "config.yaml")
         atomic_write_text(s.run_dir / "plan.json", json.dumps(asdict(plan), indent=1))
@@ -143,11 +144,11 @@ def warmup_for(recipe_warmup: float, epochs: float) -> float:
     return min(recipe_warmup, WARMUP_SHARE * epochs)
 
 
-def cost(steps: int, spe: int, s: Session, c: Costs) -> float:
+def cost(steps: int, spe: int, cfg: Config, c: Costs) -> float:
     """Seconds for a run of ``steps`` optimizer steps: its epochs' steps at their crops, one warm-up per new crop,
     per epoch its fixed cost and a checkpoint (plus train.checkpoint_every's), and the validations
     (train.eval_every's, and the last epoch's)."""
-    d, t = s.cfg.data, s.cfg.train
+    d, t = cfg.data, cfg.train
     assert d.crop is not None
     sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
     per_epoch = [min(spe, steps - e * spe) for e in range(len(sizes))]
@@ -158,13 +159,13 @@ def cost(steps: int, spe: int, s: Session, c: Costs) -> float:
     return train + new_sizes * c.warm_s + len(sizes) * c.epoch_s + vals * c.val_s + saves * c.save_s
 
 
-def best_steps(left: float, spe: int, s: Session, c: Costs) -> int:
+def best_steps(left: float, spe: int, cfg: Config, c: Costs) -> int:
     """The most steps whose ``cost`` fits in ``left`` seconds less the margin (0 if none)."""
     left *= 1 - MARGIN
     lo, hi = 0, max(1, int(left / c.step(min(c.step_s))) + 1)
     while lo < hi:  # cost grows with steps (more steps never make a run cheaper); bisect on it
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if cost(mid, spe, s, c) <= left else (lo, mid - 1)
+        lo, hi = (mid, hi) if cost(mid, spe, cfg, c) <= left else (lo, mid - 1)
     return lo
 
 
@@ -254,8 +255,7 @@ def _time_save(s: Session, st: TrainState) -> float:
 
 def _snapshot(st: TrainState) -> dict[str, Any]:
     tensors = [t.detach().clone() for t in itertools.chain(st.model.parameters(), st.model.buffers())]
-    opt = {k: v for k, v in st.optimizer.state_dict().items()}
-    return {"tensors": tensors, "optimizer": _clone(opt), "scaler": st.scaler.state_dict()}
+    return {"tensors": tensors, "optimizer": copy.deepcopy(st.optimizer.state_dict()), "scaler": st.scaler.state_dict()}
 
 
 def _restore(st: TrainState, snap: dict[str, Any]) -> None:
@@ -266,14 +266,4 @@ def _restore(st: TrainState, snap: dict[str, Any]) -> None:
     st.optimizer.zero_grad(set_to_none=True)
     if snap["scaler"]:
         st.scaler.load_state_dict(snap["scaler"])
-
-
-def _clone(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone(v) for v in obj]
-    return obj
 

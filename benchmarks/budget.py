@@ -29,6 +29,9 @@ LEVERS = {  # one recipe value changed against `fast` (see README "Time to accur
     "no_label_smoothing": ["--set", "optim.label_smoothing=0"],
     "min_scale_0.08": ["--set", "data.min_scale=0.08"],  # torchvision's RandomResizedCrop default
     "batch_256": ["--batch-size", "256", "--set", "optim.lr=0.08"],  # linear scaling rule (Goyal et al. 2017)
+    "batch_64": ["--batch-size", "64", "--set", "optim.lr=0.02"],  # the same rule, twice the steps
+    "ema_0.1": ["--set", "train.ema=0.1"],  # validate an EMA of the weights, half-life 10 % of the run
+    "weight_decay_5e-4": ["--set", "optim.weight_decay=5e-4"],  # the paper's value (fast: 5e-5)
 }
 
 

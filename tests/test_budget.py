@@ -17,8 +17,10 @@ from alexnet.data.folder import FolderDataset, scan_folder
 from alexnet.data.resolution import allowed_sizes, epoch_sizes
 from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
 from alexnet.engine.budget import Costs, best_steps, command_age, cost
+from alexnet.engine.ema import Ema, decay_for
 from alexnet.errors import UserError
 from alexnet.plots import curves_figure
+from alexnet.weights import load_weights
 
 from .conftest import FAST
 
@@ -122,7 +124,8 @@ def _small_run(data: Path) -> list[str]:
 
 def test_max_steps_ends_mid_epoch_with_progressive_crops_and_resumes_exactly(tiny_folder: Path, tmp_path: Path) -> None:
     common = [*_small_run(tiny_folder), "--epochs", "3", "--set", "train.max_steps=7", "--set",
-              "train.checkpoint_every=2", "--set", "schedule.name=onecycle", "--set", "train.eval_every=0"]  # fmt: skip
+              "train.checkpoint_every=2", "--set", "schedule.name=onecycle", "--set", "train.eval_every=0",
+              "--set", "train.ema=0.3"]  # fmt: skip
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), *common]) == 0  # 18 images / 4: 5 steps an epoch; 7 = 5 + 2
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -139,8 +142,31 @@ def test_max_steps_ends_mid_epoch_with_progressive_crops_and_resumes_exactly(tin
             f.unlink()
     (cut / "metrics.jsonl").write_text((full / "metrics.jsonl").read_text().splitlines()[0] + "\n")
     assert main(["train", "--resume", str(cut)]) == 0
-    a, b = ckpt_io.load(full / "checkpoints" / "last.pt")["model"], ckpt_io.load(cut / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = ckpt_io.load(full / "checkpoints" / "last.pt"), ckpt_io.load(cut / "checkpoints" / "last.pt")
+    for key in ("model", "ema"):  # the weights and their average (train.ema) both resume exactly
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert any(not torch.equal(a["ema"][k], a["model"][k]) for k in a["model"])
+    # the run's result is the average: it was validated, and evaluate/predict/export load it
+    loaded = load_weights(str(full)).model.state_dict()
+    assert all(torch.equal(loaded[k], a["ema"][k]) for k in loaded)
+
+
+def test_the_weight_average_is_an_exponential_moving_average() -> None:
+    assert decay_for(0.1, 200) ** 20 == pytest.approx(0.5)  # half-life: 10 % of 200 steps
+    assert decay_for(0.01, 20) == 0.5  # never shorter than one step
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema, expected = Ema(model), {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(i + 1.0)
+        model.train()(torch.randn(4, 3))  # BatchNorm's running statistics move, its step count rises
+        ema.update(model, 0.75)
+        for k, v in model.state_dict().items():
+            expected[k] = v.clone() if k.endswith("num_batches_tracked") else 0.75 * expected[k] + 0.25 * v
+    got = ema.model.state_dict()
+    assert all(torch.allclose(got[k].float(), expected[k].float()) for k in expected)
+    assert int(got["1.num_batches_tracked"]) == 3 and not ema.model.training
 
 
 def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp_path: Path) -> None:

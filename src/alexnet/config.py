@@ -114,6 +114,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (CPU runs are deterministic anyway)
     eval_tta: str = choice("center", "center", "flip", "10crop")  # used for the per-epoch val metrics
+    # an EMA of the weights, validated and saved in their place: its half-life as a fraction of the run's
+    # optimizer steps (engine/ema.py); 0: off
+    ema: float = fraction(0.0)
     eval_every: int = non_negative(1)  # validate after every N epochs and always after the last (0: the last only)
     checkpoint_every: int = non_negative(0)  # also save every N optimizer steps (0: only at epoch ends)
     keep_last: int = positive(3)  # step checkpoints kept besides last.pt / best.pt
@@ -207,6 +210,8 @@ def check(cfg: Config) -> None:
         check_towers(cfg.model.name, cfg.train.towers, "train.towers")
         if cfg.train.parallel == "hybrid":
             raise UserError("train.towers and train.parallel=hybrid are two different splits; choose one")
+    if cfg.train.ema and cfg.train.parallel == "hybrid":
+        raise UserError("train.ema is not available with train.parallel=hybrid (the head is sharded); use ddp")
     d = cfg.data
     if cfg.schedule.name == "plateau" and cfg.train.eval_every != 1:
         raise UserError("schedule.name=plateau drops the lr on validation results: it needs train.eval_every=1")

@@ -81,7 +81,8 @@ def _load(spec: str) -> Loaded:
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: checkpoint without its metadata ({e})") from None
     options = model_options(variant, cfg_dict.get("model"), dropout=False)
-    model = model_from_state(variant, len(names), ck["model"], options)
+    # a run with train.ema was validated on the averaged weights: those are the run's result
+    model = model_from_state(variant, len(names), ck.get("ema") or ck["model"], options)
     return Loaded(model, variant, names, pre, from_dict(cfg_dict, f"checkpoint {path}"), str(path), options)
 
 

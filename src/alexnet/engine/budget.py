@@ -207,6 +207,8 @@ def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) ->
         st.scaler.scale(loss).backward()
         st.scaler.step(st.optimizer)
         st.scaler.update()
+        if st.ema is not None:
+            st.ema.update(st.model, 0.5)
         _sync(s)
         now = time.perf_counter()
         times.append(now - t0)
@@ -253,14 +255,19 @@ def _time_save(s: Session, st: TrainState) -> float:
     return time.perf_counter() - t0
 
 
+def _tensors(st: TrainState) -> Iterator[torch.Tensor]:
+    models = [st.model] + ([st.ema.model] if st.ema is not None else [])
+    return itertools.chain.from_iterable(itertools.chain(m.parameters(), m.buffers()) for m in models)
+
+
 def _snapshot(st: TrainState) -> dict[str, Any]:
-    tensors = [t.detach().clone() for t in itertools.chain(st.model.parameters(), st.model.buffers())]
+    tensors = [t.detach().clone() for t in _tensors(st)]
     return {"tensors": tensors, "optimizer": copy.deepcopy(st.optimizer.state_dict()), "scaler": st.scaler.state_dict()}
 
 
 def _restore(st: TrainState, snap: dict[str, Any]) -> None:
     with torch.no_grad():
-        for t, saved in zip(itertools.chain(st.model.parameters(), st.model.buffers()), snap["tensors"]):
+        for t, saved in zip(_tensors(st), snap["tensors"]):
             t.copy_(saved)
     st.optimizer.load_state_dict(snap["optimizer"])
     st.optimizer.zero_grad(set_to_none=True)

@@ -27,6 +27,7 @@ from ..inference import autocast, evaluate
 from ..models.layers import set_dropout_keys
 from ..progress import Progress
 from ..signals import StopFlag
+from .ema import decay_for
 from .setup import Session
 from .state import EpochSums, TrainState
 
@@ -172,6 +173,8 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
             first_bad, signal = distributed.agree_stop(sums.bad_step, stop.signal)
             check_finite(first_bad, st.epoch, s.run_dir)
         optimizer_step(st, loss, update)
+        if st.ema is not None and update:
+            st.ema.update(st.model, decay_for(t.ema, total_steps(s)))
         sums.add(loss, logits, y)
         if s.main and t.log_every and st.global_step % t.log_every == 0:
             s.logger.step(st.global_step, loss.item(), st.schedule.lr)
@@ -206,7 +209,8 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
     if last or (t.eval_every and (st.epoch + 1) % t.eval_every == 0):
         if isinstance(st.model, HybridAlexNet):
             assemble(st.model, getattr(s.eval_model, "_orig_mod", s.eval_model))
-        res = evaluate(s.eval_model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
+        model = st.ema.model if st.ema is not None else s.eval_model
+        res = evaluate(model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
                        s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
     lr_used = st.schedule.lr
     st.schedule.after_epoch(res.top1 if res else None)

@@ -26,6 +26,7 @@ from ..optim import Schedule, build_optimizer
 from ..rundir import check_run_dir, make_run_dir
 from ..runlog import RunLogger
 from ..weights import load_weights
+from .ema import Ema
 from .state import EpochSums, RunInfo, TrainState
 
 log = logging.getLogger("alexnet")
@@ -176,7 +177,7 @@ def new_state(cfg: Config, data: DataBundle, dist: DistInfo, resuming: bool = Fa
     schedule = Schedule(optimizer, cfg.schedule, lr, t.epochs, len(data.train), t.max_steps)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=t.amp == "fp16")
     info = RunInfo(cfg, data.class_names, data.preprocess, dist.world)
-    return TrainState(model, optimizer, schedule, scaler, info)
+    return TrainState(model, optimizer, schedule, scaler, info, ema=Ema(model) if t.ema else None)
 
 
 def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistInfo,

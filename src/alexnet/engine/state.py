@@ -20,6 +20,7 @@ from ..checkpoint import FORMAT
 from ..config import Config
 from ..data.preprocess import Preprocess
 from ..optim import Schedule
+from .ema import Ema
 
 
 @dataclass
@@ -61,12 +62,14 @@ class TrainState:
     global_step: int = 0
     best: dict[str, Any] = field(default_factory=_no_best)
     partial: EpochSums = field(default_factory=EpochSums)
+    ema: Ema | None = None  # train.ema: the averaged weights, validated and saved (as "ema") beside the model's
 
     def state_dict(self) -> dict[str, Any]:
         info = self.info
         return {
             "format": FORMAT,
             "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
             "optimizer": self._optimizer_state(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -106,6 +109,8 @@ class TrainState:
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
+        if self.ema is not None:  # a checkpoint without an average (train.ema turned on at resume): start it here
+            self.ema.model.load_state_dict(ck.get("ema") or ck["model"])
         self.optimizer.load_state_dict(self._optimizer_state(ck["optimizer"]))
         self.schedule.load_state_dict(ck["schedule"])
         if ck.get("scaler"):

@@ -2,6 +2,7 @@
 
     python benchmarks/budget.py --store /tmp/imnette-store [--budgets 4m 8m 16m 32m] [--lever-budget 8m]
         [--levers fixed_res] [--out /tmp/budget-runs] [--figure docs/figures/budget.png]
+    python benchmarks/budget.py --plot RUN [RUN ...] --figure docs/figures/budget.png  # runs made earlier
 
 Each run is a separate `alexnet train --data STORE --recipe fast --budget B` process (the budget counts from the
 process's start, imports included), timed from outside too. The store is made once beforehand
@@ -30,23 +31,34 @@ LEVERS = {  # one recipe value changed against `fast` (see README "Time to accur
     "min_scale_0.08": ["--set", "data.min_scale=0.08"],  # torchvision's RandomResizedCrop default
     "batch_256": ["--batch-size", "256", "--set", "optim.lr=0.08"],  # linear scaling rule (Goyal et al. 2017)
     "batch_64": ["--batch-size", "64", "--set", "optim.lr=0.02"],  # the same rule, twice the steps
+    "batch_32": ["--batch-size", "32", "--set", "optim.lr=0.01"],
     "ema_0.1": ["--set", "train.ema=0.1"],  # validate an EMA of the weights, half-life 10 % of the run
     "weight_decay_5e-4": ["--set", "optim.weight_decay=5e-4"],  # the paper's value (fast: 5e-5)
 }
+
+
+def _read(out: Path) -> tuple[list[dict], dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "plan.json").read_text())
+
+
+def finished_run(out: Path) -> dict:
+    """A run made earlier (its metrics.jsonl and plan.json), for the figure."""
+    rows, plan = _read(out)
+    return {"budget": f"{plan['budget_s'] / 60:g}m", "rows": rows, "plan": plan}
 
 
 def run(store: Path, budget: str, out: Path, extra: list[str]) -> dict:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "alexnet", "train", "--data", str(store), "--recipe", "fast", "--budget", budget,
            "--out", str(out), *extra]  # fmt: skip
-    log = out.with_suffix(".log")
+    log = out.parent / f"{out.name}.log"  # not with_suffix: "ema_0.1-8m" has a dot
     with open(log, "w") as f:
         rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     if rc:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {log}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    plan = json.loads((out / "plan.json").read_text())
+    rows, plan = _read(out)
     return {"budget": budget, "wall": wall, "rows": rows, "plan": plan, "top1": rows[-1]["val_top1"],
             "top5": rows[-1]["val_top5"]}  # fmt: skip
 
@@ -68,7 +80,8 @@ def figure(results: list[dict], path: Path) -> None:
     for r in results:
         start = r["plan"]["elapsed_s"] / 60
         minutes = [start + m / 60 for m in itertools.accumulate(row["seconds"] for row in r["rows"])]
-        ax.plot(minutes, [100 * row["val_top1"] for row in r["rows"]], "o-", label=f"--budget {r['budget']}")
+        points = [(m, 100 * row["val_top1"]) for m, row in zip(minutes, r["rows"]) if "val_top1" in row]
+        ax.plot(*zip(*points), "o-", label=f"--budget {r['budget']}")
     ax.set_xlabel("wall-clock minutes from the start of `alexnet train`")
     ax.set_ylabel("Imagenette val top-1 (%)")
     ax.set_title("alexnet train --recipe fast --budget B (2-core AVX2 CPU, fp32)")
@@ -81,13 +94,19 @@ def figure(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--store", type=Path)
+    ap.add_argument("--plot", type=Path, nargs="*", help="draw the figure from these finished runs only")
     ap.add_argument("--budgets", nargs="*", default=["4m", "8m", "16m", "32m"])
     ap.add_argument("--lever-budget", default="8m")
     ap.add_argument("--levers", nargs="*", default=["fixed_res"], choices=sorted(LEVERS))
     ap.add_argument("--out", type=Path, default=Path("/tmp/budget-runs"))
     ap.add_argument("--figure", type=Path)
     a = ap.parse_args()
+    if a.plot:
+        figure([finished_run(p) for p in a.plot], a.figure or Path("budget.png"))
+        return
+    if a.store is None:
+        ap.error("--store is required (or --plot)")
     a.out.mkdir(parents=True, exist_ok=True)
     header = ["run", "budget", "wall (of budget)", "steps", "epochs", "crops per epoch", "top-1 %", "top-5 %"]
     rows, results = [header], {}

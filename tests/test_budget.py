@@ -16,6 +16,7 @@ from alexnet.config import Config, load_recipe, parse_duration
 from alexnet.data.folder import FolderDataset, scan_folder
 from alexnet.data.resolution import allowed_sizes, epoch_sizes
 from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
+from alexnet.engine import budget
 from alexnet.engine.budget import Costs, best_steps, command_age, cost
 from alexnet.engine.ema import Ema, decay_for
 from alexnet.errors import UserError
@@ -45,6 +46,8 @@ def test_durations_and_their_refusals(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_resolution_schedule_steps_by_the_network_stride() -> None:
     assert allowed_sizes(227, 131) == [131, 163, 195, 227]
     assert allowed_sizes(224, 128) == [128, 160, 192, 224]
+    assert allowed_sizes(227, 128) == [131, 163, 195, 227]  # off the grid: the next size up, never below the start
+    assert allowed_sizes(227, 132) == [163, 195, 227] and allowed_sizes(227, 300) == [227]
     sizes = epoch_sizes(227, 131, [0.35, 0.85], steps_per_epoch=10, total_steps=160)
     assert len(sizes) == 16 and sizes[0] == 131 and sizes[-1] == 227
     assert sizes == sorted(sizes) and all((227 - s) % 32 == 0 for s in sizes)
@@ -169,17 +172,31 @@ def test_the_weight_average_is_an_exponential_moving_average() -> None:
     assert int(got["1.num_batches_tracked"]) == 3 and not ema.model.training
 
 
-def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp_path: Path) -> None:
+def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    real_probe = budget.probe
+
+    def disturbed_probe(*args: object) -> Costs:  # what a busy machine during the probe looks like
+        c = real_probe(*args)
+        c.step_s = {size: 2.5 * t for size, t in c.step_s.items()}
+        return c
+
+    monkeypatch.setattr(budget, "probe", disturbed_probe)
     run = tmp_path / "budget"
     onecycle = ["--set", "schedule.name=onecycle", "--set", "schedule.warmup_epochs=1"]
     assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "20s"]) == 0
     plan = json.loads((run / "plan.json").read_text())
     assert plan["predicted_s"] <= plan["budget_s"] and plan["max_steps"] >= 5
+    # the check-in (in the first epoch's warm-up) timed real steps and planned again: more steps
+    checked = plan["checked"]
+    assert checked["step"] == min(4, int(plan["warmup_epochs"] * 5) - 1) >= 3
+    assert checked["step_s"] < checked["probed_step_s"] / 1.5 and plan["max_steps"] > checked["planned_steps"]
     assert set(plan["costs"]["step_s"]) == {"67", "99"}  # the smallest and the largest crop were measured
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == plan["epochs"] and [r["train_size"] for r in rows] == plan["sizes"]
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"]
-    assert plan["warmup_epochs"] == pytest.approx(min(1, 0.3 * plan["max_steps"] / 5))  # 1 epoch, <= 30 % of the run
+    # 1 epoch, <= 30 % of the first plan (kept by the check-in: the lr so far must not change)
+    assert plan["warmup_epochs"] == pytest.approx(min(1, 0.3 * checked["planned_steps"] / 5))
     # the same plan given by hand gives the same network: the probe steps were undone
     same = tmp_path / "same"
     assert main(["train", "--out", str(same), *_small_run(tiny_folder), *onecycle, "--epochs", str(plan["epochs"]), "--set",

@@ -99,6 +99,12 @@ class Schedule:
         t = (s - self.warmup) / max(1, self.total - self.warmup)
         return self.cfg.min_lr + (base - self.cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
+    def retarget(self, total_steps: int) -> None:
+        """End the per-step schedules at ``total_steps`` from now on (a --budget plan's check; engine/budget.py)."""
+        self.total = max(1, total_steps)
+        if self.cfg.name in ("cosine", "onecycle"):
+            self._set(self._per_step_lr())
+
     def after_step(self) -> None:
         self.step_count += 1
         if self.cfg.name in ("cosine", "onecycle"):

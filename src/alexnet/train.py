@@ -18,7 +18,7 @@ import torch
 from . import checkpoint as ckpt_io
 from . import distributed
 from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration
-from .engine.budget import command_age, plan_run
+from .engine.budget import check_plan, command_age, plan_run
 from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup
 from .engine.state import TrainState
@@ -45,12 +45,17 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
     dist = distributed.setup(cfg.train.device)
     try:
         s, st = setup(cfg, run_dir, resume, dist, verbose)
-        if s.cfg.train.budget and resume is None:  # a resumed run keeps its plan (config.yaml)
-            plan_run(s, st, started)
+        # a resumed run keeps its plan (config.yaml)
+        checkin = plan_run(s, st, started) if s.cfg.train.budget and resume is None else None
         history: list[dict[str, Any]] = []
         with StopFlag() as stop:
             while not finished(s, st):
-                signal = train_one_epoch(s, st, stop)
+                t0 = time.monotonic()
+                signal = train_one_epoch(s, st, stop, until=checkin.step if checkin else None)
+                if signal is None and checkin is not None and st.global_step == checkin.step:
+                    check_plan(s, st, checkin, time.monotonic() - t0)  # then the epoch goes on
+                    checkin = None
+                    continue
                 if signal is None:
                     history.append(end_of_epoch(s, st))
                     signal = int(distributed.all_reduce_max(torch.tensor(stop.signal or 0, device=s.device))) or None

@@ -21,9 +21,10 @@ STRIDE = 32  # AlexNet's total stride up to pool5
 
 
 def allowed_sizes(crop: int, start: int) -> list[int]:
-    """``crop``, ``crop - 32``, ... down to the first one at or below ``start`` (ascending)."""
+    """``crop``, ``crop - 32``, ... down to the smallest one at or above ``start`` (ascending): ``start`` is a
+    floor, so a valid ``data.res_start`` (at least the model's minimum input) never yields a smaller crop."""
     sizes = [crop]
-    while sizes[-1] - STRIDE >= start - STRIDE / 2 and sizes[-1] - STRIDE > 0:
+    while sizes[-1] - STRIDE >= start:
         sizes.append(sizes[-1] - STRIDE)
     return sorted(sizes)
 

@@ -10,8 +10,14 @@ scales the recipe's schedule to that length: the lr warm-up keeps its length, up
 cut off; ``warmup_for``), the resolution ramp its fractions, and the last epoch may be partial
 (``train.max_steps``).
 
+The probe times one step per crop, which a one-off disturbance can make 30-50 % too slow (measured: a
+`pip install` during the probe, and a new EMA's first updates, left two 8-minute runs ending at 80 and 85 % of
+their budget). So the plan is checked once, in the lr warm-up of the first epoch (``CheckIn``): the first
+real steps are timed and replace the probe's estimate at that crop, and the run is planned again from there
+(``check_plan``); the lr up to that step does not depend on the run's length, so nothing already done changes.
+
 The plan is written into the run's config.yaml (train.epochs, train.max_steps, schedule.warmup_epochs) and
-plan.json, so a resumed run keeps it. Under torchrun every rank probes together (DDP steps need all ranks),
+plan.json, so a resumed run keeps it (a run resumed before its check-in keeps the first plan). Under torchrun every rank probes together (DDP steps need all ranks),
 the timings are agreed with a max all-reduce, and every rank computes the same plan from the same numbers.
 """
 
@@ -48,6 +54,7 @@ from .state import TrainState
 log = logging.getLogger("alexnet")
 WARMUP_SHARE = 0.3  # one-cycle's usual warm-up share (Smith & Topin 2018; optim.py's default without a warm-up)
 MARGIN = 0.02  # of the time left: step times on this CPU vary by about 2-4 % from step to step
+CHECKIN_STEPS = 8  # real steps timed before the plan is checked (~18 s at 131 px on this repo's 2-core CPU)
 
 
 def command_age() -> float:
@@ -94,6 +101,8 @@ class Plan:
     sizes: list[int]  # the training crop of each epoch
     predicted_s: float  # the whole run, start-up included
     costs: Costs
+    checked: dict[str, Any] | None = None  # the check-in's measurement and the plan it replaced
+
 
     def describe(self, spe: int) -> str:
         m = lambda s: f"{int(s // 60)}m{int(round(s % 60)):02d}s"  # noqa: E731
@@ -110,9 +119,66 @@ def _runs(sizes: list[int]) -> Iterator[tuple[int, int]]:
         yield size, len(list(group))
 
 
-def plan_run(s: Session, st: TrainState, started: float) -> Plan:
-    """Probe, plan, and apply the plan to the config, the schedule and the run directory (config.yaml, plan.json).
-    ``started``: time.monotonic() at the process's start."""
+@dataclass
+class CheckIn:
+    """Where the plan is checked (``check_plan``): after global step ``step`` (real steps, first epoch, lr warm-up)."""
+
+    step: int
+    plan: Plan
+    started: float  # time.monotonic() at the process's start
+
+
+def checkin_for(cfg: Config, plan: Plan, spe: int) -> CheckIn | None:
+    """The check-in step: CHECKIN_STEPS, but inside the first epoch and, for per-step lr schedules, inside the
+    warm-up (where the lr does not depend on the run's length); None when no such step exists."""
+    limits = [CHECKIN_STEPS, spe - 1, plan.max_steps - 1]
+    if cfg.schedule.name in ("cosine", "onecycle"):
+        limits.append(int(cfg.schedule.warmup_epochs * spe) - 1)
+    k = min(limits)
+    return CheckIn(k, plan, 0.0) if k >= 3 else None
+
+
+def _write_plan(s: Session, plan: Plan, spe: int) -> None:
+    if s.main:
+        save_yaml(s.cfg, s.run_dir / "config.yaml")
+        atomic_write_text(s.run_dir / "plan.json", json.dumps(asdict(plan), indent=1))
+        log.info("%s", plan.describe(spe))
+
+
+def check_plan(s: Session, st: TrainState, ci: CheckIn, seconds: float) -> Plan:
+    """Plan again from the first ``ci.step`` real steps, which took ``seconds`` (their epoch's start-up
+    included): their time per step replaces the probe's estimate at this crop (the fit keeps the probed crop
+    farthest from it). Applied only where it keeps this epoch's crop (the epoch is being trained)."""
+    t, d, old, k = s.cfg.train, s.cfg.data, ci.plan, st.global_step
+    assert d.crop is not None and s.data.train is not None
+    spe = len(s.data.train)
+    measured = torch.tensor([(seconds - old.costs.epoch_s) / k, time.monotonic() - ci.started], device=s.device)
+    per_step, elapsed = distributed.all_reduce_max(measured).tolist()
+    size = old.sizes[0]
+    far = max(old.costs.step_s, key=lambda z: abs(z - size))
+    step_s = {size: per_step} | ({far: old.costs.step_s[far]} if far != size else {})
+    costs = Costs(step_s, old.costs.warm_s, old.costs.epoch_s, old.costs.val_s, old.costs.save_s)
+    steps = max(k + 1, best_steps(old.budget_s - elapsed + k * per_step, spe, s.cfg, costs))
+    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
+    checked = {"step": k, "step_s": per_step, "size": size, "probed_step_s": old.costs.step(size),
+               "planned_steps": old.max_steps}  # fmt: skip
+    if sizes[0] != size:
+        log.info("budget check at step %d: %d steps would change this epoch's crop; keeping the plan", k, steps)
+        return old
+    t.max_steps, t.epochs = steps, math.ceil(steps / spe)
+    st.schedule.retarget(steps)
+    plan = Plan(old.budget_s, old.elapsed_s, steps, t.epochs, old.warmup_epochs, sizes,
+                elapsed - k * per_step + cost(steps, spe, s.cfg, costs), costs, checked)  # fmt: skip
+    if s.main:
+        log.info("budget check at step %d: %.2fs per step at %dpx (the probe said %.2fs); %d steps instead of %d", k,
+                 per_step, size, old.costs.step(size), steps, old.max_steps)  # fmt: skip
+    _write_plan(s, plan, spe)
+    return plan
+
+
+def plan_run(s: Session, st: TrainState, started: float) -> CheckIn | None:
+    """Probe, plan, and apply the plan to the config, the schedule and the run directory (config.yaml, plan.json);
+    returns where to check it. ``started``: time.monotonic() at the process's start."""
     t, d = s.cfg.train, s.cfg.data
     assert t.budget is not None and d.crop is not None and s.data.train is not None
     budget, spe = parse_duration(t.budget, "--budget"), len(s.data.train)
@@ -129,11 +195,11 @@ def plan_run(s: Session, st: TrainState, started: float) -> Plan:
     st.schedule = Schedule(st.optimizer, s.cfg.schedule, lr, t.epochs, spe, steps)
     plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs,
                 epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps), elapsed + cost(steps, spe, s.cfg, costs), costs)  # fmt: skip
-    if s.main:
-        save_yaml(s.cfg, s.run_dir / "config.yaml")
-        atomic_write_text(s.run_dir / "plan.json", json.dumps(asdict(plan), indent=1))
-        log.info("%s", plan.describe(spe))
-    return plan
+    _write_plan(s, plan, spe)
+    ci = checkin_for(s.cfg, plan, spe)
+    if ci is not None:
+        ci.started = started
+    return ci
 
 
 def warmup_for(recipe_warmup: float, epochs: float) -> float:
@@ -172,9 +238,11 @@ def best_steps(left: float, spe: int, cfg: Config, c: Costs) -> int:
 def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
     """Time training steps at ``sizes``, a validation prefix and a checkpoint, leaving the state as it was."""
     gpu = s.device.type != "cpu"
-    # GPUs autotune in their first steps; CPU steps take seconds and vary little (2-core AVX2 CPU, 227 px,
-    # three steps: 6.63, 6.38, 6.44 s), so one timed step per size keeps the probe short
-    warm, timed = (3, 10) if gpu else (1, 1)
+    # GPUs autotune in their first steps. CPU steps take seconds and mostly vary little (2-core AVX2 CPU, 227 px,
+    # batch 128: 6.63, 6.38, 6.44 s), but one timed step per size was 25 % too slow once in seven runs (227 px,
+    # batch 64: 3.82 s against 2.8-3.1 s measured in training) and the run ended at 85 % of its budget: the
+    # median of three
+    warm, timed = (3, 10) if gpu else (1, 3)
     snapshot = _snapshot(st)
     firsts, step_s = [], {}
     for size in sizes:

@@ -151,11 +151,13 @@ def save(s: Session, st: TrainState, names: tuple[str, ...]) -> None:
         ckpt_io.publish(ck, s.run_dir / "checkpoints", st.global_step, names, s.cfg.train.keep_last)
 
 
-def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
-    """Train epoch ``st.epoch`` from step ``st.step_in_epoch`` to its end. Returns the agreed stop signal when one
-    arrived (a checkpoint was saved at that step), else None with ``st.partial`` holding the epoch's sums."""
+def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | None = None) -> int | None:
+    """Train epoch ``st.epoch`` from step ``st.step_in_epoch`` to its end, or to global step ``until`` when that
+    comes first (a --budget check-in; call again to go on). Returns the agreed stop signal when one arrived (a
+    checkpoint was saved at that step), else None with ``st.partial`` holding the epoch's sums."""
     t, size = s.cfg.train, epoch_size(s, st.epoch)
     n_steps = min(len(s.data.train or []), total_steps(s) - (st.global_step - st.step_in_epoch))  # last may be partial
+    pause = n_steps if until is None else min(n_steps, until - (st.global_step - st.step_in_epoch))
     if st.step_in_epoch == 0:
         st.partial = EpochSums()
     sums, t0 = StepSums.zeros(s.device), time.perf_counter()
@@ -164,7 +166,7 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag) -> int | None:
     s.model.train()
     assert s.data.train is not None
     batches = s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch, size=size)
-    for x, y, idx in itertools.islice(batches, max(0, n_steps - st.step_in_epoch)):
+    for x, y, idx in itertools.islice(batches, max(0, pause - st.step_in_epoch)):
         update = s.dist.enabled or bool((y >= 0).any())  # y is still on the host: no sync
         loss, logits, y = forward(s, st, x, y, idx, size)
         sums.bad_step = torch.where(torch.isfinite(loss) | (sums.bad_step > 0), sums.bad_step, st.global_step + 1)

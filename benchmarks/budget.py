@@ -4,6 +4,10 @@
         [--levers fixed_res] [--out /tmp/budget-runs] [--figure docs/figures/budget.png]
     python benchmarks/budget.py --plot RUN [RUN ...] --figure docs/figures/budget.png  # runs made earlier
 
+``--base="--batch-size 128 --set optim.lr=0.04"`` (with ``=``) adds arguments to every run, baseline and levers (a lever's
+own arguments come after, so they win): the levers of README "Time to accuracy" were measured that way,
+against the recipe before it took batch 64.
+
 Each run is a separate `alexnet train --data STORE --recipe fast --budget B` process (the budget counts from the
 process's start, imports included), timed from outside too. The store is made once beforehand
 (`alexnet prepare --data ../shared/data/imagenette2-224 --out /tmp/imnette-store`; its time is printed by
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -100,6 +105,7 @@ def main() -> None:
     ap.add_argument("--lever-budget", default="8m")
     ap.add_argument("--levers", nargs="*", default=["fixed_res"], choices=sorted(LEVERS))
     ap.add_argument("--out", type=Path, default=Path("/tmp/budget-runs"))
+    ap.add_argument("--base", default="", help="arguments added to every run (before a lever's own)")
     ap.add_argument("--figure", type=Path)
     a = ap.parse_args()
     if a.plot:
@@ -108,17 +114,18 @@ def main() -> None:
     if a.store is None:
         ap.error("--store is required (or --plot)")
     a.out.mkdir(parents=True, exist_ok=True)
+    base = shlex.split(a.base)
     header = ["run", "budget", "wall (of budget)", "steps", "epochs", "crops per epoch", "top-1 %", "top-5 %"]
     rows, results = [header], {}
     for budget in a.budgets:
-        results[budget] = run(a.store, budget, a.out / f"fast-{budget}", [])
+        results[budget] = run(a.store, budget, a.out / f"fast-{budget}", base)
         rows.append(describe("fast", results[budget]))
         print(table(rows), flush=True)
     for lever in a.levers:
         if a.lever_budget not in results:
-            results[a.lever_budget] = run(a.store, a.lever_budget, a.out / f"fast-{a.lever_budget}", [])
+            results[a.lever_budget] = run(a.store, a.lever_budget, a.out / f"fast-{a.lever_budget}", base)
             rows.append(describe("fast", results[a.lever_budget]))
-        r = run(a.store, a.lever_budget, a.out / f"{lever}-{a.lever_budget}", LEVERS[lever])
+        r = run(a.store, a.lever_budget, a.out / f"{lever}-{a.lever_budget}", [*base, *LEVERS[lever]])
         rows.append(describe(lever, r))
         delta = 100 * (r["top1"] - results[a.lever_budget]["top1"])
         print(table(rows), f"\n{lever}: {delta:+.1f} points top-1 against fast at {a.lever_budget}", flush=True)

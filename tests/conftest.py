@@ -8,9 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-# the suite runs in 2 pytest-xdist workers (test.sh): the cores are shared between them
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

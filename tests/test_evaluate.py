@@ -11,9 +11,6 @@ from alexnet.cli import main
 
 from .conftest import FAST
 
-# one pytest-xdist worker runs this file's tests: its module/session fixtures (a trained run) are built once
-pytestmark = pytest.mark.xdist_group("test_evaluate")
-
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

@@ -16,9 +16,6 @@ from alexnet.weights import load_weights
 
 from .conftest import FAST, make_imagefolder
 
-# one pytest-xdist worker runs this file's tests: its module/session fixtures (a trained run) are built once
-pytestmark = pytest.mark.xdist_group("test_figures")
-
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

@@ -19,10 +19,6 @@ from alexnet.cli import main
 from alexnet.foreign import CAFFE_MEAN_BGR, CONVS
 from alexnet.weights import load_weights
 
-# one pytest-xdist worker runs this file's tests: its module/session fixtures (a trained run) are built once
-pytestmark = pytest.mark.xdist_group("test_import")
-
-
 CLASSES = 10
 LRN = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
 

@@ -17,9 +17,6 @@ from PIL import Image
 from alexnet import create_model
 from alexnet.cli import main
 
-# one pytest-xdist worker runs this file's tests: its module/session fixtures (a trained run) are built once
-pytestmark = pytest.mark.xdist_group("test_use")
-
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

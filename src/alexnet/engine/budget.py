@@ -129,11 +129,12 @@ class CheckIn:
 
 
 def checkin_for(cfg: Config, plan: Plan, spe: int) -> CheckIn | None:
-    """The check-in step: CHECKIN_STEPS, but inside the first epoch and, for per-step lr schedules, inside the
-    warm-up (where the lr does not depend on the run's length); None when no such step exists."""
+    """The check-in step: CHECKIN_STEPS, but inside the first epoch and, for per-step lr schedules, not after the
+    warm-up's end (up to there the lr does not depend on the run's length: at the end it is the peak); None when
+    no such step exists."""
     limits = [CHECKIN_STEPS, spe - 1, plan.max_steps - 1]
     if cfg.schedule.name in ("cosine", "onecycle"):
-        limits.append(int(cfg.schedule.warmup_epochs * spe) - 1)
+        limits.append(int(cfg.schedule.warmup_epochs * spe))
     k = min(limits)
     return CheckIn(k, plan, 0.0) if k >= 3 else None
 

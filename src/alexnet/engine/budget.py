@@ -10,15 +10,18 @@ scales the recipe's schedule to that length: the lr warm-up keeps its length, up
 cut off; ``warmup_for``), the resolution ramp its fractions, and the last epoch may be partial
 (``train.max_steps``).
 
-The probe times one step per crop, which a one-off disturbance can make 30-50 % too slow (measured: a
-`pip install` during the probe, and a new EMA's first updates, left two 8-minute runs ending at 80 and 85 % of
-their budget). So the plan is checked once, in the lr warm-up of the first epoch (``CheckIn``): the first
-real steps are timed and replace the probe's estimate at that crop, and the run is planned again from there
-(``check_plan``); the lr up to that step does not depend on the run's length, so nothing already done changes.
+The probe's timed steps can be 20-50 % off what training then measures (2-core AVX2 CPU, one timed step per
+crop: a `pip install` during the probe left an 8-minute run ending at 80 % of its budget; three runs without a
+known cause ended at 85, 85 and 106 %), so it takes the median of three. And the plan is checked once, by
+the end of the lr warm-up in the first epoch (``CheckIn``): the first real steps are timed and replace the
+probe's estimate at that crop, and the run is planned again from there (``check_plan``); the lr up to that
+step does not depend on the run's length, so nothing already done changes. The later crops' estimates are
+not checked (the 16- and 32-minute runs above were off at 227 px).
 
 The plan is written into the run's config.yaml (train.epochs, train.max_steps, schedule.warmup_epochs) and
-plan.json, so a resumed run keeps it (a run resumed before its check-in keeps the first plan). Under torchrun every rank probes together (DDP steps need all ranks),
-the timings are agreed with a max all-reduce, and every rank computes the same plan from the same numbers.
+plan.json, so a resumed run keeps it (a run resumed before its check-in keeps the first plan). Under torchrun
+every rank probes together (DDP steps need all ranks), the timings are agreed with a max all-reduce, and
+every rank computes the same plan from the same numbers.
 """
 
 from __future__ import annotations

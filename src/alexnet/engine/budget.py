@@ -106,7 +106,6 @@ class Plan:
     costs: Costs
     checked: dict[str, Any] | None = None  # the check-in's measurement and the plan it replaced
 
-
     def describe(self, spe: int) -> str:
         m = lambda s: f"{int(s // 60)}m{int(round(s % 60)):02d}s"  # noqa: E731
         sizes = ", ".join(f"{s}px" + (f" x{k}" if k > 1 else "") for s, k in _runs(self.sizes))
@@ -131,7 +130,7 @@ class CheckIn:
     started: float  # time.monotonic() at the process's start
 
 
-def checkin_for(cfg: Config, plan: Plan, spe: int) -> CheckIn | None:
+def checkin_for(cfg: Config, plan: Plan, spe: int, started: float) -> CheckIn | None:
     """The check-in step: CHECKIN_STEPS, but inside the first epoch and, for per-step lr schedules, not after the
     warm-up's end (up to there the lr does not depend on the run's length: at the end it is the peak); None when
     no such step exists."""
@@ -139,7 +138,7 @@ def checkin_for(cfg: Config, plan: Plan, spe: int) -> CheckIn | None:
     if cfg.schedule.name in ("cosine", "onecycle"):
         limits.append(int(cfg.schedule.warmup_epochs * spe))
     k = min(limits)
-    return CheckIn(k, plan, 0.0) if k >= 3 else None
+    return CheckIn(k, plan, started) if k >= 3 else None
 
 
 def _write_plan(s: Session, plan: Plan, spe: int) -> None:
@@ -164,11 +163,11 @@ def check_plan(s: Session, st: TrainState, ci: CheckIn, seconds: float) -> Plan:
     costs = Costs(step_s, old.costs.warm_s, old.costs.epoch_s, old.costs.val_s, old.costs.save_s)
     steps = max(k + 1, best_steps(old.budget_s - elapsed + k * per_step, spe, s.cfg, costs))
     sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
-    checked = {"step": k, "step_s": per_step, "size": size, "probed_step_s": old.costs.step(size),
-               "planned_steps": old.max_steps}  # fmt: skip
     if sizes[0] != size:
         log.info("budget check at step %d: %d steps would change this epoch's crop; keeping the plan", k, steps)
         return old
+    checked = {"step": k, "step_s": per_step, "size": size, "probed_step_s": old.costs.step(size),
+               "planned_steps": old.max_steps}  # fmt: skip
     t.max_steps, t.epochs = steps, math.ceil(steps / spe)
     st.schedule.retarget(steps)
     plan = Plan(old.budget_s, old.elapsed_s, steps, t.epochs, old.warmup_epochs, sizes,
@@ -200,10 +199,7 @@ def plan_run(s: Session, st: TrainState, started: float) -> CheckIn | None:
     plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs,
                 epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps), elapsed + cost(steps, spe, s.cfg, costs), costs)  # fmt: skip
     _write_plan(s, plan, spe)
-    ci = checkin_for(s.cfg, plan, spe)
-    if ci is not None:
-        ci.started = started
-    return ci
+    return checkin_for(s.cfg, plan, spe, started)
 
 
 def warmup_for(recipe_warmup: float, epochs: float) -> float:

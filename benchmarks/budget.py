@@ -39,6 +39,7 @@ LEVERS = {  # one recipe value changed against `fast` (see README "Time to accur
     "batch_32": ["--batch-size", "32", "--set", "optim.lr=0.01"],
     "ema_0.1": ["--set", "train.ema=0.1"],  # validate an EMA of the weights, half-life 10 % of the run
     "weight_decay_5e-4": ["--set", "optim.weight_decay=5e-4"],  # the paper's value (fast: 5e-5)
+    "lr_x2": ["--set", "optim.lr=0.04"],  # twice the linearly scaled lr at batch 64
 }
 
 

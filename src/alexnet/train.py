@@ -50,10 +50,10 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
         history: list[dict[str, Any]] = []
         with StopFlag() as stop:
             while not finished(s, st):
-                t0 = time.monotonic()
-                signal = train_one_epoch(s, st, stop, until=checkin.step if checkin else None)
+                until, after_step = (checkin.step, checkin.after_step) if checkin else (None, None)
+                signal = train_one_epoch(s, st, stop, until, after_step)
                 if signal is None and checkin is not None and st.global_step == checkin.step:
-                    check_plan(s, st, checkin, time.monotonic() - t0)  # then the epoch goes on
+                    check_plan(s, st, checkin)  # then the epoch goes on
                     checkin = None
                     continue
                 if signal is None:

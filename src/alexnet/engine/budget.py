@@ -13,8 +13,8 @@ cut off; ``warmup_for``), the resolution ramp its fractions, and the last epoch 
 The probe's timed steps can be 20-50 % off what training then measures (2-core AVX2 CPU, one timed step per
 crop: a `pip install` during the probe left an 8-minute run ending at 80 % of its budget; three runs without a
 known cause ended at 85, 85 and 106 %), so it takes the median of three. And the plan is checked once, by
-the end of the lr warm-up in the first epoch (``CheckIn``): the first real steps are timed and replace the
-probe's estimate at that crop, and the run is planned again from there (``check_plan``); the lr up to that
+the end of the lr warm-up in the first epoch (``CheckIn``): the first real steps (after the first, which
+carries the data loader's start-up) are timed and replace the probe's estimate at that crop, and the run is planned again from there (``check_plan``); the lr up to that
 step does not depend on the run's length, so nothing already done changes. The later crops' estimates are
 not checked (the 16- and 32-minute runs above were off at 227 px).
 
@@ -57,7 +57,9 @@ from .state import TrainState
 log = logging.getLogger("alexnet")
 WARMUP_SHARE = 0.3  # one-cycle's usual warm-up share (Smith & Topin 2018; optim.py's default without a warm-up)
 MARGIN = 0.02  # of the time left: step times on this CPU vary by about 2-4 % from step to step
-CHECKIN_STEPS = 8  # real steps timed before the plan is checked (~18 s at 131 px on this repo's 2-core CPU)
+CHECKIN_STEPS = 8  # the plan is checked after this many real steps, the last 7 timed (~12 s at 131 px, batch 64,
+# on this repo's 2-core CPU; timing all 8 less the probe's epoch start-up measured 1.90 s per step at 163 px
+# where the rest of the epoch ran at 1.73: the first steps are slower)
 
 
 def command_age() -> float:
@@ -123,22 +125,31 @@ def _runs(sizes: list[int]) -> Iterator[tuple[int, int]]:
 
 @dataclass
 class CheckIn:
-    """Where the plan is checked (``check_plan``): after global step ``step`` (real steps, first epoch, lr warm-up)."""
+    """Where the plan is checked (``check_plan``): after global step ``step`` (real steps, first epoch, lr warm-up).
+    Its window starts after the first step (``after_step``), which also carries the data loader's start-up."""
 
     step: int
     plan: Plan
     started: float  # time.monotonic() at the process's start
+    device: torch.device
+    mark: float | None = None  # time.monotonic() when the first real step ended
+
+    def after_step(self, global_step: int) -> None:
+        if global_step == 1:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.mark = time.monotonic()
 
 
-def checkin_for(cfg: Config, plan: Plan, spe: int, started: float) -> CheckIn | None:
+def checkin_for(cfg: Config, plan: Plan, spe: int, started: float, device: torch.device) -> CheckIn | None:
     """The check-in step: CHECKIN_STEPS, but inside the first epoch and, for per-step lr schedules, not after the
     warm-up's end (up to there the lr does not depend on the run's length: at the end it is the peak); None when
-    no such step exists."""
+    no such step exists (at least 3: two timed steps after the first)."""
     limits = [CHECKIN_STEPS, spe - 1, plan.max_steps - 1]
     if cfg.schedule.name in ("cosine", "onecycle"):
         limits.append(int(cfg.schedule.warmup_epochs * spe))
     k = min(limits)
-    return CheckIn(k, plan, started) if k >= 3 else None
+    return CheckIn(k, plan, started, device) if k >= 3 else None
 
 
 def _write_plan(s: Session, plan: Plan, spe: int) -> None:
@@ -148,14 +159,14 @@ def _write_plan(s: Session, plan: Plan, spe: int) -> None:
         log.info("%s", plan.describe(spe))
 
 
-def check_plan(s: Session, st: TrainState, ci: CheckIn, seconds: float) -> Plan:
-    """Plan again from the first ``ci.step`` real steps, which took ``seconds`` (their epoch's start-up
-    included): their time per step replaces the probe's estimate at this crop (the fit keeps the probed crop
+def check_plan(s: Session, st: TrainState, ci: CheckIn) -> Plan:
+    """Plan again from the first ``ci.step`` real steps: the time per step of all but the first (which carries
+    the data loader's start-up) replaces the probe's estimate at this crop (the fit keeps the probed crop
     farthest from it). Applied only where it keeps this epoch's crop (the epoch is being trained)."""
     t, d, old, k = s.cfg.train, s.cfg.data, ci.plan, st.global_step
-    assert d.crop is not None and s.data.train is not None
-    spe = len(s.data.train)
-    measured = torch.tensor([(seconds - old.costs.epoch_s) / k, time.monotonic() - ci.started], device=s.device)
+    assert d.crop is not None and s.data.train is not None and ci.mark is not None
+    spe, now = len(s.data.train), time.monotonic()
+    measured = torch.tensor([(now - ci.mark) / (k - 1), now - ci.started], device=s.device)
     per_step, elapsed = distributed.all_reduce_max(measured).tolist()
     size = old.sizes[0]
     far = max(old.costs.step_s, key=lambda z: abs(z - size))
@@ -199,7 +210,7 @@ def plan_run(s: Session, st: TrainState, started: float) -> CheckIn | None:
     plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs,
                 epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps), elapsed + cost(steps, spe, s.cfg, costs), costs)  # fmt: skip
     _write_plan(s, plan, spe)
-    return checkin_for(s.cfg, plan, spe, started)
+    return checkin_for(s.cfg, plan, spe, started, s.device)
 
 
 def warmup_for(recipe_warmup: float, epochs: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,11 @@ def save(s: Session, st: TrainState, names: tuple[str, ...]) -> None:
         ckpt_io.publish(ck, s.run_dir / "checkpoints", st.global_step, names, s.cfg.train.keep_last)
 
 
-def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | None = None) -> int | None:
+def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | None = None,
+                    after_step: Callable[[int], None] | None = None) -> int | None:  # fmt: skip
     """Train epoch ``st.epoch`` from step ``st.step_in_epoch`` to its end, or to global step ``until`` when that
-    comes first (a --budget check-in; call again to go on). Returns the agreed stop signal when one arrived (a
+    comes first (a --budget check-in; call again to go on); ``after_step(global_step)`` is called after each
+    step (the check-in's clock). Returns the agreed stop signal when one arrived (a
     checkpoint was saved at that step), else None with ``st.partial`` holding the epoch's sums."""
     t, size = s.cfg.train, epoch_size(s, st.epoch)
     n_steps = min(len(s.data.train or []), total_steps(s) - (st.global_step - st.step_in_epoch))  # last may be partial
@@ -178,6 +181,8 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
         if st.ema is not None and update:
             st.ema.update(st.model, decay_for(t.ema, total_steps(s)))
         sums.add(loss, logits, y)
+        if after_step is not None:
+            after_step(st.global_step)
         if s.main and t.log_every and st.global_step % t.log_every == 0:
             s.logger.step(st.global_step, loss.item(), st.schedule.lr)
         progress.update(  # the callables run only when a line is shown (each .item() syncs a GPU)

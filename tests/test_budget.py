@@ -6,20 +6,23 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
-from alexnet.config import Config, load_recipe, parse_duration
+from alexnet.config import Config, ScheduleConfig, load_recipe, parse_duration
 from alexnet.data.folder import FolderDataset, scan_folder
 from alexnet.data.resolution import allowed_sizes, epoch_sizes
 from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
 from alexnet.engine import budget
-from alexnet.engine.budget import Costs, best_steps, command_age, cost
+from alexnet.engine.budget import Costs, Plan, best_steps, command_age, cost
 from alexnet.engine.ema import Ema, decay_for
 from alexnet.errors import UserError
+from alexnet.optim import Schedule
 from alexnet.plots import curves_figure
 from alexnet.weights import load_weights
 
@@ -118,6 +121,54 @@ def test_the_plan_is_the_longest_run_that_fits() -> None:
     last_only = _config(None)
     last_only.train.eval_every = 0  # one validation, after the last epoch
     assert cost(222, 74, last_only, costs) == pytest.approx(cost(222, 74, fixed, costs) - 2 * 40.0)
+    # the rest of a run from step 100 (mid-epoch 2, whose end is to come) and from 148 (epoch 2's end done)
+    assert cost(222, 74, fixed, costs, done=100) == pytest.approx(122 * 6.4 + 1.0 + 2 * 2.0 + 2 * 40.0)
+    assert cost(222, 74, fixed, costs, done=148) == pytest.approx(74 * 6.4 + 1.0 + 2.0 + 40.0)
+    assert cost(222, 74, s, costs, done=100, current=131) < cost(222, 74, s, costs, done=100)  # the crop in progress
+    assert best_steps(0.0, 74, fixed, costs, done=148) == 149  # out of time: one more step, a validated end
+
+
+def test_more_timed_crops_make_a_least_squares_fit() -> None:
+    exact = Costs({131: 2.0, 163: 2.0 + 0.0002 * (163**2 - 131**2), 227: 2.0 + 0.0002 * (227**2 - 131**2)}, 0, 0, 0, 0)
+    assert exact.step(195) == pytest.approx(2.0 + 0.0002 * (195**2 - 131**2))
+    noisy = Costs({131: 2.0, 163: 3.0, 227: 6.0}, 0, 0, 0, 0)
+    b, a = np.polyfit([131**2, 163**2, 227**2], [2.0, 3.0, 6.0], 1)
+    assert noisy.step(195) == pytest.approx(a + b * 195**2) and Costs({99: 1.5}, 0, 0, 0, 0).step(67) == 1.5
+
+
+def _lrs(cfg: ScheduleConfig, total: int, steps: int, retarget: tuple[int, int] | None = None) -> list[float]:
+    sched = Schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), cfg, 1.0, 1, 10, total)
+    lrs = [sched.lr]
+    for _ in range(steps):
+        sched.after_step()
+        if retarget and sched.step_count == retarget[0]:
+            sched.retarget(retarget[1])
+        lrs.append(sched.lr)
+    return lrs
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine"])
+def test_a_retargeted_schedule_goes_on_from_where_it_is(name: str) -> None:
+    plain = _lrs(ScheduleConfig(name=name, warmup_epochs=0.5), 40, 40)
+    cfg = ScheduleConfig(name=name, warmup_epochs=0.5)
+    longer = _lrs(cfg, 40, 60, retarget=(20, 60))
+    assert longer[:21] == plain[:21] and cfg.retargets == [[0, 40], [20, 60]]
+    steps = [b - a for a, b in zip(longer[20:], longer[21:])]
+    assert all(d < 0 for d in steps[:-1]) and abs(steps[0]) < abs(plain[21] - plain[20])  # on, more slowly
+    assert longer[60] == pytest.approx(0.0) and longer[59] > 0  # the decay ends at the new length
+    # the config (which checkpoints carry) replays it, from any step
+    assert _lrs(ScheduleConfig(name=name, warmup_epochs=0.5, retargets=cfg.retargets), 60, 60) == pytest.approx(longer)
+    inside = ScheduleConfig(name=name, warmup_epochs=0.5)
+    assert _lrs(inside, 40, 60, retarget=(3, 60)) == pytest.approx(_lrs(ScheduleConfig(name=name, warmup_epochs=0.5), 60, 60))
+
+
+def test_checks_come_at_shares_of_the_plan_and_not_at_an_epoch_end() -> None:
+    plan = Plan(900, 40, 400, 3, 0.5, [131, 163, 227], 880, Costs({131: 1.0}, 0, 0, 0, 0))
+    assert budget.next_check(plan, 148, 0) == 100
+    assert budget.next_check(plan, 148, 100) == 200 and budget.next_check(plan, 148, 200) == 300
+    assert budget.next_check(plan, 148, 300) is None
+    assert budget.next_check(plan, 100, 0) is None  # 100, 200 and 300 are epochs' ends
+    assert budget.next_check(Plan(900, 40, 20, 1, 0.5, [99], 880, plan.costs), 148, 0) == 10  # 5 is too soon
 
 
 def _small_run(data: Path) -> list[str]:
@@ -186,22 +237,28 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "40s"]) == 0
     plan = json.loads((run / "plan.json").read_text())
     assert plan["predicted_s"] <= plan["budget_s"] and plan["max_steps"] >= 5
-    # the check-in (in the first epoch's warm-up) timed real steps and planned again: more steps
-    checked = plan["checked"]
-    assert checked["step"] == min(4, int(plan["warmup_epochs"] * 5)) >= 3
-    assert checked["probed_step_s"] == 1.0 and checked["step_s"] < 1.0 and plan["max_steps"] > checked["planned_steps"]
-    assert set(plan["costs"]["step_s"]) == {"67", "99"}  # the smallest and the largest crop were measured
+    # checked on real steps after every epoch's end (epochs of 5 steps: too short for a check mid-epoch): the
+    # first check timed steps 2-5 against the disturbed probe's 1 s, and planned more steps
+    first = plan["checks"][0]
+    assert [c["step"] for c in plan["checks"]] == [5 * (e + 1) for e in range(plan["epochs"] - 1)]
+    assert first["estimated_step_s"] == 1.0 and first["step_s"] < 1.0 and first["steps"] > first["planned_steps"]
+    assert set(plan["costs"]["step_s"]) >= {"67", "99"}  # the smallest and the largest crop were measured
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == plan["epochs"] and [r["train_size"] for r in rows] == plan["sizes"]
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"]
-    # 1 epoch, <= 30 % of the first plan (kept by the check-in: the lr so far must not change)
-    assert plan["warmup_epochs"] == pytest.approx(min(1, 0.3 * checked["planned_steps"] / 5))
-    # the same plan given by hand gives the same network: the probe steps were undone
+    # 1 epoch, <= 30 % of the first plan (the checks keep it: the lr goes on from where it is)
+    assert plan["warmup_epochs"] == pytest.approx(min(1, 0.3 * first["planned_steps"] / 5))
+    # the run's config.yaml gives the same network without --budget: the probe steps were undone, and the
+    # checks' new lengths (schedule.retargets) replay the lr and the crops
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert [k for k, _ in cfg["schedule"]["retargets"]] == [0] + [c["step"] for c in plan["checks"]]
     same = tmp_path / "same"
     assert main(["train", "--out", str(same), *_small_run(tiny_folder), *onecycle, "--epochs", str(plan["epochs"]), "--set",
-                 f"train.max_steps={plan['max_steps']}", "--set", f"schedule.warmup_epochs={plan['warmup_epochs']}"]) == 0  # fmt: skip
+                 f"train.max_steps={plan['max_steps']}", "--set", f"schedule.warmup_epochs={plan['warmup_epochs']}",
+                 "--set", f"schedule.retargets={cfg['schedule']['retargets']}"]) == 0  # fmt: skip
     a, b = ckpt_io.load(run / "checkpoints" / "last.pt")["model"], ckpt_io.load(same / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(r)["train_size"] for r in (same / "metrics.jsonl").read_text().splitlines()] == plan["sizes"]
     # a resumed budget run keeps its plan (config.yaml holds it): nothing is left to do
     assert main(["train", "--resume", str(run)]) == 0
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"]

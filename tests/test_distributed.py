@@ -213,10 +213,12 @@ def test_towers_keep_frozen_features_frozen(tiny_folder: Path, tmp_path: Path) -
 
 
 def test_ranks_agree_on_a_budget_plan(odd_folder: Path, tmp_path: Path) -> None:
-    """Every rank probes, the timings are agreed by a max all-reduce, every rank plans from them: the ranks run
-    the same number of steps (a rank planning one step more would wait forever in its gradient all-reduce)."""
+    """Every rank probes, the timings are agreed by a max all-reduce, every rank plans from them, and so at every
+    check: the ranks run the same number of steps (a rank planning one step more would wait forever in its
+    gradient all-reduce)."""
     run = tmp_path / "run"
     _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(run), *COMMON, "--epochs", "3", "--budget", "45s"])
     plan = json.loads((run / "plan.json").read_text())
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"] >= 5
     assert len((run / "metrics.jsonl").read_text().splitlines()) == plan["epochs"]
+    assert plan["checks"] and plan["checks"][-1]["steps"] == plan["max_steps"]

@@ -99,6 +99,9 @@ class ScheduleConfig:
     step_size: int = positive(30)  # step: epochs between drops
     warmup_epochs: float = non_negative(0.0)  # cosine/onecycle: linear warm-up
     min_lr: float = non_negative(0.0)  # cosine: final lr
+    # set by --budget's checks (engine/budget.py): [[step, total], ...], from each step on the per-step schedule
+    # ends at its total (the first entry is [0, the first plan's total]); the lr goes on from where it was
+    retargets: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -217,6 +220,9 @@ def check(cfg: Config) -> None:
         raise UserError("schedule.name=plateau drops the lr on validation results: it needs train.eval_every=1")
     if cfg.train.budget is not None:
         parse_duration(cfg.train.budget, "train.budget")
+    r = cfg.schedule.retargets
+    if r and (any(len(x) != 2 or x[1] < 1 for x in r) or r[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(r, r[1:]))):
+        raise UserError(f"schedule.retargets must be [[0, total], [step, total], ...] with rising steps, got {r}")
     if len(d.res_ramp) != 2 or not 0 <= d.res_ramp[0] <= d.res_ramp[1] <= 1:
         raise UserError(f"data.res_ramp must be two fractions [start, end] with 0 <= start <= end <= 1, got {d.res_ramp}")
     if d.crop is not None and d.crop > d.resize:

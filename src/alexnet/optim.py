@@ -66,12 +66,16 @@ class Schedule:
         self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float, epochs: int, steps_per_epoch: int,
         total_steps: int | None = None,
     ):
-        """``total_steps`` (train.max_steps): the per-step schedules end there instead of after ``epochs``."""
+        """``total_steps`` (train.max_steps): the per-step schedules end there instead of after ``epochs``;
+        ``cfg.retargets`` (a --budget run's re-plans) say where the run's length changed."""
         self.opt = optimizer
         self.cfg = cfg
         self.base_lr = base_lr
         self.total = max(1, total_steps or epochs * steps_per_epoch)
         self.warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        first_total = cfg.retargets[0][1] if cfg.retargets else self.total
+        # onecycle without a warm-up ramps up over 30 % of the run as first planned
+        self.up = self.warmup or (max(1, int(0.3 * first_total)) if cfg.name == "onecycle" else 0)
         self.step_count = 0
         self.drops = 0
         self.best: float | None = None
@@ -87,20 +91,34 @@ class Schedule:
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
 
+    def progress(self, s: int) -> float:
+        """How far the decay after the warm-up is at step ``s``, 0 to 1. Each retarget [k, T] keeps the progress
+        reached at step k and spreads the rest evenly over steps k..T: the lr goes on from where it was."""
+        segments = [(k, t) for k, t in self.cfg.retargets] or [(0, self.total)]
+        at, done, end = self.up, 0.0, [t for k, t in segments if k <= self.up][-1]
+        for k, total in segments:
+            if self.up < k <= s:
+                done += (1 - done) * (k - at) / max(1, end - at)
+                at, end = k, total
+        return min(1.0, max(0.0, done + (1 - done) * (s - at) / max(1, end - at)))
+
     def _per_step_lr(self) -> float:
         s, base = self.step_count, self.base_lr
-        if self.cfg.name == "onecycle":  # linear up over warm-up (default 30 %), then linear down to 0
-            up = self.warmup or max(1, int(0.3 * self.total))
-            if s < up:
-                return base * (0.1 + 0.9 * s / up)
-            return base * max(0.0, (self.total - s) / max(1, self.total - up))
-        if s < self.warmup:
-            return base * (s + 1) / self.warmup
-        t = (s - self.warmup) / max(1, self.total - self.warmup)
-        return self.cfg.min_lr + (base - self.cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        if s < self.up:  # linear warm-up
+            return base * (0.1 + 0.9 * s / self.up) if self.cfg.name == "onecycle" else base * (s + 1) / self.up
+        p = self.progress(s)
+        if self.cfg.name == "onecycle":  # then linear down to 0
+            return base * (1 - p)
+        return self.cfg.min_lr + (base - self.cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * p))
 
     def retarget(self, total_steps: int) -> None:
-        """End the per-step schedules at ``total_steps`` from now on (a --budget plan's check; engine/budget.py)."""
+        """End the per-step schedules at ``total_steps`` from this step on, the lr going on from where it is (a
+        --budget plan's check, engine/budget.py); recorded in ``cfg.retargets``, which checkpoints carry."""
+        if not self.cfg.retargets:
+            self.cfg.retargets.append([0, self.total])
+        if self.cfg.retargets[-1][0] == self.step_count:
+            self.cfg.retargets.pop()
+        self.cfg.retargets.append([self.step_count, max(1, total_steps)])
         self.total = max(1, total_steps)
         if self.cfg.name in ("cosine", "onecycle"):
             self._set(self._per_step_lr())

@@ -46,19 +46,21 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
     try:
         s, st = setup(cfg, run_dir, resume, dist, verbose)
         # a resumed run keeps its plan (config.yaml)
-        checkin = plan_run(s, st, started) if s.cfg.train.budget and resume is None else None
+        budget = plan_run(s, st, started) if s.cfg.train.budget and resume is None else None
         history: list[dict[str, Any]] = []
         with StopFlag() as stop:
             while not finished(s, st):
-                until, after_step = (checkin.step, checkin.after_step) if checkin else (None, None)
+                until, after_step = (budget.next_check, budget.after_step) if budget else (None, None)
                 signal = train_one_epoch(s, st, stop, until, after_step)
-                if signal is None and checkin is not None and st.global_step == checkin.step:
-                    check_plan(s, st, checkin)  # then the epoch goes on
-                    checkin = None
+                if signal is None and budget is not None and st.global_step == budget.next_check:
+                    check_plan(s, st, budget)  # then the epoch goes on
                     continue
                 if signal is None:
+                    t_end = time.monotonic()
                     history.append(end_of_epoch(s, st))
                     signal = int(distributed.all_reduce_max(torch.tensor(stop.signal or 0, device=s.device))) or None
+                    if signal is None and budget is not None and not finished(s, st):
+                        check_plan(s, st, budget, time.monotonic() - t_end, "val_top1" in history[-1])
                 if signal is not None:
                     return _stopped(s, st, signal, history)
         s.logger.close()

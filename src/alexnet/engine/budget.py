@@ -12,15 +12,19 @@ cut off; ``warmup_for``), the resolution ramp its fractions, and the last epoch 
 
 The probe's timed steps can be 20-50 % off what training then measures (2-core AVX2 CPU, one timed step per
 crop: a `pip install` during the probe left an 8-minute run ending at 80 % of its budget; three runs without a
-known cause ended at 85, 85 and 106 %), so it takes the median of three. And the plan is checked once, by
-the end of the lr warm-up in the first epoch (``CheckIn``): the first real steps (after the first, which
-carries the data loader's start-up) are timed and replace the probe's estimate at that crop, and the run is planned again from there (``check_plan``); the lr up to that
-step does not depend on the run's length, so nothing already done changes. The later crops' estimates are
-not checked (the 16- and 32-minute runs above were off at 227 px).
+known cause ended at 85, 85 and 106 %), so it takes the median of three, and the plan is checked on real
+steps (``check_plan``): at a quarter, half and three quarters of the plan and after every epoch's end. Each
+check times the steps since the stretch's first (which carries the data loader's start-up), puts that time
+in place of the estimate at that crop (the cost fit runs through every crop timed), measures the validation
+when there was one, and plans the rest of the run in what is left of the budget. The lr goes on from where it
+is (``Schedule.retarget``: the decay's progress so far is kept and the rest spread over the new length;
+recorded in ``schedule.retargets``), and later epochs take their crops from the new length (an epoch's crop is
+the one planned when it began).
 
-The plan is written into the run's config.yaml (train.epochs, train.max_steps, schedule.warmup_epochs) and
-plan.json, so a resumed run keeps it (a run resumed before its check-in keeps the first plan). Under torchrun
-every rank probes together (DDP steps need all ranks), the timings are agreed with a max all-reduce, and
+The plan is written into the run's config.yaml (train.epochs, train.max_steps, schedule.warmup_epochs,
+schedule.retargets) and plan.json, and every checkpoint carries the config of its moment, so a resumed run
+keeps the plan of the checkpoint it resumes from (and is not checked again: its budget was the first
+process's). Under torchrun every rank probes together (DDP steps need all ranks), the timings are agreed with a max all-reduce, and
 every rank computes the same plan from the same numbers.
 """
 
@@ -36,7 +40,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +61,11 @@ from .state import TrainState
 log = logging.getLogger("alexnet")
 WARMUP_SHARE = 0.3  # one-cycle's usual warm-up share (Smith & Topin 2018; optim.py's default without a warm-up)
 MARGIN = 0.02  # of the time left: step times on this CPU vary by about 2-4 % from step to step
-CHECKIN_STEPS = 8  # the plan is checked after this many real steps, the last 7 timed (~12 s at 131 px, batch 64,
-# on this repo's 2-core CPU; timing all 8 less the probe's epoch start-up measured 1.90 s per step at 163 px
-# where the rest of the epoch ran at 1.73: the first steps are slower)
+CHECK_AT = (0.25, 0.5, 0.75)  # shares of the plan where it is checked mid-epoch (besides every epoch's end): the
+# first steps of a run are faster than the rest (2-core AVX2 CPU, 4-minute `fast` run, 163 px, batch 64: 1.53 s
+# per step over steps 2-8, ~1.75 over steps 21-93; a check-in after 8 steps planned for 1.53 and the run ended
+# at 109 % of its budget), so one early check is not enough
+CHECK_GAP = 8  # steps at least between two checks (the first of each stretch is not timed)
 
 
 def command_age() -> float:
@@ -79,21 +85,22 @@ def command_age() -> float:
 
 @dataclass
 class Costs:
-    """What the probe measured (seconds; the slowest rank's)."""
+    """Seconds (the slowest rank's): what the probe measured, then what training measured."""
 
-    step_s: dict[int, float]  # per training step, at each probed crop
+    step_s: dict[int, float]  # per training step, at each crop timed (training's own time replaces the probe's)
     warm_s: float  # extra cost of a new crop's first step (allocation, autotuning, compilation)
     epoch_s: float  # fixed cost per epoch beyond its steps (data-loader start-up)
     val_s: float  # one validation pass
     save_s: float  # one checkpoint
 
     def step(self, size: int) -> float:
-        """Seconds per step at ``size``: ``a + b * size**2`` through the probed sizes."""
-        (s0, t0), (s1, t1) = min(self.step_s.items()), max(self.step_s.items())
-        if s0 == s1:
-            return t0
-        b = (t1 - t0) / (s1 * s1 - s0 * s0)
-        return max(t0 + b * (size * size - s0 * s0), 1e-6)
+        """Seconds per step at ``size``: ``a + b * size**2``, least squares through the timed crops."""
+        xs, ys = [z * z for z in self.step_s], list(self.step_s.values())
+        if len(xs) == 1 or max(xs) == min(xs):
+            return statistics.fmean(ys)
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        return max(my + b * (size * size - mx), 1e-6)
 
 
 @dataclass
@@ -106,7 +113,7 @@ class Plan:
     sizes: list[int]  # the training crop of each epoch
     predicted_s: float  # the whole run, start-up included
     costs: Costs
-    checked: dict[str, Any] | None = None  # the check-in's measurement and the plan it replaced
+    checks: list[dict[str, Any]] = field(default_factory=list)  # each check on real steps (``check_plan``)
 
     def describe(self, spe: int) -> str:
         m = lambda s: f"{int(s // 60)}m{int(round(s % 60)):02d}s"  # noqa: E731
@@ -124,32 +131,40 @@ def _runs(sizes: list[int]) -> Iterator[tuple[int, int]]:
 
 
 @dataclass
-class CheckIn:
-    """Where the plan is checked (``check_plan``): after global step ``step`` (real steps, first epoch, lr warm-up).
-    Its window starts after the first step (``after_step``), which also carries the data loader's start-up."""
+class BudgetRun:
+    """A --budget run's plan and the clock its checks read (``check_plan``): mid-epoch at global step
+    ``next_check`` (None when none is left), and after every epoch's end."""
 
-    step: int
     plan: Plan
     started: float  # time.monotonic() at the process's start
     device: torch.device
-    mark: float | None = None  # time.monotonic() when the first real step ended
+    next_check: int | None
+    mark: tuple[float, int] | None = None  # (time.monotonic(), global step) when this stretch's first step ended
+    last: tuple[float, int] | None = None  # the same, for the latest step
 
     def after_step(self, global_step: int) -> None:
-        if global_step == 1:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.mark = time.monotonic()
+        """Called after every training step: a stretch of steps (from an epoch's start or a check to the next
+        check) is timed from the end of its first step, which carries the data loader's start-up. (On a GPU the
+        latest step's time is when it was queued: a few steps' error over a stretch; the first is synchronized.)"""
+        if self.mark is None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.last = (time.monotonic(), global_step)
+        if self.mark is None:
+            self.mark = self.last
+
+    def pace(self) -> float | None:
+        """Seconds per step of this stretch (None under two timed steps); the next stretch starts afresh."""
+        mark, last, self.mark = self.mark, self.last, None
+        if mark is None or last is None or last[1] - mark[1] < 2:
+            return None
+        return (last[0] - mark[0]) / (last[1] - mark[1])
 
 
-def checkin_for(cfg: Config, plan: Plan, spe: int, started: float, device: torch.device) -> CheckIn | None:
-    """The check-in step: CHECKIN_STEPS, but inside the first epoch and, for per-step lr schedules, not after the
-    warm-up's end (up to there the lr does not depend on the run's length: at the end it is the peak); None when
-    no such step exists (at least 3: two timed steps after the first)."""
-    limits = [CHECKIN_STEPS, spe - 1, plan.max_steps - 1]
-    if cfg.schedule.name in ("cosine", "onecycle"):
-        limits.append(int(cfg.schedule.warmup_epochs * spe))
-    k = min(limits)
-    return CheckIn(k, plan, started, device) if k >= 3 else None
+def next_check(plan: Plan, spe: int, done: int) -> int | None:
+    """The next mid-epoch check after step ``done``: the first of CHECK_AT's shares of the plan at least
+    CHECK_GAP steps on, not at an epoch's end (checked there anyway) nor at the run's."""
+    at = (int(f * plan.max_steps) for f in CHECK_AT)
+    return min((k for k in at if k >= done + CHECK_GAP and k % spe and k < plan.max_steps), default=None)
 
 
 def _write_plan(s: Session, plan: Plan, spe: int) -> None:
@@ -159,40 +174,42 @@ def _write_plan(s: Session, plan: Plan, spe: int) -> None:
         log.info("%s", plan.describe(spe))
 
 
-def check_plan(s: Session, st: TrainState, ci: CheckIn) -> Plan:
-    """Plan again from the first ``ci.step`` real steps: the time per step of all but the first (which carries
-    the data loader's start-up) replaces the probe's estimate at this crop (the fit keeps the probed crop
-    farthest from it). Applied only where it keeps this epoch's crop (the epoch is being trained)."""
-    t, d, old, k = s.cfg.train, s.cfg.data, ci.plan, st.global_step
-    assert d.crop is not None and s.data.train is not None and ci.mark is not None
-    spe, now = len(s.data.train), time.monotonic()
-    measured = torch.tensor([(now - ci.mark) / (k - 1), now - ci.started], device=s.device)
-    per_step, elapsed = distributed.all_reduce_max(measured).tolist()
-    size = old.sizes[0]
-    far = max(old.costs.step_s, key=lambda z: abs(z - size))
-    step_s = {size: per_step} | ({far: old.costs.step_s[far]} if far != size else {})
-    costs = Costs(step_s, old.costs.warm_s, old.costs.epoch_s, old.costs.val_s, old.costs.save_s)
-    steps = max(k + 1, best_steps(old.budget_s - elapsed + k * per_step, spe, s.cfg, costs))
+def check_plan(s: Session, st: TrainState, b: BudgetRun, end_s: float | None = None, validated: bool = False) -> None:
+    """Plan the rest of the run again from training's own times: mid-epoch (``b.next_check``) and after every
+    epoch's end (``end_s``: its end took that long, a validation included when ``validated``). The measured time
+    per step replaces the estimate at this epoch's crop; the lr goes on from where it is (``Schedule.retarget``),
+    and the crops of later epochs follow the new length (``epoch_size``)."""
+    t, d, old, k = s.cfg.train, s.cfg.data, b.plan, st.global_step
+    assert d.crop is not None and s.data.train is not None
+    spe, mid_epoch = len(s.data.train), end_s is None
+    epoch = st.epoch if mid_epoch else st.epoch - 1  # the epoch just timed (end_of_epoch has moved on)
+    size, pace = old.sizes[epoch], b.pace()
+    got = torch.tensor([pace or 0.0, end_s or 0.0, time.monotonic() - b.started], device=s.device)
+    per_step, end, elapsed = distributed.all_reduce_max(got).tolist()
+    c = old.costs
+    step_s = c.step_s | ({size: per_step} if pace is not None else {})
+    costs = Costs(step_s, c.warm_s, c.epoch_s, max(end - c.save_s, 0.0) if validated else c.val_s, c.save_s)
+    current = size if mid_epoch else None
+    steps = best_steps(old.budget_s - elapsed, spe, s.cfg, costs, k, current)
     sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
-    if sizes[0] != size:
-        log.info("budget check at step %d: %d steps would change this epoch's crop; keeping the plan", k, steps)
-        return old
-    checked = {"step": k, "step_s": per_step, "size": size, "probed_step_s": old.costs.step(size),
-               "planned_steps": old.max_steps}  # fmt: skip
+    record = {"step": k, "size": size, "step_s": per_step if pace is not None else None,
+              "estimated_step_s": c.step(size), "planned_steps": old.max_steps, "steps": steps}  # fmt: skip
     t.max_steps, t.epochs = steps, math.ceil(steps / spe)
     st.schedule.retarget(steps)
-    plan = Plan(old.budget_s, old.elapsed_s, steps, t.epochs, old.warmup_epochs, sizes,
-                elapsed - k * per_step + cost(steps, spe, s.cfg, costs), costs, checked)  # fmt: skip
+    b.plan = Plan(old.budget_s, old.elapsed_s, steps, t.epochs, old.warmup_epochs,
+                  old.sizes[: epoch + 1] + sizes[epoch + 1 :], elapsed + cost(steps, spe, s.cfg, costs, k, current),
+                  costs, [*old.checks, record])  # fmt: skip
     if s.main:
-        log.info("budget check at step %d: %.2fs per step at %dpx (the probe said %.2fs); %d steps instead of %d", k,
-                 per_step, size, old.costs.step(size), steps, old.max_steps)  # fmt: skip
-    _write_plan(s, plan, spe)
-    return plan
+        log.info("budget check at step %d: %s at %dpx (estimated %.2fs); %d steps instead of %d", k,
+                 f"{per_step:.2f}s per step" if pace is not None else "too few steps timed", size, c.step(size), steps,
+                 old.max_steps)  # fmt: skip
+    b.next_check = next_check(b.plan, spe, k)
+    _write_plan(s, b.plan, spe)
 
 
-def plan_run(s: Session, st: TrainState, started: float) -> CheckIn | None:
+def plan_run(s: Session, st: TrainState, started: float) -> BudgetRun:
     """Probe, plan, and apply the plan to the config, the schedule and the run directory (config.yaml, plan.json);
-    returns where to check it. ``started``: time.monotonic() at the process's start."""
+    returns the run's BudgetRun, for its checks. ``started``: time.monotonic() at the process's start."""
     t, d = s.cfg.train, s.cfg.data
     assert t.budget is not None and d.crop is not None and s.data.train is not None
     budget, spe = parse_duration(t.budget, "--budget"), len(s.data.train)
@@ -203,14 +220,14 @@ def plan_run(s: Session, st: TrainState, started: float) -> CheckIn | None:
     if steps < min(spe, 10):
         raise UserError(f"--budget {t.budget} is too short here: start-up and measuring took {elapsed:.0f}s, and "
                         f"{min(spe, 10)} steps with one validation need {cost(min(spe, 10), spe, s.cfg, costs):.0f}s more")  # fmt: skip
-    t.max_steps, t.epochs = steps, math.ceil(steps / spe)
+    t.max_steps, t.epochs, s.cfg.schedule.retargets = steps, math.ceil(steps / spe), []
     s.cfg.schedule.warmup_epochs = warmup_for(s.cfg.schedule.warmup_epochs, steps / spe)
     lr = st.schedule.base_lr
     st.schedule = Schedule(st.optimizer, s.cfg.schedule, lr, t.epochs, spe, steps)
     plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs,
                 epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps), elapsed + cost(steps, spe, s.cfg, costs), costs)  # fmt: skip
     _write_plan(s, plan, spe)
-    return checkin_for(s.cfg, plan, spe, started, s.device)
+    return BudgetRun(plan, started, s.device, next_check(plan, spe, 0))
 
 
 def warmup_for(recipe_warmup: float, epochs: float) -> float:
@@ -221,29 +238,34 @@ def warmup_for(recipe_warmup: float, epochs: float) -> float:
     return min(recipe_warmup, WARMUP_SHARE * epochs)
 
 
-def cost(steps: int, spe: int, cfg: Config, c: Costs) -> float:
-    """Seconds for a run of ``steps`` optimizer steps: its epochs' steps at their crops, one warm-up per new crop,
-    per epoch its fixed cost and a checkpoint (plus train.checkpoint_every's), and the validations
+def cost(steps: int, spe: int, cfg: Config, c: Costs, done: int = 0, current: int | None = None) -> float:
+    """Seconds for steps ``done``..``steps`` of a run of ``steps`` optimizer steps (at an epoch's boundary, that
+    epoch's end is done too; ``current``: the crop of the epoch in progress, planned before): its epochs' steps at their crops, one warm-up per crop not yet timed, per epoch
+    started its fixed cost, per epoch ended a checkpoint (plus train.checkpoint_every's) and the validations
     (train.eval_every's, and the last epoch's)."""
     d, t = cfg.data, cfg.train
     assert d.crop is not None
     sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
-    per_epoch = [min(spe, steps - e * spe) for e in range(len(sizes))]
-    train = sum(k * c.step(size) for k, size in zip(per_epoch, sizes))
-    new_sizes = len(set(sizes) - set(c.step_s))
-    saves = len(sizes) + (steps // t.checkpoint_every if t.checkpoint_every else 0)
-    vals = sum(1 for e in range(1, len(sizes) + 1) if e == len(sizes) or (t.eval_every and e % t.eval_every == 0))
-    return train + new_sizes * c.warm_s + len(sizes) * c.epoch_s + vals * c.val_s + saves * c.save_s
+    first, started = done // spe, -(-done // spe)  # the epoch of step done+1; the first epoch not yet started
+    if current is not None and first < len(sizes):
+        sizes[first] = current
+    train = sum((min(spe, steps - e * spe) - max(0, done - e * spe)) * c.step(sizes[e]) for e in range(first, len(sizes)))
+    new_sizes = len(set(sizes[first:]) - set(c.step_s))
+    ends = range(first + 1, len(sizes) + 1)  # 1-based numbers of the epochs whose end is still to come
+    saves = len(ends) + (steps // t.checkpoint_every - done // t.checkpoint_every if t.checkpoint_every else 0)
+    vals = sum(1 for e in ends if e == len(sizes) or (t.eval_every and e % t.eval_every == 0))
+    return train + new_sizes * c.warm_s + (len(sizes) - started) * c.epoch_s + vals * c.val_s + saves * c.save_s
 
 
-def best_steps(left: float, spe: int, cfg: Config, c: Costs) -> int:
-    """The most steps whose ``cost`` fits in ``left`` seconds less the margin (0 if none)."""
+def best_steps(left: float, spe: int, cfg: Config, c: Costs, done: int = 0, current: int | None = None) -> int:
+    """The most steps whose ``cost`` from ``done`` fits in ``left`` seconds less the margin (0 if none; at
+    least done + 1 when steps were done: the run ends with a validated epoch)."""
     left *= 1 - MARGIN
-    lo, hi = 0, max(1, int(left / c.step(min(c.step_s))) + 1)
+    lo, hi = done, done + max(1, int(max(left, 0.0) / c.step(min(c.step_s))) + 1)
     while lo < hi:  # cost grows with steps (more steps never make a run cheaper); bisect on it
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if cost(mid, spe, cfg, c) <= left else (lo, mid - 1)
-    return lo
+        lo, hi = (mid, hi) if cost(mid, spe, cfg, c, done, current) <= left else (lo, mid - 1)
+    return max(lo, done + 1) if done else lo
 
 
 def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:

@@ -99,10 +99,12 @@ def finished(s: Session, st: TrainState) -> bool:
 
 
 def epoch_size(s: Session, epoch: int) -> int:
-    """This epoch's training crop (progressive resizing, data/resolution.py; the final crop when off)."""
-    d = s.cfg.data
+    """This epoch's training crop (progressive resizing, data/resolution.py; the final crop when off), from the
+    run's length as planned when the epoch began: a --budget check changes the crops of later epochs only."""
+    d, spe = s.cfg.data, len(s.data.train or [1])
     assert d.crop is not None
-    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, len(s.data.train or [1]), total_steps(s))
+    total = next((t for k, t in reversed(s.cfg.schedule.retargets) if k <= epoch * spe), total_steps(s))
+    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, total)
     return sizes[min(epoch, len(sizes) - 1)]
 
 

@@ -134,6 +134,10 @@ def test_more_timed_crops_make_a_least_squares_fit() -> None:
     noisy = Costs({131: 2.0, 163: 3.0, 227: 6.0}, 0, 0, 0, 0)
     b, a = np.polyfit([131**2, 163**2, 227**2], [2.0, 3.0, 6.0], 1)
     assert noisy.step(195) == pytest.approx(a + b * 195**2) and Costs({99: 1.5}, 0, 0, 0, 0).step(67) == 1.5
+    # weighted by the steps each time is from: a check's 40 steps at 163 px outweigh the probe's 3 per crop
+    checked = Costs(noisy.step_s, 0, 0, 0, 0, timed={131: 3, 163: 40, 227: 3})
+    b, a = np.polyfit([131**2, 163**2, 227**2], [2.0, 3.0, 6.0], 1, w=np.sqrt([3, 40, 3]))
+    assert checked.step(195) == pytest.approx(a + b * 195**2) and abs(checked.step(163) - 3.0) < abs(noisy.step(163) - 3.0)
 
 
 def _lrs(cfg: ScheduleConfig, total: int, steps: int, retarget: tuple[int, int] | None = None) -> list[float]:

@@ -92,14 +92,18 @@ class Costs:
     epoch_s: float  # fixed cost per epoch beyond its steps (data-loader start-up)
     val_s: float  # one validation pass
     save_s: float  # one checkpoint
+    timed: dict[int, int] = field(default_factory=dict)  # how many steps each crop's time is from (default 1)
 
     def step(self, size: int) -> float:
-        """Seconds per step at ``size``: ``a + b * size**2``, least squares through the timed crops."""
+        """Seconds per step at ``size``: ``a + b * size**2``, least squares through the timed crops, each
+        weighted by its steps timed (a check's dozens of steps outweigh the probe's three)."""
         xs, ys = [z * z for z in self.step_s], list(self.step_s.values())
-        if len(xs) == 1 or max(xs) == min(xs):
-            return statistics.fmean(ys)
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        ws = [self.timed.get(z, 1) for z in self.step_s]
+        mx, my = (sum(w * v for w, v in zip(ws, vs)) / sum(ws) for vs in (xs, ys))
+        sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
+        if sxx == 0:
+            return my
+        b = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys)) / sxx
         return max(my + b * (size * size - mx), 1e-6)
 
 
@@ -141,6 +145,7 @@ class BudgetRun:
     next_check: int | None
     mark: tuple[float, int] | None = None  # (time.monotonic(), global step) when this stretch's first step ended
     last: tuple[float, int] | None = None  # the same, for the latest step
+    timed: int = 0  # steps in the stretch ``pace`` timed last
 
     def after_step(self, global_step: int) -> None:
         """Called after every training step: a stretch of steps (from an epoch's start or a check to the next
@@ -153,11 +158,11 @@ class BudgetRun:
             self.mark = self.last
 
     def pace(self) -> float | None:
-        """Seconds per step of this stretch (None under two timed steps); the next stretch starts afresh."""
+        """Seconds per step of this stretch (None under two timed steps; ``timed`` says how many); the next
+        stretch starts afresh."""
         mark, last, self.mark = self.mark, self.last, None
-        if mark is None or last is None or last[1] - mark[1] < 2:
-            return None
-        return (last[0] - mark[0]) / (last[1] - mark[1])
+        self.timed = last[1] - mark[1] if mark is not None and last is not None else 0
+        return (last[0] - mark[0]) / self.timed if mark is not None and last is not None and self.timed >= 2 else None
 
 
 def next_check(plan: Plan, spe: int, done: int) -> int | None:
@@ -187,8 +192,8 @@ def check_plan(s: Session, st: TrainState, b: BudgetRun, end_s: float | None = N
     got = torch.tensor([pace or 0.0, end_s or 0.0, time.monotonic() - b.started], device=s.device)
     per_step, end, elapsed = distributed.all_reduce_max(got).tolist()
     c = old.costs
-    step_s = c.step_s | ({size: per_step} if pace is not None else {})
-    costs = Costs(step_s, c.warm_s, c.epoch_s, max(end - c.save_s, 0.0) if validated else c.val_s, c.save_s)
+    step_s, timed = c.step_s | ({size: per_step} if pace else {}), c.timed | ({size: b.timed} if pace else {})
+    costs = Costs(step_s, c.warm_s, c.epoch_s, max(end - c.save_s, 0.0) if validated else c.val_s, c.save_s, timed)
     current = size if mid_epoch else None
     steps = best_steps(old.budget_s - elapsed, spe, s.cfg, costs, k, current)
     sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
@@ -289,7 +294,8 @@ def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
     numbers = [*step_s.values(), max(first_excess[0], 0.0), max(first_excess[-1], 0.0), val_s, save_s]
     agreed = distributed.all_reduce_max(torch.tensor(numbers, device=s.device)).tolist()  # float32: MPS has no float64
     k = len(sizes)
-    return Costs(dict(zip(sizes, agreed[:k])), agreed[k], agreed[k + 1], agreed[k + 2], agreed[k + 3])
+    return Costs(dict(zip(sizes, agreed[:k])), agreed[k], agreed[k + 1], agreed[k + 2], agreed[k + 3],
+                 dict.fromkeys(sizes, timed))  # fmt: skip
 
 
 def _sync(s: Session) -> None:

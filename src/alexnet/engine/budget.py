@@ -24,8 +24,8 @@ the one planned when it began).
 The plan is written into the run's config.yaml (train.epochs, train.max_steps, schedule.warmup_epochs,
 schedule.retargets) and plan.json, and every checkpoint carries the config of its moment, so a resumed run
 keeps the plan of the checkpoint it resumes from (and is not checked again: its budget was the first
-process's). Under torchrun every rank probes together (DDP steps need all ranks), the timings are agreed with a max all-reduce, and
-every rank computes the same plan from the same numbers.
+process's). Under torchrun every rank probes together (DDP steps need all ranks), the timings (the probe's and
+each check's) are agreed with a max all-reduce, and every rank computes the same plan from the same numbers.
 """
 
 from __future__ import annotations
@@ -161,8 +161,11 @@ class BudgetRun:
         """Seconds per step of this stretch (None under two timed steps; ``timed`` says how many); the next
         stretch starts afresh."""
         mark, last, self.mark = self.mark, self.last, None
-        self.timed = last[1] - mark[1] if mark is not None and last is not None else 0
-        return (last[0] - mark[0]) / self.timed if mark is not None and last is not None and self.timed >= 2 else None
+        if mark is None or last is None:
+            self.timed = 0
+            return None
+        self.timed = last[1] - mark[1]
+        return (last[0] - mark[0]) / self.timed if self.timed >= 2 else None
 
 
 def next_check(plan: Plan, spe: int, done: int) -> int | None:
@@ -245,9 +248,9 @@ def warmup_for(recipe_warmup: float, epochs: float) -> float:
 
 def cost(steps: int, spe: int, cfg: Config, c: Costs, done: int = 0, current: int | None = None) -> float:
     """Seconds for steps ``done``..``steps`` of a run of ``steps`` optimizer steps (at an epoch's boundary, that
-    epoch's end is done too; ``current``: the crop of the epoch in progress, planned before): its epochs' steps at their crops, one warm-up per crop not yet timed, per epoch
-    started its fixed cost, per epoch ended a checkpoint (plus train.checkpoint_every's) and the validations
-    (train.eval_every's, and the last epoch's)."""
+    epoch's end is done too; ``current``: the crop of the epoch in progress, planned before): its epochs' steps
+    at their crops, one warm-up per crop not yet timed, per epoch started its fixed cost, per epoch ended a
+    checkpoint (plus train.checkpoint_every's) and the validations (train.eval_every's, and the last epoch's)."""
     d, t = cfg.data, cfg.train
     assert d.crop is not None
     sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)

@@ -157,9 +157,9 @@ def save(s: Session, st: TrainState, names: tuple[str, ...]) -> None:
 def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | None = None,
                     after_step: Callable[[int], None] | None = None) -> int | None:  # fmt: skip
     """Train epoch ``st.epoch`` from step ``st.step_in_epoch`` to its end, or to global step ``until`` when that
-    comes first (a --budget check-in; call again to go on); ``after_step(global_step)`` is called after each
-    step (the check-in's clock). Returns the agreed stop signal when one arrived (a
-    checkpoint was saved at that step), else None with ``st.partial`` holding the epoch's sums."""
+    comes first (a --budget check; call again to go on); ``after_step(global_step)`` is called after each step
+    (the budget's clock). Returns the agreed stop signal when one arrived (a checkpoint was saved at that step),
+    else None with ``st.partial`` holding the epoch's sums."""
     t, size = s.cfg.train, epoch_size(s, st.epoch)
     n_steps = min(len(s.data.train or []), total_steps(s) - (st.global_step - st.step_in_epoch))  # last may be partial
     pause = n_steps if until is None else min(n_steps, until - (st.global_step - st.step_in_epoch))

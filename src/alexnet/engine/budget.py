@@ -61,10 +61,10 @@ from .state import TrainState
 log = logging.getLogger("alexnet")
 WARMUP_SHARE = 0.3  # one-cycle's usual warm-up share (Smith & Topin 2018; optim.py's default without a warm-up)
 MARGIN = 0.02  # of the time left: step times on this CPU vary by about 2-4 % from step to step
-CHECK_AT = (0.25, 0.5, 0.75)  # shares of the plan where it is checked mid-epoch (besides every epoch's end): the
-# first steps of a run are faster than the rest (2-core AVX2 CPU, 4-minute `fast` run, 163 px, batch 64: 1.53 s
-# per step over steps 2-8, ~1.75 over steps 21-93; a check-in after 8 steps planned for 1.53 and the run ended
-# at 109 % of its budget), so one early check is not enough
+CHECK_AT = (0.25, 0.5, 0.75)  # shares of the plan where it is checked mid-epoch (besides every epoch's end): a
+# run's first steps were 10-15 % off the rest, either way (2-core AVX2 CPU, 4-minute `fast` runs at 163 px,
+# batch 64: 1.90 s per step over steps 1-8 against 1.73 after; 1.53 s over steps 2-8 against ~1.75 after), and a
+# single check 8 steps in ended those runs at 91.5 % and 109.7 % of their budgets: one early check is not enough
 CHECK_GAP = 8  # steps at least between two checks (the first of each stretch is not timed)
 
 

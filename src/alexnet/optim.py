@@ -55,6 +55,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
     )
 
 
+def total_at(retargets: list[list[int]], step: int, default: int) -> int:
+    """The run's length as planned at ``step``: the last --budget retarget [k, total] with k <= step
+    (``ScheduleConfig.retargets``), else ``default``."""
+    return next((t for k, t in reversed(retargets) if k <= step), default)
+
+
 class Schedule:
     """One object for per-step (cosine, onecycle) and per-epoch (plateau, step) schedules.
 
@@ -94,9 +100,8 @@ class Schedule:
     def progress(self, s: int) -> float:
         """How far the decay after the warm-up is at step ``s``, 0 to 1. Each retarget [k, T] keeps the progress
         reached at step k and spreads the rest evenly over steps k..T: the lr goes on from where it was."""
-        segments = [(k, t) for k, t in self.cfg.retargets] or [(0, self.total)]
-        at, done, end = self.up, 0.0, [t for k, t in segments if k <= self.up][-1]
-        for k, total in segments:
+        at, done, end = self.up, 0.0, total_at(self.cfg.retargets, self.up, self.total)
+        for k, total in self.cfg.retargets:
             if self.up < k <= s:
                 done += (1 - done) * (k - at) / max(1, end - at)
                 at, end = k, total

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..hybrid import HybridAlexNet, assemble
 from ..inference import autocast, evaluate
 from ..models.layers import set_dropout_keys
+from ..optim import total_at
 from ..progress import Progress
 from ..signals import StopFlag
 from .ema import decay_for
@@ -103,8 +104,8 @@ def epoch_size(s: Session, epoch: int) -> int:
     run's length as planned when the epoch began: a --budget check changes the crops of later epochs only."""
     d, spe = s.cfg.data, len(s.data.train or [1])
     assert d.crop is not None
-    total = next((t for k, t in reversed(s.cfg.schedule.retargets) if k <= epoch * spe), total_steps(s))
-    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, total)
+    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, total_at(s.cfg.schedule.retargets, epoch * spe,
+                                                                      total_steps(s)))  # fmt: skip
     return sizes[min(epoch, len(sizes) - 1)]
 
 

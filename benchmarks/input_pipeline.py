@@ -1,18 +1,22 @@
 """Input pipeline images/s per worker (one process, as each data-loader worker runs):
 ours (prepared store; raw JPEGs) vs torchvision ImageFolder with PIL transforms (baseline).
 
-    python benchmarks/input_pipeline.py [--data ../shared/data] [--n 400]
+    python benchmarks/input_pipeline.py [--data ../shared/data] [--n 400] [--reps 3]
 
 Each pipeline produces training-ready batches of 224x224 normalised float tensors with random
 crops and flips. Baseline: ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor
 + Normalize, per image. Ours (JPEG): decode + resize to 256 per image, then crop/flip/normalise on
 the whole uint8 batch. Ours (store): read the uint8 batch from the store file (decoding was paid once
-by `alexnet prepare`, not timed), then the same batched augmentation.
+by `alexnet prepare`, not timed), then the same batched augmentation. JPEG store: the batch's JPEG bytes
+decoded by TorchCodec (the decoder in use) or torchvision's deprecated decode_jpeg (the path before it), then
+the same augmentation; a second table times the two decoders alone on the same bytes. Every rate is the
+median of --reps passes, the pipelines interleaved (baseline first in each pass) so drift hits all alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +50,19 @@ def rate(fn, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def median_rates(
+    pipelines: list[tuple[str, object]], n: int, reps: int, baseline_first: bool = True
+) -> dict[str, float]:
+    """Each pipeline's images/s, the median over ``reps`` interleaved passes, every other pass in reverse
+    order (the baseline still first when ``baseline_first``)."""
+    got: dict[str, list[float]] = {label: [] for label, _ in pipelines}
+    backwards = pipelines[:1] + pipelines[:0:-1] if baseline_first else pipelines[::-1]
+    for r in range(reps):
+        for label, fn in pipelines if r % 2 == 0 else backwards:
+            got[label].append(rate(fn, n))
+    return {label: statistics.median(v) for label, v in got.items()}
+
+
 def _torchvision_decode(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
     import warnings
 
@@ -61,6 +78,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--n", type=int, default=400, help="images per measurement")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3, help="passes per pipeline; the median is reported")
     args = ap.parse_args()
     torch.set_num_threads(1)  # one worker = one core
     import torchvision
@@ -72,6 +90,7 @@ def main() -> None:
         "imagenette (224x224 JPEG)": lambda tmp: root / "imagenette2-224",
     }
     rows = [["dataset", "pipeline", "img/s per worker", "vs baseline"]]
+    decode_rows = [["dataset", "JPEG decoder (bytes -> uint8 RGB, batches of --batch)", "img/s", "vs torchvision"]]
     for name, get in sets.items():
         with tempfile.TemporaryDirectory() as tmp:
             folder = get(Path(tmp))
@@ -126,16 +145,24 @@ def main() -> None:
 
                 return run
 
-            base = rate(baseline, n)
-            rows.append([name, "torchvision ImageFolder + PIL (baseline)", f"{base:.0f}", "1.00x"])
-            pipelines = [("ours, raw JPEG folder", ours_jpeg), ("ours, prepared store", ours_store),
+            pipelines = [("torchvision ImageFolder + PIL (baseline)", baseline), ("ours, raw JPEG folder", ours_jpeg),
+                         ("ours, prepared store", ours_store),
                          ("ours, JPEG store, torchvision decode_jpeg (before)", jpeg_store(_torchvision_decode)),
                          ("ours, JPEG store, decoder in use (TorchCodec)", jpeg_store(store_mod.jpeg_decoder()))]  # fmt: skip
-            for label, fn in pipelines:
-                r = rate(fn, n)
-                rows.append([name, label, f"{r:.0f}", f"{r / base:.2f}x"])
-    print(f"batch {args.batch}, {args.n} images per measurement, 1 thread")
+            got = median_rates(pipelines, n, args.reps)
+            base = got[pipelines[0][0]]
+            rows += [[name, label, f"{r:.0f}", f"{r / base:.2f}x"] for label, r in got.items()]
+            blobs = [torch.from_numpy(jimages.data[jimages.offsets[i] : jimages.offsets[i + 1]].copy()) for i in idx]
+            decoders = [("torchvision decode_jpeg (before)", _torchvision_decode), (f"{store_mod.jpeg_decoder().backend} (in use)",
+                        store_mod.jpeg_decoder())]  # fmt: skip
+            dec = median_rates([(label, lambda d=d: [d(blobs[i : i + args.batch]) for i in range(0, n, args.batch)])
+                                for label, d in decoders], n, max(args.reps, 5), baseline_first=False)  # fmt: skip
+            tv_rate = dec[decoders[0][0]]
+            decode_rows += [[name, label, f"{r:.0f}", f"{r / tv_rate:.2f}x"] for label, r in dec.items()]
+    print(f"batch {args.batch}, {args.n} images per measurement, 1 thread, median of {args.reps} interleaved passes")
     print(table(rows))
+    print()
+    print(table(decode_rows))
 
 
 if __name__ == "__main__":

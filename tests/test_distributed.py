@@ -40,10 +40,10 @@ def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     return res
 
 
-def _assert_same_weights(a: Path, b: Path) -> None:
+def _assert_same_weights(a: Path, b: Path, rtol: float = 1e-4) -> None:
     wa, wb = ckpt_io.load(a)["model"], ckpt_io.load(b)["model"]
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=rtol / 100, msg=k)
 
 
 @pytest.fixture
@@ -62,9 +62,10 @@ def test_ddp_two_processes_match_one(odd_folder: Path, tmp_path: Path, recipe: s
     assert main(["train", "--data", str(odd_folder), "--out", str(one), *args]) == 0
     res = _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(two), *args])
     assert "world 2" in res.stderr
-    if recipe == "paper":
-        _assert_same_weights(one / "checkpoints" / "last.pt", two / "checkpoints" / "last.pt")
-    else:  # BatchNorm amplifies summation-order differences: measured 5.8e-5 of a tensor's norm at worst
+    if recipe == "paper":  # measured: at worst 2.8e-6 of a tensor's norm, 1.2e-7 element-wise
+        _assert_same_weights(one / "checkpoints" / "last.pt", two / "checkpoints" / "last.pt", rtol=1e-5)
+    else:  # BatchNorm amplifies summation-order differences: measured 5.8e-5 of a tensor's norm at worst; the
+        # same one-process run with 1 thread instead of 2 (only the summation order changes) differs by 1.6e-4
         wa, wb = ckpt_io.load(one / "checkpoints" / "last.pt")["model"], ckpt_io.load(two / "checkpoints" / "last.pt")["model"]
         for k in wa:
             if wa[k].is_floating_point():

@@ -16,7 +16,7 @@ from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
 from alexnet.config import Config, ScheduleConfig, load_recipe, parse_duration
 from alexnet.data.folder import FolderDataset, scan_folder
-from alexnet.data.resolution import allowed_sizes, epoch_sizes
+from alexnet.data.resolution import allowed_sizes, epoch_sizes, rising
 from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
 from alexnet.engine import budget
 from alexnet.engine.budget import Costs, Plan, best_steps, command_age, cost
@@ -126,6 +126,10 @@ def test_the_plan_is_the_longest_run_that_fits() -> None:
     assert cost(222, 74, fixed, costs, done=148) == pytest.approx(74 * 6.4 + 1.0 + 2.0 + 40.0)
     assert cost(222, 74, s, costs, done=100, current=131) < cost(222, 74, s, costs, done=100)  # the crop in progress
     assert best_steps(0.0, 74, fixed, costs, done=148) == 149  # out of time: one more step, a validated end
+    # after an epoch at 227 px, the rest of a progressive run costs what the fixed run's does: crops never step
+    # down (a check that lengthened the run would otherwise plan 131 px again), and 227 needs no new warm-up
+    assert cost(740, 74, s, costs, done=148, current=227) == pytest.approx(cost(740, 74, fixed, costs, done=148))
+    assert rising([131, 163, 131, 131, 227], floor=163) == [163, 163, 163, 163, 227]
 
 
 def test_more_timed_crops_make_a_least_squares_fit() -> None:
@@ -238,7 +242,7 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     monkeypatch.setattr(budget, "probe", disturbed_probe)
     run = tmp_path / "budget"
     onecycle = ["--set", "schedule.name=onecycle", "--set", "schedule.warmup_epochs=1"]
-    assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "40s"]) == 0
+    assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "30s"]) == 0
     plan = json.loads((run / "plan.json").read_text())
     assert plan["predicted_s"] <= plan["budget_s"] and plan["max_steps"] >= 5
     # checked on real steps after every epoch's end (epochs of 5 steps: too short for a check mid-epoch): the
@@ -248,7 +252,7 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     assert first["estimated_step_s"] == 1.0 and first["step_s"] < 1.0 and first["steps"] > first["planned_steps"]
     assert set(plan["costs"]["step_s"]) >= {"67", "99"}  # the smallest and the largest crop were measured
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == plan["epochs"] and [r["train_size"] for r in rows] == plan["sizes"]
+    assert len(rows) == plan["epochs"] and [r["train_size"] for r in rows] == plan["sizes"] == sorted(plan["sizes"])
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"]
     # 1 epoch, <= 30 % of the first plan (the checks keep it: the lr goes on from where it is)
     assert plan["warmup_epochs"] == pytest.approx(min(1, 0.3 * first["planned_steps"] / 5))

@@ -9,12 +9,14 @@ channels_last, alexnet_bn, batch 128), one training step takes 6.4 s at 227 px, 
 Sizes are the final crop minus multiples of 32 (the network's total stride: conv1's 4 times three 2x pools), so
 every size meets the layers' windows exactly as the final crop does (227, 195, 163, 131 for the paper's 227;
 224, 192, 160, 128 for torchvision's 224). One size per epoch (a store or a data-loader worker resizes once
-per epoch; a compiled model sees few shapes), read at the epoch's midpoint of the run. Evaluation is always at
-the final crop.
+per epoch; a compiled model sees few shapes), read at the epoch's midpoint of the run, and never below an
+earlier epoch's (``rising``: a --budget check that lengthens the run moves the ramp later, which would otherwise
+send the next epoch back down). Evaluation is always at the final crop.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 STRIDE = 32  # AlexNet's total stride up to pool5
@@ -49,3 +51,8 @@ def epoch_sizes(crop: int, start: int | None, ramp: tuple[float, float] | list[f
         steps = min(steps_per_epoch, total_steps - e * steps_per_epoch)
         sizes.append(size_at((e * steps_per_epoch + steps / 2) / total_steps, crop, start, ramp))
     return sizes
+
+
+def rising(sizes: list[int], floor: int = 0) -> list[int]:
+    """``sizes`` with each at least every one before it and ``floor``: the crops never step down."""
+    return list(itertools.accumulate(sizes, max, initial=floor))[1:]

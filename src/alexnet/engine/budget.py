@@ -50,7 +50,7 @@ from .. import checkpoint as ckpt_io
 from .. import distributed
 from ..atomic import atomic_write_text
 from ..config import Config, parse_duration, save_yaml
-from ..data.resolution import allowed_sizes, epoch_sizes
+from ..data.resolution import allowed_sizes, epoch_sizes, rising
 from ..errors import UserError
 from ..inference import evaluate
 from ..optim import Schedule
@@ -197,15 +197,14 @@ def check_plan(s: Session, st: TrainState, b: BudgetRun, end_s: float | None = N
     c = old.costs
     step_s, timed = c.step_s | ({size: per_step} if pace else {}), c.timed | ({size: b.timed} if pace else {})
     costs = Costs(step_s, c.warm_s, c.epoch_s, max(end - c.save_s, 0.0) if validated else c.val_s, c.save_s, timed)
-    current = size if mid_epoch else None
-    steps = best_steps(old.budget_s - elapsed, spe, s.cfg, costs, k, current)
-    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
+    steps = best_steps(old.budget_s - elapsed, spe, s.cfg, costs, k, size)
+    sizes = rising(epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)[epoch + 1 :], size)
     record = {"step": k, "size": size, "step_s": per_step if pace is not None else None,
               "estimated_step_s": c.step(size), "planned_steps": old.max_steps, "steps": steps}  # fmt: skip
     t.max_steps, t.epochs = steps, math.ceil(steps / spe)
     st.schedule.retarget(steps)
     b.plan = Plan(old.budget_s, old.elapsed_s, steps, t.epochs, old.warmup_epochs,
-                  old.sizes[: epoch + 1] + sizes[epoch + 1 :], elapsed + cost(steps, spe, s.cfg, costs, k, current),
+                  old.sizes[: epoch + 1] + sizes, elapsed + cost(steps, spe, s.cfg, costs, k, size),
                   costs, [*old.checks, record])  # fmt: skip
     if s.main:
         log.info("budget check at step %d: %s at %dpx (estimated %.2fs); %d steps instead of %d", k,
@@ -248,15 +247,18 @@ def warmup_for(recipe_warmup: float, epochs: float) -> float:
 
 def cost(steps: int, spe: int, cfg: Config, c: Costs, done: int = 0, current: int | None = None) -> float:
     """Seconds for steps ``done``..``steps`` of a run of ``steps`` optimizer steps (at an epoch's boundary, that
-    epoch's end is done too; ``current``: the crop of the epoch in progress, planned before): its epochs' steps
-    at their crops, one warm-up per crop not yet timed, per epoch started its fixed cost, per epoch ended a
-    checkpoint (plus train.checkpoint_every's) and the validations (train.eval_every's, and the last epoch's)."""
+    epoch's end is done too; ``current``: the crop of step ``done``'s epoch, planned before, which later crops
+    never go below): its epochs' steps at their crops, one warm-up per crop not yet timed, per epoch started its
+    fixed cost, per epoch ended a checkpoint (plus train.checkpoint_every's) and the validations
+    (train.eval_every's, and the last epoch's)."""
     d, t = cfg.data, cfg.train
     assert d.crop is not None
     sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
     first, started = done // spe, -(-done // spe)  # the epoch of step done+1; the first epoch not yet started
-    if current is not None and first < len(sizes):
-        sizes[first] = current
+    if current is not None:
+        if done % spe and first < len(sizes):  # mid-epoch: the epoch in progress keeps its crop
+            sizes[first] = current
+        sizes[first:] = rising(sizes[first:], current)
     train = sum((min(spe, steps - e * spe) - max(0, done - e * spe)) * c.step(sizes[e]) for e in range(first, len(sizes)))
     new_sizes = len(set(sizes[first:]) - set(c.step_s))
     ends = range(first + 1, len(sizes) + 1)  # 1-based numbers of the epochs whose end is still to come

@@ -101,12 +101,16 @@ def finished(s: Session, st: TrainState) -> bool:
 
 def epoch_size(s: Session, epoch: int) -> int:
     """This epoch's training crop (progressive resizing, data/resolution.py; the final crop when off), from the
-    run's length as planned when the epoch began: a --budget check changes the crops of later epochs only."""
-    d, spe = s.cfg.data, len(s.data.train or [1])
+    run's length as planned when the epoch began (a --budget check changes the crops of later epochs only), and
+    never below an earlier epoch's crop (a check that lengthens the run moves the ramp later)."""
+    d, spe, retargets, total = s.cfg.data, len(s.data.train or [1]), s.cfg.schedule.retargets, total_steps(s)
     assert d.crop is not None
-    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, total_at(s.cfg.schedule.retargets, epoch * spe,
-                                                                      total_steps(s)))  # fmt: skip
-    return sizes[min(epoch, len(sizes) - 1)]
+
+    def planned(e: int) -> int:  # epoch e's crop under the plan in force when it began
+        sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, total_at(retargets, e * spe, total))  # type: ignore[arg-type]
+        return sizes[min(e, len(sizes) - 1)]
+
+    return max(planned(e) for e in range(epoch + 1)) if retargets else planned(epoch)
 
 
 def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,

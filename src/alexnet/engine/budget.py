@@ -198,13 +198,13 @@ def check_plan(s: Session, st: TrainState, b: BudgetRun, end_s: float | None = N
     step_s, timed = c.step_s | ({size: per_step} if pace else {}), c.timed | ({size: b.timed} if pace else {})
     costs = Costs(step_s, c.warm_s, c.epoch_s, max(end - c.save_s, 0.0) if validated else c.val_s, c.save_s, timed)
     steps = best_steps(old.budget_s - elapsed, spe, s.cfg, costs, k, size)
-    sizes = rising(epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)[epoch + 1 :], size)
     record = {"step": k, "size": size, "step_s": per_step if pace is not None else None,
               "estimated_step_s": c.step(size), "planned_steps": old.max_steps, "steps": steps}  # fmt: skip
     t.max_steps, t.epochs = steps, math.ceil(steps / spe)
     st.schedule.retarget(steps)
     b.plan = Plan(old.budget_s, old.elapsed_s, steps, t.epochs, old.warmup_epochs,
-                  old.sizes[: epoch + 1] + sizes, elapsed + cost(steps, spe, s.cfg, costs, k, size),
+                  old.sizes[: epoch + 1] + planned_sizes(s.cfg, spe, steps, k, size)[epoch + 1 :],
+                  elapsed + cost(steps, spe, s.cfg, costs, k, size),
                   costs, [*old.checks, record])  # fmt: skip
     if s.main:
         log.info("budget check at step %d: %s at %dpx (estimated %.2fs); %d steps instead of %d", k,
@@ -231,8 +231,8 @@ def plan_run(s: Session, st: TrainState, started: float) -> BudgetRun:
     s.cfg.schedule.warmup_epochs = warmup_for(s.cfg.schedule.warmup_epochs, steps / spe)
     lr = st.schedule.base_lr
     st.schedule = Schedule(st.optimizer, s.cfg.schedule, lr, t.epochs, spe, steps)
-    plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs,
-                epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps), elapsed + cost(steps, spe, s.cfg, costs), costs)  # fmt: skip
+    plan = Plan(budget, elapsed, steps, t.epochs, s.cfg.schedule.warmup_epochs, planned_sizes(s.cfg, spe, steps),
+                elapsed + cost(steps, spe, s.cfg, costs), costs)  # fmt: skip
     _write_plan(s, plan, spe)
     return BudgetRun(plan, started, s.device, next_check(plan, spe, 0))
 
@@ -245,20 +245,28 @@ def warmup_for(recipe_warmup: float, epochs: float) -> float:
     return min(recipe_warmup, WARMUP_SHARE * epochs)
 
 
+def planned_sizes(cfg: Config, spe: int, steps: int, done: int = 0, current: int | None = None) -> list[int]:
+    """Every epoch's crop in a run of ``steps`` steps, planned after step ``done`` (``current``: the crop of that
+    step's epoch, planned before): an epoch in progress keeps its crop, and later crops never go below it."""
+    d = cfg.data
+    assert d.crop is not None
+    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
+    first = done // spe  # the epoch of step done+1
+    if current is not None:
+        if done % spe and first < len(sizes):  # mid-epoch: the epoch in progress keeps its crop
+            sizes[first] = current
+        sizes[first:] = rising(sizes[first:], current)
+    return sizes
+
+
 def cost(steps: int, spe: int, cfg: Config, c: Costs, done: int = 0, current: int | None = None) -> float:
     """Seconds for steps ``done``..``steps`` of a run of ``steps`` optimizer steps (at an epoch's boundary, that
     epoch's end is done too; ``current``: the crop of step ``done``'s epoch, planned before, which later crops
     never go below): its epochs' steps at their crops, one warm-up per crop not yet timed, per epoch started its
     fixed cost, per epoch ended a checkpoint (plus train.checkpoint_every's) and the validations
     (train.eval_every's, and the last epoch's)."""
-    d, t = cfg.data, cfg.train
-    assert d.crop is not None
-    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
+    t, sizes = cfg.train, planned_sizes(cfg, spe, steps, done, current)
     first, started = done // spe, -(-done // spe)  # the epoch of step done+1; the first epoch not yet started
-    if current is not None:
-        if done % spe and first < len(sizes):  # mid-epoch: the epoch in progress keeps its crop
-            sizes[first] = current
-        sizes[first:] = rising(sizes[first:], current)
     train = sum((min(spe, steps - e * spe) - max(0, done - e * spe)) * c.step(sizes[e]) for e in range(first, len(sizes)))
     new_sizes = len(set(sizes[first:]) - set(c.step_s))
     ends = range(first + 1, len(sizes) + 1)  # 1-based numbers of the epochs whose end is still to come

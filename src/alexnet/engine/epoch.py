@@ -110,7 +110,7 @@ def epoch_size(s: Session, epoch: int) -> int:
         sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, total_at(retargets, e * spe, total))  # type: ignore[arg-type]
         return sizes[min(e, len(sizes) - 1)]
 
-    return max(planned(e) for e in range(epoch + 1)) if retargets else planned(epoch)
+    return max(planned(e) for e in range(epoch + 1))
 
 
 def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,8 @@ def test_the_plan_is_the_longest_run_that_fits() -> None:
     assert cost(222, 74, fixed, costs, done=148) == pytest.approx(74 * 6.4 + 1.0 + 2.0 + 40.0)
     assert cost(222, 74, s, costs, done=100, current=131) < cost(222, 74, s, costs, done=100)  # the crop in progress
     assert best_steps(0.0, 74, fixed, costs, done=148) == 149  # out of time: one more step, a validated end
+    assert best_steps(0.0, 74, fixed, costs, done=148, validated_end=True) == 148  # epoch 2 was validated: end
+    assert best_steps(500.0, 74, fixed, costs, done=148, validated_end=True) > 148  # time left: go on
     # after an epoch at 227 px, the rest of a progressive run costs what the fixed run's does: crops never step
     # down (a check that lengthened the run would otherwise plan 131 px again), and 227 needs no new warm-up
     assert cost(740, 74, s, costs, done=148, current=227) == pytest.approx(cost(740, 74, fixed, costs, done=148))
@@ -182,6 +185,29 @@ def test_checks_come_at_shares_of_the_plan_and_not_at_an_epoch_end() -> None:
 def _small_run(data: Path) -> list[str]:
     return ["--data", str(data), *FAST, "--batch-size", "4", "--set", "data.resize=104", "--set", "data.crop=99",
             "--set", "data.res_start=67", "--set", "optim.lr=0.002", "--set", "train.log_every=0"]  # fmt: skip
+
+
+def test_a_check_that_finds_no_time_left_ends_the_run_at_its_validated_epoch(tiny_folder: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import alexnet.train as train_mod
+
+    real_plan_run = train_mod.plan_run
+
+    def late_plan_run(s: object, st: object, started: float) -> budget.BudgetRun:  # 100 s more have gone by
+        return replace(real_plan_run(s, st, started), started=started - 100.0)
+
+    monkeypatch.setattr(train_mod, "plan_run", late_plan_run)
+    run = tmp_path / "late"
+    assert main(["train", "--out", str(run), *_small_run(tiny_folder), "--epochs", "4", "--budget", "30s"]) == 0
+    plan = json.loads((run / "plan.json").read_text())
+    # the check after epoch 1 (validated) ends the run there: not one more step and a validation past the budget
+    assert plan["checks"][-1]["step"] == plan["checks"][-1]["steps"] == plan["max_steps"] == 5
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    ck = ckpt_io.load(run / "checkpoints" / "last.pt")
+    assert ck["global_step"] == 5 and ck["config"]["train"]["max_steps"] == 5  # the checkpoint says the run ended
+    assert main(["train", "--resume", str(run)]) == 0  # so resuming it trains nothing more
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == 5
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_max_steps_ends_mid_epoch_with_progressive_crops_and_resumes_exactly(tiny_folder: Path, tmp_path: Path) -> None:
@@ -245,10 +271,12 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "30s"]) == 0
     plan = json.loads((run / "plan.json").read_text())
     assert plan["predicted_s"] <= plan["budget_s"] and plan["max_steps"] >= 5
-    # checked on real steps after every epoch's end (epochs of 5 steps: too short for a check mid-epoch): the
-    # first check timed steps 2-5 against the disturbed probe's 1 s, and planned more steps
-    first = plan["checks"][0]
-    assert [c["step"] for c in plan["checks"]] == [5 * (e + 1) for e in range(plan["epochs"] - 1)]
+    # checked on real steps after every epoch's end (epochs of 5 steps: too short for a check mid-epoch), the
+    # last one too when it found nothing more fits (then the run ends there, not one step and validation later);
+    # the first check timed steps 2-5 against the disturbed probe's 1 s, and planned more steps
+    first, final = plan["checks"][0], plan["checks"][-1]
+    ended_by_check = final["steps"] == final["step"]
+    assert [c["step"] for c in plan["checks"]] == [5 * (e + 1) for e in range(plan["epochs"] - 1 + ended_by_check)]
     assert first["estimated_step_s"] == 1.0 and first["step_s"] < 1.0 and first["steps"] > first["planned_steps"]
     assert set(plan["costs"]["step_s"]) >= {"67", "99"}  # the smallest and the largest crop were measured
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -16,7 +16,8 @@ known cause ended at 85, 85 and 106 %), so it takes the median of three, and the
 steps (``check_plan``): at a quarter, half and three quarters of the plan and after every epoch's end. Each
 check times the steps since the stretch's first (which carries the data loader's start-up), puts that time
 in place of the estimate at that crop (the cost fit runs through every crop timed), measures the validation
-when there was one, and plans the rest of the run in what is left of the budget. The lr goes on from where it
+when there was one, and plans the rest of the run in what is left of the budget (after a validated epoch
+the rest may be nothing: the run ends there). The lr goes on from where it
 is (``Schedule.retarget``: the decay's progress so far is kept and the rest spread over the new length;
 recorded in ``schedule.retargets``), and later epochs take their crops from the new length (an epoch's crop is
 the one planned when it began).
@@ -54,7 +55,7 @@ from ..data.resolution import allowed_sizes, epoch_sizes, rising
 from ..errors import UserError
 from ..inference import evaluate
 from ..optim import Schedule
-from .epoch import forward
+from .epoch import forward, save_epoch
 from .setup import Session
 from .state import TrainState
 
@@ -197,7 +198,7 @@ def check_plan(s: Session, st: TrainState, b: BudgetRun, end_s: float | None = N
     c = old.costs
     step_s, timed = c.step_s | ({size: per_step} if pace else {}), c.timed | ({size: b.timed} if pace else {})
     costs = Costs(step_s, c.warm_s, c.epoch_s, max(end - c.save_s, 0.0) if validated else c.val_s, c.save_s, timed)
-    steps = best_steps(old.budget_s - elapsed, spe, s.cfg, costs, k, size)
+    steps = best_steps(old.budget_s - elapsed, spe, s.cfg, costs, k, size, validated)
     record = {"step": k, "size": size, "step_s": per_step if pace is not None else None,
               "estimated_step_s": c.step(size), "planned_steps": old.max_steps, "steps": steps}  # fmt: skip
     t.max_steps, t.epochs = steps, math.ceil(steps / spe)
@@ -212,6 +213,8 @@ def check_plan(s: Session, st: TrainState, b: BudgetRun, end_s: float | None = N
                  old.max_steps)  # fmt: skip
     b.next_check = next_check(b.plan, spe, k)
     _write_plan(s, b.plan, spe)
+    if steps == k:  # nothing more fits: the run ends here, and its checkpoint says so (resuming it trains no more)
+        save_epoch(s, st)
 
 
 def plan_run(s: Session, st: TrainState, started: float) -> BudgetRun:
@@ -275,15 +278,17 @@ def cost(steps: int, spe: int, cfg: Config, c: Costs, done: int = 0, current: in
     return train + new_sizes * c.warm_s + (len(sizes) - started) * c.epoch_s + vals * c.val_s + saves * c.save_s
 
 
-def best_steps(left: float, spe: int, cfg: Config, c: Costs, done: int = 0, current: int | None = None) -> int:
-    """The most steps whose ``cost`` from ``done`` fits in ``left`` seconds less the margin (0 if none; at
-    least done + 1 when steps were done: the run ends with a validated epoch)."""
+def best_steps(left: float, spe: int, cfg: Config, c: Costs, done: int = 0, current: int | None = None,
+               validated_end: bool = False) -> int:  # fmt: skip
+    """The most steps whose ``cost`` from ``done`` fits in ``left`` seconds less the margin (0 if none). When
+    steps were done, at least done + 1 (the run ends with a validated epoch), unless ``validated_end``: step
+    ``done`` ended an epoch that was validated, and the run may end there."""
     left *= 1 - MARGIN
     lo, hi = done, done + max(1, int(max(left, 0.0) / c.step(min(c.step_s))) + 1)
     while lo < hi:  # cost grows with steps (more steps never make a run cheaper); bisect on it
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if cost(mid, spe, cfg, c, done, current) <= left else (lo, mid - 1)
-    return max(lo, done + 1) if done else lo
+    return max(lo, done + 1) if done and not validated_end else lo
 
 
 def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:

@@ -243,5 +243,10 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
                else "not validated (train.eval_every)")  # fmt: skip
         log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.2f%%  %s  %.0f img/s  %.1fs", row["epoch"], t.epochs,
                  lr_used, row["train_loss"], 100 * row["train_top1"], val, row["images_per_sec"], row["seconds"])  # fmt: skip
-    save(s, st, ("last", "best") if st.best["epoch"] == st.epoch else ("last",))
+    save_epoch(s, st)
     return row
+
+
+def save_epoch(s: Session, st: TrainState) -> None:
+    """The checkpoint of an epoch's end: last.pt, and best.pt when this epoch is the best so far."""
+    save(s, st, ("last", "best") if st.best["epoch"] == st.epoch else ("last",))

@@ -1,7 +1,7 @@
 """Time to accuracy: `alexnet train --budget B` on Imagenette for several budgets, and levers at one budget.
 
     python benchmarks/budget.py --store /tmp/imnette-store [--budgets 4m 8m 16m 32m] [--lever-budget 8m]
-        [--levers fixed_res] [--out /tmp/budget-runs] [--figure docs/figures/budget.png]
+        [--levers fixed_res] [--test-sizes 227] [--out /tmp/budget-runs] [--figure docs/figures/budget.png]
     python benchmarks/budget.py --plot RUN [RUN ...] --figure docs/figures/budget.png  # runs made earlier
 
 ``--base="--batch-size 128 --set optim.lr=0.04"`` (with ``=``) adds arguments to every run, baseline and levers (a lever's
@@ -40,6 +40,10 @@ LEVERS = {  # one recipe value changed against `fast` (see README "Time to accur
     "ema_0.1": ["--set", "train.ema=0.1"],  # validate an EMA of the weights, half-life 10 % of the run
     "weight_decay_5e-4": ["--set", "optim.weight_decay=5e-4"],  # the paper's value (fast: 5e-5)
     "lr_x2": ["--set", "optim.lr=0.04"],  # twice the linearly scaled lr at batch 64
+    # training ends at 163 px (ramp 131 -> 163), validated at 163 px of the same field of view as 227 of 256; with
+    # --test-sizes 227 also tested at 227 px (Touvron et al. 2019: RandomResizedCrop shows objects larger in
+    # training than a centre crop does at test time, so testing above the training size can gain)
+    "train_163": ["--set", "data.crop=163", "--set", "data.resize=184"],
 }
 
 
@@ -66,14 +70,25 @@ def run(store: Path, budget: str, out: Path, extra: list[str]) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {log}")
     rows, plan = _read(out)
     return {"budget": budget, "wall": wall, "rows": rows, "plan": plan, "top1": rows[-1]["val_top1"],
-            "top5": rows[-1]["val_top5"]}  # fmt: skip
+            "top5": rows[-1]["val_top5"], "tested": {}}  # fmt: skip
+
+
+def test_at(r: dict, out: Path, sizes: list[int]) -> None:
+    """The run's last checkpoint evaluated at each of ``sizes`` (`alexnet evaluate --test-size`), into r["tested"]."""
+    for size in sizes:
+        cmd = [sys.executable, "-m", "alexnet", "evaluate", str(out / "checkpoints" / "last.pt"), "--test-size",
+               str(size), "--json"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        r["tested"][size] = json.loads(done.stdout.splitlines()[-1])["top1"]
 
 
 def describe(name: str, r: dict) -> list[str]:
     b = r["plan"]["budget_s"]
     return [name, r["budget"], f"{r['wall']:.0f} s ({100 * r['wall'] / b:.1f} %)", str(r["plan"]["max_steps"]),
             str(len(r["rows"])), " ".join(str(s) for s in r["plan"]["sizes"]), f"{100 * r['top1']:.1f}",
-            f"{100 * r['top5']:.1f}"]  # fmt: skip
+            f"{100 * r['top5']:.1f}", " ".join(f"{s}px {100 * t:.1f}" for s, t in r["tested"].items()) or "-"]  # fmt: skip
 
 
 def figure(results: list[dict], path: Path) -> None:
@@ -108,6 +123,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/budget-runs"))
     ap.add_argument("--base", default="", help="arguments added to every run (before a lever's own)")
     ap.add_argument("--figure", type=Path)
+    ap.add_argument("--test-sizes", type=int, nargs="*", default=[], help="also evaluate every run at these sizes")
     a = ap.parse_args()
     if a.plot:
         figure([finished_run(p) for p in a.plot], a.figure or Path("budget.png"))
@@ -116,17 +132,21 @@ def main() -> None:
         ap.error("--store is required (or --plot)")
     a.out.mkdir(parents=True, exist_ok=True)
     base = shlex.split(a.base)
-    header = ["run", "budget", "wall (of budget)", "steps", "epochs", "crops per epoch", "top-1 %", "top-5 %"]
+    header = ["run", "budget", "wall (of budget)", "steps", "epochs", "crops per epoch", "top-1 %", "top-5 %",
+              "top-1 % at --test-size"]  # fmt: skip
     rows, results = [header], {}
     for budget in a.budgets:
         results[budget] = run(a.store, budget, a.out / f"fast-{budget}", base)
+        test_at(results[budget], a.out / f"fast-{budget}", a.test_sizes)
         rows.append(describe("fast", results[budget]))
         print(table(rows), flush=True)
     for lever in a.levers:
         if a.lever_budget not in results:
             results[a.lever_budget] = run(a.store, a.lever_budget, a.out / f"fast-{a.lever_budget}", base)
+            test_at(results[a.lever_budget], a.out / f"fast-{a.lever_budget}", a.test_sizes)
             rows.append(describe("fast", results[a.lever_budget]))
         r = run(a.store, a.lever_budget, a.out / f"{lever}-{a.lever_budget}", [*base, *LEVERS[lever]])
+        test_at(r, a.out / f"{lever}-{a.lever_budget}", a.test_sizes)
         rows.append(describe(lever, r))
         delta = 100 * (r["top1"] - results[a.lever_budget]["top1"])
         print(table(rows), f"\n{lever}: {delta:+.1f} points top-1 against fast at {a.lever_budget}", flush=True)

@@ -187,6 +187,21 @@ def _small_run(data: Path) -> list[str]:
             "--set", "data.res_start=67", "--set", "optim.lr=0.002", "--set", "train.log_every=0"]  # fmt: skip
 
 
+def test_the_ramp_can_end_below_the_test_crop(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = _config(131)
+    cfg.data.res_end = 163  # train 131 -> 163 px, test at 227
+    assert budget.planned_sizes(cfg, 74, 740)[0] == 131 and max(budget.planned_sizes(cfg, 74, 740)) == 163
+    assert budget.planned_sizes(_config(131), 74, 740)[-1] == 227
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *_small_run(tiny_folder), "--epochs", "2", "--set", "data.res_end=67"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_size"] for r in rows] == [67, 67] and rows[-1]["val_n"] == 9
+    for bad in ("100", "131"):  # not the crop (99) less a multiple of 32; above it
+        assert main(["train", "--out", str(tmp_path / "bad"), *_small_run(tiny_folder), "--set", f"data.res_end={bad}"]) == 2
+        assert "data.res_end must be data.crop (99) less a multiple of 32 px" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_check_that_finds_no_time_left_ends_the_run_at_its_validated_epoch(tiny_folder: Path, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import alexnet.train as train_mod

@@ -69,6 +69,9 @@ class DataConfig:
     # of 32 px, rising linearly between these fractions of the run; evaluation always at crop. None: off
     res_start: int | None = positive(None)
     res_ramp: list[float] = field(default_factory=lambda: [0.35, 0.85])
+    # the last training crop (crop less a multiple of 32; None: crop). Below crop, evaluation at crop tests above
+    # the training size (FFCV trains ResNet-50 up to 192 px and validates at 256; Touvron et al. 2019)
+    res_end: int | None = positive(None)
     normalize: str = choice("channel", "channel", "pixel")  # pixel: subtract the mean image (paper §2)
     mean: list[float] | None = None  # channel mean, [0,1] scale; None: from stats, else ImageNet's
     std: list[float] | None = None
@@ -77,6 +80,12 @@ class DataConfig:
     workers: int = -1  # data-loader processes; -1: one per core, at most 8
     check_files: bool = False  # read every image's header before training (else bad files are skipped when decoded)
     val_fraction: float = fraction(0.2)  # built-in digits only: held-out share
+
+    @property
+    def train_end(self) -> int:
+        """The largest training crop: ``res_end``, else ``crop`` (of a resolved config)."""
+        assert self.crop is not None, "resolve the config first"
+        return self.res_end or self.crop
 
 
 @dataclass
@@ -230,9 +239,14 @@ def check(cfg: Config) -> None:
     minimum = get_model_info(cfg.model.name).min_input_size
     if (d.crop or minimum) < minimum:
         raise UserError(f"data.crop {d.crop} is below {cfg.model.name}'s minimum input of {minimum}x{minimum} pixels")
-    if (d.res_start or minimum) < minimum:
-        raise UserError(f"data.res_start {d.res_start} is below {cfg.model.name}'s minimum input of "
-                        f"{minimum}x{minimum} pixels")  # fmt: skip
+    for key in ("res_start", "res_end"):
+        if (getattr(d, key) or minimum) < minimum:
+            raise UserError(f"data.{key} {getattr(d, key)} is below {cfg.model.name}'s minimum input of "
+                            f"{minimum}x{minimum} pixels")  # fmt: skip
+    crop = d.crop or get_model_info(cfg.model.name).input_size
+    if d.res_end is not None and (d.res_end > crop or (crop - d.res_end) % 32):
+        raise UserError(f"data.res_end must be data.crop ({crop}) less a multiple of 32 px (the network's total "
+                        f"stride), e.g. {crop - 64}; got {d.res_end}")  # fmt: skip
     for key in ("mean", "std"):
         v = getattr(d, key)
         if v is not None and len(v) != 3:

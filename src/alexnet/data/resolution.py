@@ -11,7 +11,9 @@ every size meets the layers' windows exactly as the final crop does (227, 195, 1
 224, 192, 160, 128 for torchvision's 224). One size per epoch (a store or a data-loader worker resizes once
 per epoch; a compiled model sees few shapes), read at the epoch's midpoint of the run, and never below an
 earlier epoch's (``rising``: a --budget check that lengthens the run moves the ramp later, which would otherwise
-send the next epoch back down). Evaluation is always at the final crop.
+send the next epoch back down). Evaluation is always at ``data.crop``; the ramp ends there too, or at
+``data.res_end`` below it (then the network is tested above its last training size, as FFCV validates
+ResNet-50 at 256 px after training up to 192).
 """
 
 from __future__ import annotations

@@ -31,13 +31,11 @@ each check's) are agreed with a max all-reduce, and every rank computes the same
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import logging
 import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -47,15 +45,14 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint as ckpt_io
 from .. import distributed
 from ..atomic import atomic_write_text
 from ..config import Config, parse_duration, save_yaml
 from ..data.resolution import allowed_sizes, epoch_sizes, rising
 from ..errors import UserError
-from ..inference import evaluate
 from ..optim import Schedule
-from .epoch import forward, save_epoch
+from .epoch import save_epoch
+from .probe import Costs, probe
 from .setup import Session
 from .state import TrainState
 
@@ -82,30 +79,6 @@ def command_age() -> float:
         return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError, AttributeError):
         return 0.0
-
-
-@dataclass
-class Costs:
-    """Seconds (the slowest rank's): what the probe measured, then what training measured."""
-
-    step_s: dict[int, float]  # per training step, at each crop timed (training's own time replaces the probe's)
-    warm_s: float  # extra cost of a new crop's first step (allocation, autotuning, compilation)
-    epoch_s: float  # fixed cost per epoch beyond its steps (data-loader start-up)
-    val_s: float  # one validation pass
-    save_s: float  # one checkpoint
-    timed: dict[int, int] = field(default_factory=dict)  # how many steps each crop's time is from (default 1)
-
-    def step(self, size: int) -> float:
-        """Seconds per step at ``size``: ``a + b * size**2``, least squares through the timed crops, each
-        weighted by its steps timed (a check's dozens of steps outweigh the probe's three)."""
-        xs, ys = [z * z for z in self.step_s], list(self.step_s.values())
-        ws = [self.timed.get(z, 1) for z in self.step_s]
-        mx, my = (sum(w * v for w, v in zip(ws, vs)) / sum(ws) for vs in (xs, ys))
-        sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
-        if sxx == 0:
-            return my
-        b = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys)) / sxx
-        return max(my + b * (size * size - mx), 1e-6)
 
 
 @dataclass
@@ -223,7 +196,7 @@ def plan_run(s: Session, st: TrainState, started: float) -> BudgetRun:
     t, d = s.cfg.train, s.cfg.data
     assert t.budget is not None and d.crop is not None and s.data.train is not None
     budget, spe = parse_duration(t.budget, "--budget"), len(s.data.train)
-    sizes = sorted({allowed_sizes(d.crop, d.res_start)[0] if d.res_start else d.crop, d.crop})
+    sizes = sorted({allowed_sizes(d.train_end, d.res_start)[0] if d.res_start else d.train_end, d.train_end})
     costs = probe(s, st, sizes)
     elapsed = float(distributed.all_reduce_max(torch.tensor(time.monotonic() - started, device=s.device)))
     steps = best_steps(budget - elapsed, spe, s.cfg, costs)
@@ -252,8 +225,7 @@ def planned_sizes(cfg: Config, spe: int, steps: int, done: int = 0, current: int
     """Every epoch's crop in a run of ``steps`` steps, planned after step ``done`` (``current``: the crop of that
     step's epoch, planned before): an epoch in progress keeps its crop, and later crops never go below it."""
     d = cfg.data
-    assert d.crop is not None
-    sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, steps)
+    sizes = epoch_sizes(d.train_end, d.res_start, d.res_ramp, spe, steps)
     first = done // spe  # the epoch of step done+1
     if current is not None:
         if done % spe and first < len(sizes):  # mid-epoch: the epoch in progress keeps its crop
@@ -289,113 +261,3 @@ def best_steps(left: float, spe: int, cfg: Config, c: Costs, done: int = 0, curr
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if cost(mid, spe, cfg, c, done, current) <= left else (lo, mid - 1)
     return max(lo, done + 1) if done and not validated_end else lo
-
-
-def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
-    """Time training steps at ``sizes``, a validation prefix and a checkpoint, leaving the state as it was."""
-    gpu = s.device.type != "cpu"
-    # GPUs autotune in their first steps. CPU steps take seconds and mostly vary little (2-core AVX2 CPU, 227 px,
-    # batch 128: 6.63, 6.38, 6.44 s), but one timed step per size was 25 % too slow once in seven runs (227 px,
-    # batch 64: 3.82 s against 2.8-3.1 s measured in training) and the run ended at 85 % of its budget: the
-    # median of three
-    warm, timed = (3, 10) if gpu else (1, 3)
-    snapshot = _snapshot(st)
-    firsts, step_s = [], {}
-    for size in sizes:
-        first, steady = _time_steps(s, st, size, warm, timed)
-        firsts.append(first)
-        step_s[size] = steady
-    _restore(st, snapshot)
-    val_s = _time_validation(s)
-    save_s = _time_save(s, st)
-    first_excess = [f - step_s[z] for f, z in zip(firsts, sizes)]
-    numbers = [*step_s.values(), max(first_excess[0], 0.0), max(first_excess[-1], 0.0), val_s, save_s]
-    agreed = distributed.all_reduce_max(torch.tensor(numbers, device=s.device)).tolist()  # float32: MPS has no float64
-    k = len(sizes)
-    return Costs(dict(zip(sizes, agreed[:k])), agreed[k], agreed[k + 1], agreed[k + 2], agreed[k + 3],
-                 dict.fromkeys(sizes, timed))  # fmt: skip
-
-
-def _sync(s: Session) -> None:
-    if s.device.type == "cuda":
-        torch.cuda.synchronize(s.device)
-
-
-def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) -> tuple[float, float]:
-    """(the first step's seconds, the median of the ``timed`` steps after ``warm`` warm-up steps) at ``size``;
-    real batches of epoch 0 through the run's own augmentation, forward, backward and optimizer step."""
-    assert s.data.train is not None
-    times, t0 = [], time.perf_counter()
-    for x, y, idx in itertools.islice(s.data.train.epoch(0, size=size), warm + timed):
-        loss, _, _ = forward(s, st, x, y, idx, size)
-        st.optimizer.zero_grad(set_to_none=True)
-        st.scaler.scale(loss).backward()
-        st.scaler.step(st.optimizer)
-        st.scaler.update()
-        if st.ema is not None:
-            st.ema.update(st.model, 0.5)
-        _sync(s)
-        now = time.perf_counter()
-        times.append(now - t0)
-        t0 = now
-    steady = times[warm:] or times[-1:]
-    return times[0], statistics.median(steady)
-
-
-def _time_validation(s: Session, batches: int = 2) -> float:
-    """One validation pass: the time to its first batch (data-loader start-up) plus the batches' count times
-    the median of the batches after the first (the first is a warm-up: counted, it overestimated a 3925-image
-    Imagenette validation by 10 s of 53 on this CPU)."""
-    stamps: list[float] = []
-
-    class Prefix:  # the first batches of the validation set, time-stamped as evaluate() asks for them
-        def epoch(self, epoch: int) -> Iterator[Any]:
-            for batch in itertools.islice(s.data.val.epoch(epoch), batches):
-                stamps.append(time.perf_counter())
-                yield batch
-            stamps.append(time.perf_counter())
-
-    t0 = time.perf_counter()
-    t = s.cfg.train
-    assert s.data.preprocess.crop is not None
-    evaluate(s.eval_model, Prefix(), s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),  # type: ignore[arg-type]
-             s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
-    _sync(s)
-    if len(stamps) < 3:  # a one-batch validation set
-        return time.perf_counter() - t0
-    per = [b - a for a, b in zip(stamps[1:], stamps[2:])]
-    full_batches = s.data.val.num_samples / (s.data.val.batch_size * s.dist.world)  # the last one may be smaller
-    return (stamps[0] - t0) + statistics.median(per) * max(1.0, full_batches)
-
-
-def _time_save(s: Session, st: TrainState) -> float:
-    """One checkpoint write (every rank builds the state; rank 0 writes a scratch file and removes it)."""
-    t0 = time.perf_counter()
-    ck = st.state_dict()
-    if s.main:
-        scratch = s.run_dir / "checkpoints" / ".budget-probe.pt"
-        scratch.parent.mkdir(parents=True, exist_ok=True)
-        ckpt_io.atomic_save(ck, scratch)
-        scratch.unlink(missing_ok=True)
-    return time.perf_counter() - t0
-
-
-def _tensors(st: TrainState) -> Iterator[torch.Tensor]:
-    models = [st.model] + ([st.ema.model] if st.ema is not None else [])
-    return itertools.chain.from_iterable(itertools.chain(m.parameters(), m.buffers()) for m in models)
-
-
-def _snapshot(st: TrainState) -> dict[str, Any]:
-    tensors = [t.detach().clone() for t in _tensors(st)]
-    return {"tensors": tensors, "optimizer": copy.deepcopy(st.optimizer.state_dict()), "scaler": st.scaler.state_dict()}
-
-
-def _restore(st: TrainState, snap: dict[str, Any]) -> None:
-    with torch.no_grad():
-        for t, saved in zip(_tensors(st), snap["tensors"]):
-            t.copy_(saved)
-    st.optimizer.load_state_dict(snap["optimizer"])
-    st.optimizer.zero_grad(set_to_none=True)
-    if snap["scaler"]:
-        st.scaler.load_state_dict(snap["scaler"])
-

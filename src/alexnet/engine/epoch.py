@@ -104,10 +104,9 @@ def epoch_size(s: Session, epoch: int) -> int:
     run's length as planned when the epoch began (a --budget check changes the crops of later epochs only), and
     never below an earlier epoch's crop (a check that lengthens the run moves the ramp later)."""
     d, spe, retargets, total = s.cfg.data, len(s.data.train or [1]), s.cfg.schedule.retargets, total_steps(s)
-    assert d.crop is not None
 
     def planned(e: int) -> int:  # epoch e's crop under the plan in force when it began
-        sizes = epoch_sizes(d.crop, d.res_start, d.res_ramp, spe, total_at(retargets, e * spe, total))  # type: ignore[arg-type]
+        sizes = epoch_sizes(d.train_end, d.res_start, d.res_ramp, spe, total_at(retargets, e * spe, total))
         return sizes[min(e, len(sizes) - 1)]
 
     return max(planned(e) for e in range(epoch + 1))
@@ -171,7 +170,7 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
     if st.step_in_epoch == 0:
         st.partial = EpochSums()
     sums, t0 = StepSums.zeros(s.device), time.perf_counter()
-    label = f"epoch {st.epoch + 1}/{t.epochs}" + (f" {size}px" if s.cfg.data.res_start else "")
+    label = f"epoch {st.epoch + 1}/{t.epochs}" + (f" {size}px" if size != s.cfg.data.crop else "")
     progress = Progress(n_steps, label, s.main and s.verbose, t.log_every, initial=st.step_in_epoch)
     s.model.train()
     assert s.data.train is not None

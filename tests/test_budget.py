@@ -103,6 +103,7 @@ def test_the_budget_counts_from_the_command_start(monkeypatch: pytest.MonkeyPatc
 def _config(res_start: int | None, every: int = 0) -> Config:
     cfg = load_recipe("fast")
     cfg.data.crop, cfg.data.res_start, cfg.train.checkpoint_every, cfg.train.eval_every = 227, res_start, every, 1
+    cfg.data.res_end = None  # the ramp ends at the crop
     return cfg
 
 
@@ -196,9 +197,14 @@ def test_the_ramp_can_end_below_the_test_crop(tiny_folder: Path, tmp_path: Path,
     assert main(["train", "--out", str(run), *_small_run(tiny_folder), "--epochs", "2", "--set", "data.res_end=67"]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_size"] for r in rows] == [67, 67] and rows[-1]["val_n"] == 9
-    for bad in ("100", "131"):  # not the crop (99) less a multiple of 32; above it
-        assert main(["train", "--out", str(tmp_path / "bad"), *_small_run(tiny_folder), "--set", f"data.res_end={bad}"]) == 2
-        assert "data.res_end must be data.crop (99) less a multiple of 32 px" in capsys.readouterr().err
+    cfg.data.res_end = 224  # between two sizes of the ladder: the next one down (as --set data.crop=224 gives)
+    assert max(budget.planned_sizes(cfg, 74, 740)) == 195 and cfg.data.train_end == 195
+    cfg.data.res_end = 300  # above the crop: the crop
+    assert cfg.data.train_end == 227
+    assert main(["train", "--out", str(tmp_path / "bad"), *_small_run(tiny_folder), "--set", "data.res_start=99",
+                 "--set", "data.res_end=98"]) == 2  # fmt: skip
+    assert "data.res_end 98 ends the training crops at 67 px (data.crop 99 less multiples of 32), below " \
+           "data.res_start (99 px)" in capsys.readouterr().err  # fmt: skip
     assert not (tmp_path / "bad").exists()
 
 

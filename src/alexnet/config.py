@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
+from .data.resolution import ladder_below
 from .errors import UserError
 from .models.lrn import PAPER_LRN
 
@@ -69,8 +70,9 @@ class DataConfig:
     # of 32 px, rising linearly between these fractions of the run; evaluation always at crop. None: off
     res_start: int | None = positive(None)
     res_ramp: list[float] = field(default_factory=lambda: [0.35, 0.85])
-    # the last training crop (crop less a multiple of 32; None: crop). Below crop, evaluation at crop tests above
-    # the training size (FFCV trains ResNet-50 up to 192 px and validates at 256; Touvron et al. 2019)
+    # the last training crop (crop less a multiple of 32, else the next one down; None or above crop: crop).
+    # Below crop, evaluation at crop tests above the training size (FFCV trains ResNet-50 up to 192 px and
+    # validates at 256; Touvron et al. 2019)
     res_end: int | None = positive(None)
     normalize: str = choice("channel", "channel", "pixel")  # pixel: subtract the mean image (paper §2)
     mean: list[float] | None = None  # channel mean, [0,1] scale; None: from stats, else ImageNet's
@@ -83,9 +85,10 @@ class DataConfig:
 
     @property
     def train_end(self) -> int:
-        """The largest training crop: ``res_end``, else ``crop`` (of a resolved config)."""
+        """The largest training crop: ``crop``, or the size of its ladder (crop less multiples of 32) at or
+        just below ``res_end`` (of a resolved config)."""
         assert self.crop is not None, "resolve the config first"
-        return self.res_end or self.crop
+        return self.crop if self.res_end is None else ladder_below(self.crop, self.res_end)
 
 
 @dataclass
@@ -244,9 +247,11 @@ def check(cfg: Config) -> None:
             raise UserError(f"data.{key} {getattr(d, key)} is below {cfg.model.name}'s minimum input of "
                             f"{minimum}x{minimum} pixels")  # fmt: skip
     crop = d.crop or get_model_info(cfg.model.name).input_size
-    if d.res_end is not None and (d.res_end > crop or (crop - d.res_end) % 32):
-        raise UserError(f"data.res_end must be data.crop ({crop}) less a multiple of 32 px (the network's total "
-                        f"stride), e.g. {crop - 64}; got {d.res_end}")  # fmt: skip
+    end = crop if d.res_end is None else ladder_below(crop, d.res_end)
+    floor, what = max((minimum, f"{cfg.model.name}'s minimum input"), (d.res_start or 0, "data.res_start"))
+    if end < floor:
+        raise UserError(f"data.res_end {d.res_end} ends the training crops at {end} px (data.crop {crop} less "
+                        f"multiples of 32), below {what} ({floor} px)")  # fmt: skip
     for key in ("mean", "std"):
         v = getattr(d, key)
         if v is not None and len(v) != 3:

@@ -15,7 +15,7 @@ import yaml
 
 from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
-from alexnet.config import Config, ScheduleConfig, load_recipe, parse_duration
+from alexnet.config import Config, ScheduleConfig, apply_overrides, load_recipe, parse_duration
 from alexnet.data.folder import FolderDataset, scan_folder
 from alexnet.data.resolution import allowed_sizes, epoch_sizes, rising
 from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_crop
@@ -201,6 +201,8 @@ def test_the_ramp_can_end_below_the_test_crop(tiny_folder: Path, tmp_path: Path,
     assert max(budget.planned_sizes(cfg, 74, 740)) == 195 and cfg.data.train_end == 195
     cfg.data.res_end = 300  # above the crop: the crop
     assert cfg.data.train_end == 227
+    small = apply_overrides(load_recipe("fast"), ["data.crop=67", "data.resize=72"]).data  # res_start 131, res_end 163
+    assert small.train_end == 67 and budget.planned_sizes(Config(data=small), 5, 20) == [67] * 4  # no ramp: 67
     assert main(["train", "--out", str(tmp_path / "bad"), *_small_run(tiny_folder), "--set", "data.res_start=99",
                  "--set", "data.res_end=98"]) == 2  # fmt: skip
     assert "data.res_end 98 ends the training crops at 67 px (data.crop 99 less multiples of 32), below " \

@@ -249,7 +249,7 @@ def check(cfg: Config) -> None:
     crop = d.crop or get_model_info(cfg.model.name).input_size
     end = crop if d.res_end is None else ladder_below(crop, d.res_end)
     floor, what = max((minimum, f"{cfg.model.name}'s minimum input"), (d.res_start or 0, "data.res_start"))
-    if end < floor:
+    if end < crop and end < floor:  # (at crop the ramp ends where it always did)
         raise UserError(f"data.res_end {d.res_end} ends the training crops at {end} px (data.crop {crop} less "
                         f"multiples of 32), below {what} ({floor} px)")  # fmt: skip
     for key in ("mean", "std"):

@@ -88,7 +88,7 @@ class DataConfig:
         """The largest training crop: ``crop``, or the size of its ladder (crop less multiples of 32) at or
         just below ``res_end`` (of a resolved config)."""
         assert self.crop is not None, "resolve the config first"
-        return self.crop if self.res_end is None else ladder_below(self.crop, self.res_end)
+        return ladder_below(self.crop, self.res_end)
 
 
 @dataclass
@@ -239,15 +239,15 @@ def check(cfg: Config) -> None:
         raise UserError(f"data.res_ramp must be two fractions [start, end] with 0 <= start <= end <= 1, got {d.res_ramp}")
     if d.crop is not None and d.crop > d.resize:
         raise UserError(f"data.crop ({d.crop}) cannot be larger than data.resize ({d.resize})")
-    minimum = get_model_info(cfg.model.name).min_input_size
+    info = get_model_info(cfg.model.name)
+    minimum = info.min_input_size
     if (d.crop or minimum) < minimum:
         raise UserError(f"data.crop {d.crop} is below {cfg.model.name}'s minimum input of {minimum}x{minimum} pixels")
-    for key in ("res_start", "res_end"):
-        if (getattr(d, key) or minimum) < minimum:
-            raise UserError(f"data.{key} {getattr(d, key)} is below {cfg.model.name}'s minimum input of "
-                            f"{minimum}x{minimum} pixels")  # fmt: skip
-    crop = d.crop or get_model_info(cfg.model.name).input_size
-    end = crop if d.res_end is None else ladder_below(crop, d.res_end)
+    if (d.res_start or minimum) < minimum:
+        raise UserError(f"data.res_start {d.res_start} is below {cfg.model.name}'s minimum input of "
+                        f"{minimum}x{minimum} pixels")  # fmt: skip
+    crop = d.crop or info.input_size
+    end = ladder_below(crop, d.res_end)
     floor, what = max((minimum, f"{cfg.model.name}'s minimum input"), (d.res_start or 0, "data.res_start"))
     if end < crop and end < floor:  # (at crop the ramp ends where it always did)
         raise UserError(f"data.res_end {d.res_end} ends the training crops at {end} px (data.crop {crop} less "

@@ -33,10 +33,10 @@ def allowed_sizes(crop: int, start: int) -> list[int]:
     return sorted(sizes)
 
 
-def ladder_below(crop: int, size: int) -> int:
-    """The largest of ``crop``, ``crop - 32``, ... at or below ``size`` (``crop`` when ``size`` is above it):
-    where a ``data.res_end`` between two steps ends the ramp (the next one down, never above it)."""
-    return crop if size >= crop else crop - STRIDE * -(-(crop - size) // STRIDE)
+def ladder_below(crop: int, size: int | None) -> int:
+    """The largest of ``crop``, ``crop - 32``, ... at or below ``size`` (``crop`` when ``size`` is None or above
+    it): where the ramp ends for a ``data.res_end`` (between two steps, the next one down, never above it)."""
+    return crop if size is None or size >= crop else crop - STRIDE * -(-(crop - size) // STRIDE)
 
 
 def size_at(frac: float, crop: int, start: int | None, ramp: tuple[float, float] | list[float]) -> int:

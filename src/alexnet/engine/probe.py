@@ -45,7 +45,6 @@ class Costs:
         return max(my + b * (size * size - mx), 1e-6)
 
 
-
 def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
     """Time training steps at ``sizes``, a validation prefix and a checkpoint, leaving the state as it was."""
     gpu = s.device.type != "cpu"
@@ -153,4 +152,3 @@ def _restore(st: TrainState, snap: dict[str, Any]) -> None:
     st.optimizer.zero_grad(set_to_none=True)
     if snap["scaler"]:
         st.scaler.load_state_dict(snap["scaler"])
-

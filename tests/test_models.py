@@ -219,3 +219,24 @@ def test_dropout_masks_follow_the_sample_not_the_batch(name: str) -> None:
         set_dropout_keys(model, keyed_random.keys(0, epoch, torch.arange(4)))
         compiled(x)
     assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (2, 5), (7, 7), (13, 13)])
+def test_the_deterministic_pool_to_6x6_is_the_adaptive_pool(size: tuple[int, int]) -> None:
+    """With deterministic algorithms on (train.deterministic), the pool before fc6 is two matrix products
+    (PyTorch's CUDA backward of the adaptive pool has no deterministic kernel): the same values and gradients."""
+    from alexnet.models.layers import pool_to_grid
+
+    pool, x = nn.AdaptiveAvgPool2d((6, 6)), torch.randn(2, 4, *size, requires_grad=True)
+    ref = pool(x)
+    g = torch.randn_like(ref)
+    (ref_grad,) = torch.autograd.grad(ref, x, g)
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = pool_to_grid(x, pool)
+        (grad,) = torch.autograd.grad(out, x, g)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert out.grad_fn is not None and "AdaptiveAvgPool" not in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grad, ref_grad)

@@ -60,6 +60,67 @@ def test_training_steps_and_evaluation_make_no_float64(tiny_folder: Path, tmp_pa
         torch.ones(2, dtype=torch.float64)
 
 
+# PyTorch's list of CUDA ops with no deterministic kernel (torch.use_deterministic_algorithms' docstring,
+# torch 2.14: "will throw a RuntimeError"), as the aten ops a CPU run calls; NLLLoss's are the 2-d kernels
+# (the 1-d CUDA kernels reduce in a fixed order, aten/src/ATen/native/cuda/Loss.cu).
+CUDA_NONDETERMINISTIC = {
+    "avg_pool3d_backward", "_adaptive_avg_pool2d_backward", "_adaptive_avg_pool3d_backward",
+    "adaptive_max_pool2d_backward", "fractional_max_pool2d_backward", "fractional_max_pool3d_backward",
+    "max_unpool2d", "max_unpool3d", "upsample_linear1d_backward", "upsample_bilinear2d_backward",
+    "_upsample_bilinear2d_aa_backward", "upsample_bicubic2d_backward", "_upsample_bicubic2d_aa_backward",
+    "upsample_trilinear3d_backward", "reflection_pad1d_backward", "reflection_pad2d_backward",
+    "reflection_pad3d_backward", "nll_loss2d_forward", "nll_loss2d_backward", "_ctc_loss_backward",
+    "_embedding_bag_backward", "put_", "histc", "bincount", "median", "nanmedian", "grid_sampler_2d_backward",
+    "grid_sampler_3d_backward", "scatter_reduce",
+}  # fmt: skip
+
+
+class OpRecorder(TorchDispatchMode):
+    """Every aten op called (forward and backward), by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_deterministic_training_and_evaluation_call_no_op_cuda_lacks_a_deterministic_kernel(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.deterministic=true on CUDA: every op of a training step (at 67 px, where the pool before fc6 is
+    not the identity) and of evaluation has a deterministic CUDA kernel; cuBLAS gets its fixed-order setting."""
+    import alexnet.evaluate
+    import alexnet.train
+
+    recorder = OpRecorder()
+
+    def recorded(fn):  # noqa: ANN001, ANN202
+        def wrapped(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            with recorder:
+                return fn(*a, **k)
+
+        return wrapped
+
+    for module, name in ((alexnet.train, "train_one_epoch"), (alexnet.evaluate, "evaluate")):
+        monkeypatch.setattr(module, name, recorded(getattr(module, name)))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    run, deterministic = tmp_path / "cuda-like", ["--set", "train.deterministic=true"]
+    try:
+        assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, *deterministic]) == 0
+        assert main(["evaluate", str(run), "--tta", "10crop", "--json"]) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)  # a process-wide switch: keep it from the other tests
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert "convolution_backward" in recorder.ops and "mm" in recorder.ops  # it did record the step
+    assert not recorder.ops & CUDA_NONDETERMINISTIC, sorted(recorder.ops & CUDA_NONDETERMINISTIC)
+    recorder.ops.clear()  # without the setting the same run calls the adaptive pool's backward: the check bites
+    assert main(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "default"), *FAST]) == 0
+    assert "_adaptive_avg_pool2d_backward" in recorder.ops
+
+
 def test_windows_directory_open_refused_training_still_checkpoints(tiny_folder: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     real_open = os.open

@@ -127,7 +127,7 @@ class TrainConfig:
     compile: bool | None = None  # None/auto: torch.compile on CUDA, for runs long enough to repay it
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 0
-    deterministic: bool = False  # deterministic kernels (CPU runs are deterministic anyway)
+    deterministic: bool = False  # deterministic CUDA kernels and cuBLAS order (README Platforms); CPU ones are anyway
     eval_tta: str = choice("center", "center", "flip", "10crop")  # used for the per-epoch val metrics
     # an EMA of the weights, validated and saved in their place: its half-life as a fraction of the run's
     # optimizer steps (engine/ema.py); 0: off

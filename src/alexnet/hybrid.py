@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .models.layers import KeyedDropout, check_input_size, keyed_dropout
+from .models.layers import KeyedDropout, check_input_size, keyed_dropout, pool_to_grid
 
 
 @dataclass
@@ -182,7 +182,7 @@ class HybridAlexNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.min_input_size, "alexnet (hybrid)")
-        return self.avgpool(self.features(x))  # (b, 256, 6, 6)
+        return pool_to_grid(self.features(x), self.avgpool)  # (b, 256, 6, 6)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         h = torch.flatten(x, 1)  # (b, 9216)

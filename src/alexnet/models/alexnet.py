@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size
+from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size, pool_to_grid
 from .lrn import PAPER_LRN, GroupedLRN
 
 # Smallest input whose pool3 output is at least 1x1:
@@ -104,7 +104,7 @@ class AlexNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.min_input_size, "alexnet")
         x = self.features(x)  # conv1 (B,96,55,55) ... pool3 (B,256,6,6) at 227x227
-        return x if x.shape[-2:] == (6, 6) else self.avgpool(x)  # (B, 256, 6, 6); exports carry no no-op pool
+        return pool_to_grid(x, self.avgpool)  # (B, 256, 6, 6)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(x, 1)  # (B, 9216)

@@ -19,6 +19,31 @@ def check_input_size(x: torch.Tensor, minimum: int, name: str) -> None:
         raise ValueError(f"{name} needs inputs of at least {minimum}x{minimum} pixels, got {h}x{w}")
 
 
+def pool_to_grid(x: torch.Tensor, pool: nn.AdaptiveAvgPool2d) -> torch.Tensor:
+    """``pool`` (the adaptive average pool to fc6's 6x6 grid) applied to ``x``: nothing when the map is already
+    that size (227 px for the paper's network: exports carry no no-op pool); with deterministic algorithms on
+    (``train.deterministic``), the same averages as two small matrix products, because PyTorch's CUDA kernel
+    for this pool's backward adds with atomics and has no deterministic variant (``torch.use_deterministic_
+    algorithms``' list), and progressive resizing trains at sizes where the pool is not the identity."""
+    out = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
+    if tuple(x.shape[-2:]) == out:
+        return x
+    if not torch.are_deterministic_algorithms_enabled():
+        return pool(x)
+    rows, cols = (_average_matrix(n, m, x) for n, m in zip(x.shape[-2:], out))
+    return torch.matmul(torch.matmul(rows, x), cols.T)  # (m_rows, H) @ (B, C, H, W) @ (W, m_cols)
+
+
+def _average_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in): row i averages inputs floor(i n_in / n_out) .. ceil((i + 1) n_in / n_out) - 1, the
+    adaptive pool's windows (PyTorch's AdaptiveAvgPool2d and Caffe's)."""
+    i, j = torch.arange(n_out), torch.arange(n_in)
+    start, end = (i * n_in) // n_out, ((i + 1) * n_in + n_out - 1) // n_out
+    inside = (j[None] >= start[:, None]) & (j[None] < end[:, None])
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    return (inside.float() / (end - start)[:, None]).to(dtype=dtype, device=like.device)  # no float64: MPS has none
+
+
 class KeyedDropout(nn.Dropout):
     """Dropout whose mask for a sample depends only on that sample's key (seed, epoch, dataset index), the
     layer and the unit, not on which process or batch row holds the sample: 1 and N DDP processes (and the

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size
+from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size, pool_to_grid
 
 # conv1 (63+4-11)/4+1=15, pool1 7, pool2 3, pool3 1 (torchvision's meta says min_size 63).
 MIN_INPUT_SIZE = 63
@@ -53,7 +53,7 @@ class AlexNetOWT(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.min_input_size, "alexnet_owt")
         x = self.features(x)  # (B, 64, 55, 55) ... (B, 256, 6, 6) at 224x224
-        return x if x.shape[-2:] == (6, 6) else self.avgpool(x)  # (B, 256, 6, 6); exports carry no no-op pool
+        return pool_to_grid(x, self.avgpool)  # (B, 256, 6, 6)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(x, 1)  # (B, 9216)

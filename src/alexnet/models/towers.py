@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import UserError
 from .alexnet import AlexNet
-from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size
+from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size, pool_to_grid
 from .lrn import PAPER_LRN, GroupedLRN
 
 TWO_TOWER_MODELS = ("alexnet", "alexnet_bn")
@@ -83,7 +83,7 @@ class _Tower(nn.Module):
         x = self._block(both, "conv3")  # (B, 192, 13, 13)
         x = self._block(x, "conv4")  # (B, 192, 13, 13)
         x = self._block(x, "conv5")  # (B, 128, 13, 13)
-        return self.avgpool(self.pool(x))  # (B, 128, 6, 6)
+        return pool_to_grid(self.pool(x), self.avgpool)  # (B, 128, 6, 6)
 
 
 class TowerAlexNet(nn.Module):

@@ -9,7 +9,8 @@ crops and flips. Baseline: ImageFolder + RandomResizedCrop(224) + RandomHorizont
 the whole uint8 batch. Ours (store): read the uint8 batch from the store file (decoding was paid once
 by `alexnet prepare`, not timed), then the same batched augmentation. JPEG store: the batch's JPEG bytes
 decoded by TorchCodec (the decoder in use) or torchvision's deprecated decode_jpeg (the path before it), then
-the same augmentation; a second table times the two decoders alone on the same bytes. Every rate is the
+the same augmentation; a second table times the two decoders alone on the same bytes (and, where CUDA is
+available, TorchCodec's nvJPEG decoding on the GPU, data.jpeg_decode=gpu). Every rate is the
 median of --reps passes, the pipelines interleaved (baseline first in each pass) so drift hits all alike.
 """
 
@@ -155,6 +156,10 @@ def main() -> None:
             blobs = [torch.from_numpy(jimages.data[jimages.offsets[i] : jimages.offsets[i + 1]].copy()) for i in idx]
             decoders = [("torchvision decode_jpeg (before)", _torchvision_decode), (f"{store_mod.jpeg_decoder().backend} (in use)",
                         store_mod.jpeg_decoder())]  # fmt: skip
+            if torch.cuda.is_available():  # data.jpeg_decode=gpu: one nvJPEG call per batch, waited for
+                gpu = store_mod.jpeg_decoder("cuda")
+                decoders.append(("TorchCodec on the GPU (nvJPEG; data.jpeg_decode=gpu)",
+                                 lambda b: (gpu(b), torch.cuda.synchronize())[0]))  # fmt: skip
             dec = median_rates([(label, lambda d=d: [d(blobs[i : i + args.batch]) for i in range(0, n, args.batch)])
                                 for label, d in decoders], n, max(args.reps, 5), baseline_first=False)  # fmt: skip
             tv_rate = dec[decoders[0][0]]

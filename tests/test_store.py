@@ -168,3 +168,46 @@ def test_a_store_trained_run_works_everywhere_a_folder_does(tiny_folder: Path, t
     record = json.loads((tmp_path / "figs" / "neighbours.json").read_text())
     assert all(str(tiny_folder) in n for row in record for n in row["neighbours"])  # the store's source files
     assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
+
+
+def test_jpeg_decode_gpu_hands_the_store_batches_to_the_gpu_decoder(tiny_folder: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """data.jpeg_decode=gpu: every training and validation batch of a JPEG store is decoded by the decoder
+    for the training GPU (here a pretend cuda:0 whose decoder is the CPU one); a CPU run or a raw store is
+    refused in one line, before the run directory exists. nvJPEG itself is untested (no GPU here)."""
+    from alexnet.config import load_recipe
+    from alexnet.data.loaders import build_data
+    from alexnet.engine.setup import resolve_config
+    from alexnet.errors import UserError
+
+    jpeg, raw = tmp_path / "jstore", tmp_path / "store"
+    for out, fmt in ((jpeg, "jpeg"), (raw, "raw")):
+        assert main(["prepare", "--data", str(tiny_folder), "--out", str(out), "--size", "72", "--format", fmt,
+                     "--workers", "1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(jpeg), "--out", str(run), *FAST, "--set", "data.jpeg_decode=gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "data.jpeg_decode=gpu decodes on the training GPU" in err and "Traceback" not in err
+    assert not run.exists()
+
+    def config(path: Path):  # noqa: ANN202
+        cfg = load_recipe("fast")
+        cfg.data.path, cfg.data.crop, cfg.data.workers, cfg.data.jpeg_decode = str(path), 67, 0, "gpu"
+        return resolve_config(cfg, torch.device("cpu"))
+
+    gpu = torch.device("cuda", 0)  # a device object only: nothing runs on it
+    with pytest.raises(UserError, match="decodes JPEG stores"):
+        build_data(config(raw), device=gpu)
+    asked, cpu_decoder = [], store_mod.jpeg_decoder
+    monkeypatch.setattr(store_mod, "jpeg_decoder", lambda device="cpu": asked.append(device) or cpu_decoder())
+    data = build_data(config(jpeg), device=gpu)
+    assert set(asked) == {"cpu"}  # the colour statistics read their sample on the CPU
+    images = store_mod.open_store(jpeg, "train")[0]
+    for batches in (data.train, data.val):
+        asked.clear()
+        x, _, idx = next(iter(batches.epoch(0)))
+        assert asked == ["cuda:0"]
+        if batches is data.train:
+            assert torch.equal(x, images[idx])  # the same pixels as the CPU path's

@@ -81,6 +81,9 @@ class DataConfig:
     stats: str | None = None  # file written by `alexnet pca-stats`; None: <path>/alexnet-stats.npz if present
     workers: int = -1  # data-loader processes; -1: one per core, at most 8
     check_files: bool = False  # read every image's header before training (else bad files are skipped when decoded)
+    # gpu: a JPEG store's batches are decoded on the training GPU (nvJPEG through TorchCodec), not by the CPU;
+    # untested on a GPU (README "alexnet prepare")
+    jpeg_decode: str = choice("cpu", "cpu", "gpu")
     val_fraction: float = fraction(0.2)  # built-in digits only: held-out share
 
     @property

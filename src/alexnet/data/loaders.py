@@ -25,7 +25,7 @@ from .classes import is_imagenet
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
 from .preprocess import Preprocess
 from .stats import STATS_FILENAME, ColourStats, compute_stats
-from .store import MANIFEST, is_store, open_store
+from .store import MANIFEST, StoreImages, is_store, open_store
 from .transforms import BatchAugment, Normalizer, random_resized_crop, resize_square
 
 log = logging.getLogger("alexnet")
@@ -142,8 +142,9 @@ class DataBundle:
     skipped: list[str]
 
 
-def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = False) -> DataBundle:
-    """Training and validation batches for one rank of a resolved config."""
+def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = False,
+               device: torch.device | None = None) -> DataBundle:  # fmt: skip
+    """Training and validation batches for one rank of a resolved config (``device``: the training device)."""
     d, t = cfg.data, cfg.train
     assert d.crop is not None, "resolve the config first"
     per_rank = _per_rank(t.batch_size, world)
@@ -153,7 +154,10 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
     skipped = (train.index.bad if train.index else []) + (val.index.bad if val.index else [])
     if skipped and t.strict_data:
         raise UserError(f"{len(skipped)} unreadable image files (train.strict_data): " + "; ".join(skipped))
+    on_gpu = _jpeg_stores(d.path, device, train, val) if d.jpeg_decode == "gpu" else []
     stats = _shared_stats(cfg, train, rank, world)
+    for images in on_gpu:  # after the statistics, which read a sample on the CPU
+        images.decode_device = device
     pre = preprocess_for(cfg, stats)
     normalizer = pre.normalizer(stats)
     rrc = partial(random_resized_crop, min_scale=d.min_scale) if d.train_aug == "modern" and train.index else None
@@ -169,6 +173,17 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
         stats=stats,
         skipped=skipped,
     )
+
+
+def _jpeg_stores(path: str | None, device: torch.device | None, *splits: SplitData) -> list[StoreImages]:
+    """data.jpeg_decode=gpu: the JPEG stores whose batches the training GPU decodes; refused for anything else."""
+    if device is None or device.type != "cuda":
+        raise UserError(f"data.jpeg_decode=gpu decodes on the training GPU, and this run trains on {device}")
+    sources = [s.tensors.x if s.tensors is not None else None for s in splits]
+    jpeg = [x for x in sources if isinstance(x, StoreImages) and x.format == "jpeg"]
+    if len(jpeg) != len(splits):
+        raise UserError(f"data.jpeg_decode=gpu decodes JPEG stores (`alexnet prepare --format jpeg`); {path} is not one")
+    return jpeg
 
 
 def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], batch_size: int, workers: int = -1,

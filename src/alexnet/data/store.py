@@ -199,6 +199,7 @@ class StoreImages:
             self.data = np.memmap(root / f"{split}.jpeg", dtype=np.uint8, mode="r")
             self.offsets = np.load(root / f"{split}.offsets.npy")
         self.n = n
+        self.decode_device: torch.device | None = None  # JPEG: decode batches there (a GPU: data.jpeg_decode)
 
     def __len__(self) -> int:
         return self.n
@@ -230,24 +231,26 @@ class StoreImages:
             # one parallel memcpy per image; measured 12 GB/s into a reused buffer on 2 cores vs 4 for numpy
             return torch.index_select(self.tensor, 0, ids, out=out)
         blobs = [torch.from_numpy(np.array(self.data[self.offsets[i] : self.offsets[i + 1]])) for i in ids.tolist()]
+        if self.decode_device is not None:  # one batched nvJPEG call; the bytes stay on the CPU (TorchCodec's rule)
+            return torch.stack(jpeg_decoder(str(self.decode_device))(blobs))
         out = torch.stack(jpeg_decoder()(blobs))
         return out.pin_memory() if pin_memory else out
 
 
 @functools.cache
-def jpeg_decoder() -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """uint8 JPEG byte tensors -> RGB uint8 (3, H, W) tensors. TorchCodec's decoder, the maintained one
-    (torchvision 0.29 deprecates its own in its favour); torchvision's where TorchCodec is absent or does not
-    load against this PyTorch. The two give the same pixels (libjpeg-turbo both; tested); measured on a 2-core
-    AVX2 CPU (benchmarks/input_pipeline.py): 0.95-1.02x torchvision's rate decoding alone, 0.87-0.96x in the
-    JPEG-store pipeline, about that machine's noise."""
+def jpeg_decoder(device: str = "cpu") -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """uint8 JPEG byte tensors -> RGB uint8 (3, H, W) tensors on ``device`` (a CUDA device: nvJPEG). TorchCodec's
+    decoder, the maintained one (torchvision 0.29 deprecates its own in its favour); torchvision's where
+    TorchCodec is absent or does not load against this PyTorch. On the CPU the two give the same pixels
+    (libjpeg-turbo both; tested); measured on a 2-core AVX2 CPU (benchmarks/input_pipeline.py): 0.95-1.02x
+    torchvision's rate decoding alone, 0.87-0.96x in the JPEG-store pipeline, about that machine's noise."""
     try:
         from torchcodec.decoders import decode_jpeg
 
         decode_jpeg([_tiny_jpeg()])  # loads its native library: fails here if it was built for another PyTorch
 
         def decode_tc(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
-            return decode_jpeg(blobs, mode="RGB")
+            return decode_jpeg(blobs, mode="RGB", device=device)
 
         decode_tc.backend = "torchcodec"  # type: ignore[attr-defined]
         return decode_tc
@@ -260,7 +263,7 @@ def jpeg_decoder() -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
         def decode(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
             with warnings.catch_warnings():  # its deprecation notice, once per batch otherwise
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return tv_decode(blobs, mode=ImageReadMode.RGB)
+                return tv_decode(blobs, mode=ImageReadMode.RGB, device=device)
 
         decode.backend = "torchvision"  # type: ignore[attr-defined]
         return decode

@@ -193,7 +193,7 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
     if resume is not None and cfg.data.stats is None and (run_dir / "stats.npz").is_file():
         cfg.data.stats = str((run_dir / "stats.npz").absolute())  # the statistics this run started with
     _seed_and_kernels(cfg, dist.device)
-    data = build_data(cfg, dist.rank, dist.world, pin_memory=dist.device.type == "cuda")
+    data = build_data(cfg, dist.rank, dist.world, pin_memory=dist.device.type == "cuda", device=dist.device)
     if dist.is_main:
         make_run_dir(run_dir)
         if data.skipped:

@@ -95,18 +95,20 @@ def describe(name: str, r: dict) -> list[str]:
             f"{100 * r['top5']:.1f}", " ".join(f"{s}px {100 * t:.1f}" for s, t in r["tested"].items()) or "-"]  # fmt: skip
 
 
-def figure(results: list[dict], path: Path) -> None:
+def figure(results: list[dict], path: Path, before: list[dict] | None = None, label: str = "before") -> None:
+    """Val top-1 against wall-clock minutes, one line per run; ``before`` (runs of an earlier recipe) dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for r in results:
-        start = r["plan"]["elapsed_s"] / 60
-        minutes = [start + m / 60 for m in itertools.accumulate(row["seconds"] for row in r["rows"])]
-        points = [(m, 100 * row["val_top1"]) for m, row in zip(minutes, r["rows"]) if "val_top1" in row]
-        ax.plot(*zip(*points), "o-", label=f"--budget {r['budget']}")
+    for runs, style, tag in ((results, "o-", ""), (before or [], "s--", f" ({label})")):
+        for r in runs:
+            start = r["plan"]["elapsed_s"] / 60
+            minutes = [start + m / 60 for m in itertools.accumulate(row["seconds"] for row in r["rows"])]
+            points = [(m, 100 * row["val_top1"]) for m, row in zip(minutes, r["rows"]) if "val_top1" in row]
+            ax.plot(*zip(*points), style, label=f"--budget {r['budget']}{tag}", alpha=1.0 if not tag else 0.6)
     ax.set_xlabel("wall-clock minutes from the start of `alexnet train`")
     ax.set_ylabel("Imagenette val top-1 (%)")
     ax.set_title("alexnet train --recipe fast --budget B (2-core AVX2 CPU, fp32)")
@@ -121,6 +123,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path)
     ap.add_argument("--plot", type=Path, nargs="*", help="draw the figure from these finished runs only")
+    ap.add_argument("--before", type=Path, nargs="*", default=[], help="with --plot: runs of an earlier recipe, dashed")
+    ap.add_argument("--before-label", default="dropout 0.5", help="what the --before runs differ in")
     ap.add_argument("--budgets", nargs="*", default=["4m", "8m", "16m", "32m"])
     ap.add_argument("--lever-budget", default="8m")
     ap.add_argument("--levers", nargs="*", default=["fixed_res"], choices=sorted(LEVERS))
@@ -130,7 +134,8 @@ def main() -> None:
     ap.add_argument("--test-sizes", type=int, nargs="*", default=[], help="also evaluate every run at these sizes")
     a = ap.parse_args()
     if a.plot:
-        figure([finished_run(p) for p in a.plot], a.figure or Path("budget.png"))
+        figure([finished_run(p) for p in a.plot], a.figure or Path("budget.png"), [finished_run(p) for p in a.before],
+               a.before_label)  # fmt: skip
         return
     if a.store is None:
         ap.error("--store is required (or --plot)")

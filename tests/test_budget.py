@@ -174,12 +174,19 @@ def test_a_retargeted_schedule_goes_on_from_where_it_is(name: str) -> None:
     assert _lrs(inside, 40, 60, retarget=(3, 60)) == pytest.approx(_lrs(ScheduleConfig(name=name, warmup_epochs=0.5), 60, 60))
 
 
-def test_checks_come_at_shares_of_the_plan_and_not_at_an_epoch_end() -> None:
+def test_checks_come_at_shares_of_the_plan_early_at_a_new_crop_and_not_at_an_epoch_end() -> None:
     plan = Plan(900, 40, 400, 3, 0.5, [131, 163, 227], 880, Costs({131: 1.0}, 0, 0, 0, 0))
-    assert budget.next_check(plan, 148, 0) == 100
-    assert budget.next_check(plan, 148, 100) == 200 and budget.next_check(plan, 148, 200) == 300
-    assert budget.next_check(plan, 148, 300) is None
-    assert budget.next_check(plan, 100, 0) is None  # 100, 200 and 300 are epochs' ends
+    steps = [0]
+    while (k := budget.next_check(plan, 148, steps[-1])) is not None:
+        steps.append(k)
+    # the shares 100, 200, 300, and 8 steps into the epoch at 163 px (from 148); the one at 227 px (from 296)
+    # would be 304, too close to 300's
+    assert steps[1:] == [100, 156, 200, 300]
+    assert budget.next_check(plan, 148, 296) == 304  # checked at the epoch's end (296), not at 300
+    assert budget.next_check(plan, 100, 0) == 108  # 100, 200 and 300 are epochs' ends; 108 and 208 new crops
+    same_crop = Plan(900, 40, 400, 3, 0.5, [131, 131, 163], 880, plan.costs)
+    assert budget.next_check(same_crop, 100, 0) == 208  # 108: 131 px was trained before
+    assert budget.next_check(same_crop, 7, 0) == 100  # epochs shorter than 8 steps: no check at a new crop
     assert budget.next_check(Plan(900, 40, 20, 1, 0.5, [99], 880, plan.costs), 148, 0) == 10  # 5 is too soon
 
 

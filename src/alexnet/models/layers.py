@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -30,18 +32,20 @@ def pool_to_grid(x: torch.Tensor, pool: nn.AdaptiveAvgPool2d) -> torch.Tensor:
         return x
     if not torch.are_deterministic_algorithms_enabled():
         return pool(x)
-    rows, cols = (_average_matrix(n, m, x) for n, m in zip(x.shape[-2:], out))
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    rows, cols = (_average_matrix(n, m, dtype, x.device) for n, m in zip(x.shape[-2:], out))
     return torch.matmul(torch.matmul(rows, x), cols.T)  # (m_rows, H) @ (B, C, H, W) @ (W, m_cols)
 
 
-def _average_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+@functools.cache  # one per (size, dtype, device): no host-to-device copy on every step
+def _average_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(n_out, n_in): row i averages inputs floor(i n_in / n_out) .. ceil((i + 1) n_in / n_out) - 1, the
     adaptive pool's windows (PyTorch's AdaptiveAvgPool2d and Caffe's)."""
-    i, j = torch.arange(n_out), torch.arange(n_in)
-    start, end = (i * n_in) // n_out, ((i + 1) * n_in + n_out - 1) // n_out
-    inside = (j[None] >= start[:, None]) & (j[None] < end[:, None])
-    dtype = like.dtype if like.is_floating_point() else torch.float32
-    return (inside.float() / (end - start)[:, None]).to(dtype=dtype, device=like.device)  # no float64: MPS has none
+    with torch.inference_mode(False):  # cached: made during evaluation, it must still serve training's autograd
+        i, j = torch.arange(n_out), torch.arange(n_in)
+        start, end = (i * n_in) // n_out, ((i + 1) * n_in + n_out - 1) // n_out
+        inside = (j[None] >= start[:, None]) & (j[None] < end[:, None])
+        return (inside.float() / (end - start)[:, None]).to(dtype=dtype, device=device)  # no float64: MPS has none
 
 
 class KeyedDropout(nn.Dropout):

@@ -48,6 +48,10 @@ LEVERS = {  # one recipe value changed against `fast` (see README "Time to accur
     # no dropout in fc6/fc7 (fast: 0.5, the paper's): short runs are far from converged (16 minutes: 4 epochs,
     # val top-1 still rising); Smith (2018): with one-cycle's large learning rates, reduce other regularisation
     "dropout_0": ["--set", "model.dropout=0"],
+    # lower still: every epoch at 131 px (no ramp), or a ramp 99 -> 131; validation stays at 227 (use --test-sizes
+    # to see the smaller test sizes the train/test resolution discrepancy suggests, Touvron et al. 2019)
+    "res_end_131": ["--set", "data.res_end=131"],
+    "res_99_131": ["--set", "data.res_start=99", "--set", "data.res_end=131"],
 }
 
 

@@ -96,11 +96,10 @@ def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) ->
     return times[0], statistics.median(steady)
 
 
-def _time_validation(s: Session, batches: int = 4) -> float:
+def _time_validation(s: Session, batches: int = 2) -> float:
     """One validation pass: the time to its first batch (data-loader start-up) plus the batches' count times
     the median of the batches after the first (the first is a warm-up: counted, it overestimated a 3925-image
-    Imagenette validation by 10 s of 53 on this CPU). The median of three, not one: one timed batch once
-    estimated 83 s for a validation that took ~54 s (2-core AVX2 CPU, `--budget 15m`: the run ended at 96.4 %)."""
+    Imagenette validation by 10 s of 53 on this CPU)."""
     stamps: list[float] = []
 
     class Prefix:  # the first batches of the validation set, time-stamped as evaluate() asks for them

@@ -52,6 +52,10 @@ LEVERS = {  # one recipe value changed against `fast` (see README "Time to accur
     # to see the smaller test sizes the train/test resolution discrepancy suggests, Touvron et al. 2019)
     "res_end_131": ["--set", "data.res_end=131"],
     "res_99_131": ["--set", "data.res_start=99", "--set", "data.res_end=131"],
+    # milder crops still: a run of 3-5 epochs is far from over-fitting, and augmentation strength is usually
+    # matched to the schedule's length (Steiner et al. 2021, "How to train your ViT": less for shorter runs)
+    "min_scale_0.6": ["--set", "data.min_scale=0.6"],
+    "lr_half": ["--set", "optim.lr=0.01"],  # half the linearly scaled lr at batch 64 (lr_x2 lost)
 }
 
 

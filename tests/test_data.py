@@ -105,6 +105,12 @@ def test_pca_stats_command(tiny_folder: Path, tmp_path: Path, capsys: pytest.Cap
     # the red class pulls the red mean up: channel means differ from grey
     assert s.mean.shape == (3,) and np.all((s.mean > 0) & (s.mean < 1))
     assert "eigval" in capsys.readouterr().out
+    before = out.read_bytes()
+    assert main(["pca-stats", "--data", str(tiny_folder), "--out", str(out), "--size", "40", "--workers", "0"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["pca-stats", "--data", str(tiny_folder), "--out", str(out), "--size", "40", "--workers", "0",
+                 "--force"]) == 0  # fmt: skip
+    assert ColourStats.load(out).mean_image.shape == (3, 40, 40)
 
 
 def test_training_picks_up_the_dataset_stats(tiny_folder: Path, tmp_path: Path) -> None:

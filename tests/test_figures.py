@@ -60,6 +60,16 @@ def test_all_figures(folder_run: tuple[Path, Path], tmp_path: Path, capsys: pyte
     assert "unknown figure bogus" in capsys.readouterr().err
 
 
+def test_figures_into_a_file_is_one_line(folder_run: tuple[Path, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main(["figures", str(folder_run[0]), "--out", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"alexnet figures: error: {notes} is a file; --out names the folder the figures go in"
+    assert notes.read_text() == "mine"
+
+
 def test_filters_follow_conv1(folder_run: tuple[Path, Path], tmp_path: Path) -> None:
     run, _ = folder_run
     loaded = load_weights(str(run))

@@ -243,6 +243,25 @@ def test_a_crop_below_the_minimum_fails_before_anything_is_written(tmp_path: Pat
     assert not out.exists()
 
 
+def test_tower_devices_this_machine_lacks_fail_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "never"
+    assert main(["train", "--out", str(out), "--towers", "cuda:0,cuda:1"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU is available" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_run_directory_left_with_nothing_in_it_can_be_reused(tmp_path: Path) -> None:
+    """A run stopped before its first checkpoint or config (e.g. a crash at start-up) left empty folders only."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "tensorboard").mkdir()
+    assert main(["train", "--out", str(out), *FAST]) == 0
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
 def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     import alexnet.summary

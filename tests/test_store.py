@@ -124,6 +124,22 @@ def test_interrupted_prepare_resumes(tiny_folder: Path, tmp_path: Path, monkeypa
     assert np.array_equal(np.load(out / "train.labels.npy"), labels.numpy())
 
 
+def test_prepare_never_writes_among_other_files(tiny_folder: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """--out naming the data folder itself, a folder of the user's, or a file: refused before any work, untouched."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tiny_folder) for p in tiny_folder.rglob("*"))
+    for out, says in ((tiny_folder, "not a store's (e.g. "), (mine, "not a store's (e.g. notes.txt)"),
+                      (mine / "notes.txt", "is a file; --out names the folder")):  # fmt: skip
+        assert main(["prepare", "--data", str(tiny_folder), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tiny_folder) for p in tiny_folder.rglob("*")) == before
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"
+
+
 def test_store_reads_agree_and_prefetch_keeps_order(tiny_folder: Path, tmp_path: Path) -> None:
     from alexnet.data.batches import prefetch
 

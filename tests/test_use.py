@@ -157,10 +157,13 @@ def test_features_npz(digits_run: Path, val_digit_files: list, tmp_path: Path) -
     assert z["features"].shape == (5, 4096) and z["features"].dtype == np.float32
     assert list(z["files"]) == paths and str(z["layer"]) == "fc7"
     assert (z["features"] >= 0).all()  # post-ReLU activations
-    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "pool5"]) == 0
+    before = out.read_bytes()
+    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "pool5"]) == 2  # never overwritten
+    assert out.read_bytes() == before
+    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "pool5", "--force"]) == 0
     assert np.load(out)["features"].shape == (5, 9216)
-    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "conv5"]) == 0
-    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "nope"]) == 2
+    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "conv5", "--force"]) == 0
+    assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "nope", "--force"]) == 2
 
 
 def test_safetensors_round_trip(
@@ -334,6 +337,41 @@ def test_malicious_pickle_is_refused(tmp_path: Path, val_digit_files: list, caps
     assert not marker.exists()
 
 
+def test_a_folder_that_refuses_writes_is_named_in_one_line(digits_run: Path, val_digit_files: list, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """A read-only folder (as a non-root user meets it): the error names the file asked for, not the hidden
+    temporary file it is written through, and is one line."""
+    from alexnet import atomic
+
+    def read_only(file, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(atomic, "open", read_only, raising=False)
+    out = tmp_path / "f.npz"
+    assert main(["features", str(digits_run), str(val_digit_files[0][0]), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"alexnet features: error: {out}: Permission denied"
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_one_line(digits_run: Path, val_digit_files: list, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Empty, text and cut-off files given as WEIGHTS: once an IndexError/KeyError from torch's legacy unpickler."""
+    whole = (digits_run / "checkpoints" / "last.pt").read_bytes()
+    bad = {"empty.pt": b"", "notes.pt": b"hello\n", "cut.pt": whole[: len(whole) // 2]}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        path = str(tmp_path / name)
+        for cmd in (["predict", path, str(val_digit_files[0][0])], ["export", path, "--format", "safetensors",
+                    "--out", str(tmp_path / "w.safetensors")], ["train", "--resume", path]):  # fmt: skip
+            assert main(cmd) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and name in err and ("empty file" in err or "corrupt or truncated" in err)
+    assert not (tmp_path / "w.safetensors").exists()
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"alexnet train: error: no such run directory or checkpoint: {tmp_path / 'missing'}"
+
+
 def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: list, tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """The demo network: occluding a digit's strokes lowers its probability more than occluding blank paper."""
@@ -354,7 +392,7 @@ def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: 
     drops = []
     for path, label in val_digit_files[:6]:
         img = np.asarray(Image.open(path).convert("L").resize((crop, crop), Image.NEAREST), dtype=np.float32)
-        x = norm(torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((crop, crop), Image.NEAREST)))
+        x = norm(torch.from_numpy(np.array(Image.open(path).convert("RGB").resize((crop, crop), Image.NEAREST)))
                  .permute(2, 0, 1)[None])[0]  # fmt: skip
         m = occlusion_map(w.model, x, label, patch=crop // 4, stride=crop // 12)
         ink = torch.from_numpy(img > img.mean())  # the strokes: brighter than the image's mean

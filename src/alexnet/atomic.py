@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import UserError
+
 
 def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (POSIX). Windows refuses to open directories: nothing to do."""
@@ -25,6 +27,17 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_output(path: Path, force: bool = False) -> None:
+    """The one precondition on a file a command writes (before any work): its directory exists, it is not a
+    directory, and an existing file is replaced only with ``--force``."""
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; --out names the file to write")
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise UserError(f"output directory does not exist: {path.parent}")
 
 
 def temp_name(path: Path) -> Path:
@@ -43,6 +56,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # named by the file asked for, not the hidden temporary one
+        tmp.unlink(missing_ok=True)
+        if e.filename in (str(tmp), tmp):
+            raise type(e)(e.errno, e.strerror, str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

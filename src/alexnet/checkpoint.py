@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,10 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save's format since PyTorch 1.6; other files would reach the legacy
+        raise UserError(f"{path}: corrupt or truncated checkpoint (not a complete torch.save archive)")  # unpickler
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -95,18 +100,21 @@ def resolve(path_or_run: str | Path, prefer: str = "best") -> Path:
 def load_for_resume(path_or_run: str | Path) -> tuple[dict[str, Any], Path]:
     """The newest readable checkpoint of a run; a corrupt one is named and the previous one used."""
     p = Path(path_or_run)
+    if not p.exists():
+        raise UserError(f"no such run directory or checkpoint: {p}")
     candidates = run_checkpoints(p) if p.is_dir() else [p]
     if not candidates:
         raise UserError(f"{p}: no checkpoints to resume from")
     errors = []
-    for c in candidates:
+    for i, c in enumerate(candidates):
         try:
             return load(c), c
         except UserError as e:
-            if "refused to load" in str(e):
+            if "refused to load" in str(e) or len(candidates) == 1:
                 raise
             errors.append(str(e))
-            log.warning("%s; trying the previous checkpoint", e)
+            if i + 1 < len(candidates):
+                log.warning("%s; trying the previous checkpoint", e)
     raise UserError("no readable checkpoint: " + "; ".join(errors))
 
 

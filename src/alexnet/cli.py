@@ -116,7 +116,8 @@ def _pca_stats(args: argparse.Namespace) -> int:
     from .data.pca import run_pca_stats
 
     setup_logging()
-    return run_pca_stats(args.data, Path(args.out) if args.out else None, args.size, args.max_images, args.workers)
+    return run_pca_stats(args.data, Path(args.out) if args.out else None, args.size, args.max_images, args.workers,
+                         args.force)  # fmt: skip
 
 
 def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
@@ -126,6 +127,7 @@ def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help="images are resized to this square first (default 256)")
     p.add_argument("--max-images", type=int, default=20000, help="use a random sample of at most this many")
     p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_pca_stats)
 
 
@@ -160,7 +162,8 @@ def _features(args: argparse.Namespace) -> int:
     from .predict import features
 
     setup_logging(verbose=False)
-    return features(args.weights, args.paths, Path(args.out), args.layer, args.batch_size, args.device, args.amp)
+    return features(args.weights, args.paths, Path(args.out), args.layer, args.batch_size, args.device, args.amp,
+                    args.force)  # fmt: skip
 
 
 def _add_features(sub: argparse._SubParsersAction) -> None:
@@ -173,6 +176,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
                    help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_features)
 
 
@@ -353,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FileNotFoundError as e:
         print(f"alexnet {args.command}: error: no such file: {e.filename or e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the command cannot use (a file where a folder goes, no permission, disk full)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"alexnet {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .atomic import check_output
 from .data.classes import display_name
 from .data.images import ImageError, load_rgb
 from .data.transforms import resize_square
@@ -22,10 +23,7 @@ def run_explain(weights: str, image: str, out: str, target: str | None = None, p
     dst = Path(out)
     if dst.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {dst}")
-    if dst.exists() and not force:
-        raise UserError(f"{dst} exists; pass --force to overwrite it")
-    if not dst.parent.is_dir():
-        raise UserError(f"output directory does not exist: {dst.parent}")
+    check_output(dst, force)
     dev = pick_device(device)
     w = load_weights(weights, dev)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write, atomic_write_bytes
+from .atomic import atomic_write, atomic_write_bytes, check_output
 from .errors import UserError
 from .weights import Loaded, load_weights, save_safetensors
 
@@ -112,8 +112,7 @@ def export_torchscript(loaded: Loaded, out: Path) -> float:
 
 def run_export(weights: str, fmt: str, out: Path, force: bool = False, lrn_op: bool = True) -> int:
     """`alexnet export`: never overwrites ``out`` without ``force``; prints what was written."""
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to overwrite it")
+    check_output(out, force)
     if not lrn_op and fmt != "onnx":
         raise UserError("--no-lrn-op applies to --format onnx only")
     print(export(load_weights(weights, "cpu"), fmt, out, lrn_op))
@@ -121,8 +120,7 @@ def run_export(weights: str, fmt: str, out: Path, force: bool = False, lrn_op: b
 
 
 def export(loaded: Loaded, fmt: str, out: Path, lrn_op: bool = True) -> str:
-    if not out.parent.exists():
-        raise UserError(f"output directory does not exist: {out.parent}")
+    """Write ``loaded`` as ``fmt`` to ``out`` (whose directory exists: ``check_output``)."""
     if fmt == "safetensors":
         save_safetensors(loaded, out)
         return f"wrote {out} (weights + metadata: {loaded.variant}, {len(loaded.class_names)} classes)"

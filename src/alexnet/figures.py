@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .checkpoint import run_dir_of
 from .distributed import pick_device
+from .errors import UserError
 from .plots import make_figures
 from .runlog import setup_logging
 from .weights import load_weights
@@ -15,6 +16,8 @@ def run_figures(weights: str, out: Path, which: str, data: str | None = None, de
                 max_val: int = 2000, max_train: int = 5000, workers: int = 0) -> int:  # fmt: skip
     """Write the ``which`` figures (comma-separated) of ``weights`` into ``out`` and print their paths."""
     setup_logging(verbose=False)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; --out names the folder the figures go in")
     dev = pick_device(device)
     w = load_weights(weights, dev)
     src = Path(weights)

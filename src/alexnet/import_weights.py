@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .atomic import check_output
 from .errors import UserError
 from .foreign import read_caffemodel, read_mean_binaryproto, read_onnx, to_loaded
 from .weights import save_safetensors
@@ -17,10 +18,7 @@ def run_import(source: str, out: str, mean: str | None = None, force: bool = Fal
         raise UserError(f"no such file: {src}")
     if dst.suffix != ".safetensors":
         raise UserError(f"--out must name a .safetensors file, got {dst}")
-    if dst.exists() and not force:
-        raise UserError(f"{dst} exists; pass --force to overwrite it")
-    if not dst.parent.is_dir():
-        raise UserError(f"output directory does not exist: {dst.parent}")
+    check_output(dst, force)
     readers = {".caffemodel": read_caffemodel, ".onnx": read_onnx}
     if src.suffix not in readers:
         raise UserError(f"{src}: unknown format; expected a .caffemodel (Caffe) or .onnx file")

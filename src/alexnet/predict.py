@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, check_output
 from .data.classes import display_name
 from .distributed import pick_device
 from .errors import UserError
@@ -58,12 +58,11 @@ def predict(weights: str, paths: list[str], topk: int = 5, tta: str = "center", 
 
 
 def features(weights: str, paths: list[str], out: Path, layer: str = "fc7", batch_size: int = 32,
-             device: str = "auto", amp: str = "auto") -> int:  # fmt: skip
+             device: str = "auto", amp: str = "auto", force: bool = False) -> int:  # fmt: skip
     """`alexnet features`: ``layer`` activations of each image into an .npz; exit code 1 if any failed."""
     if out.suffix != ".npz":
         raise UserError(f"--out must end in .npz (numpy's format), got {out}")
-    if not out.parent.exists():
-        raise UserError(f"output directory does not exist: {out.parent}")
+    check_output(out, force)
     dev = pick_device(device)
     loaded = load_weights(weights, dev)
     fn = feature_fn(loaded.model, loaded.preprocess.crop, layer, compute_path(loaded.model, dev, amp))

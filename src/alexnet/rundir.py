@@ -10,7 +10,8 @@ from .errors import UserError
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
     """Refuse to overwrite a run; make sure the directory is writable before any work starts."""
-    if not resuming and run_dir.exists() and any((run_dir / n).exists() for n in ("config.yaml", "checkpoints")):
+    holds = [run_dir / "config.yaml", run_dir / "metrics.jsonl", *(run_dir / "checkpoints").glob("*.pt")]
+    if not resuming and any(p.exists() for p in holds):  # (a run stopped before any of these has nothing to lose)
         raise UserError(
             f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, "
             "or choose a new one with --out DIR"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import check_output
 from ..errors import UserError
 from ..keyed_random import seeded_sample
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
@@ -15,8 +16,10 @@ from .store import is_store, open_store
 from .transforms import resize_square
 
 
-def run_pca_stats(data: str, out: Path | None, size: int = 256, max_images: int = 20000, workers: int = -1) -> int:
+def run_pca_stats(data: str, out: Path | None, size: int = 256, max_images: int = 20000, workers: int = -1,
+                  force: bool = False) -> int:  # fmt: skip
     """`alexnet pca-stats`: compute, write, and print the statistics."""
+    check_output(out or Path(data) / STATS_FILENAME, force)
     stats, path = pca_stats(data, out, size, max_images, workers)
     print(f"wrote {path} from {stats.count} images")
     print(f"  mean     {', '.join(f'{v:.4f}' for v in stats.mean)}")

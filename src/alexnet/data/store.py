@@ -76,13 +76,21 @@ def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int
         raise UserError(f"--size must be positive, got {size}")
     if is_store(src):
         raise UserError(f"{src} is already a prepared store")
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"{dst} is a file; --out names the folder the store goes in")
+    others = [f.name for f in dst.iterdir() if not _store_file(f)] if dst.is_dir() else []
+    if others:  # never write among a user's files
+        raise UserError(f"{dst} holds files that are not a store's (e.g. {others[0]}); choose a new or empty --out")
     train = scan_folder(src / "train", check=True)
     indexes = {"train": train, "val": scan_folder(src / "val", classes=train.classes, check=True)}
     dst.mkdir(parents=True, exist_ok=True)
     mpath = dst / MANIFEST
     manifest: dict[str, Any]
     if mpath.is_file():
-        manifest = json.loads(mpath.read_text())
+        try:
+            manifest = json.loads(mpath.read_text())
+        except ValueError:
+            raise UserError(f"{mpath}: unreadable store manifest; choose another --out or remove it") from None
         if (manifest["size"], manifest["format"], manifest["classes"]) != (size, fmt, train.classes):
             raise UserError(f"{dst} holds a store with other settings; choose another --out or remove it")
         log.info("resuming the store in %s", dst)
@@ -106,6 +114,13 @@ def run_prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality:
     counts = ", ".join(f"{k} {v['count_written']}" for k, v in m["splits"].items())
     print(f"wrote {out}: {counts} images at {m['size']}x{m['size']} ({m['format']})")
     return 0
+
+
+def _store_file(f: Path) -> bool:
+    """A file ``prepare`` writes (train.u8, .val.progress.npz, manifest.json...): an interrupted first chunk
+    leaves some of them and no manifest yet."""
+    stem, dot, _ = f.name.lstrip(".").partition(".")
+    return f.is_file() and bool(dot) and stem in ("train", "val", "manifest")
 
 
 def _save_manifest(dst: Path, manifest: dict[str, Any]) -> None:

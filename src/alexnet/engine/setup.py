@@ -144,16 +144,23 @@ def hybrid(cfg: Config, dist: DistInfo) -> bool:
     return cfg.train.parallel == "hybrid" and dist.enabled
 
 
-def _towers(model: nn.Module, cfg: Config, dist: DistInfo) -> nn.Module:
-    """The paper's two-device split, from the CPU copy (no whole model on device A). One process, two devices."""
-    from ..models.towers import TowerAlexNet, check_towers
+def tower_devices(cfg: Config, dist: DistInfo) -> tuple[torch.device, torch.device]:
+    """The two devices of ``--towers``, checked (before the run directory is made). One process, two devices."""
+    from ..models.towers import check_towers
 
     if dist.enabled:
         raise UserError("--towers runs in one process on two devices; it is not combined with torchrun/DDP")
-    devices = tuple(pick_device(d) for d in check_towers(cfg.model.name, cfg.train.towers or ""))
-    if devices[0] != dist.device:
-        raise UserError(f"with --towers the training device is tower A's: use --device {devices[0]} or auto")
-    return TowerAlexNet.from_grouped(model, devices)
+    a, b = (pick_device(d) for d in check_towers(cfg.model.name, cfg.train.towers or ""))
+    if a != dist.device:
+        raise UserError(f"with --towers the training device is tower A's: use --device {a} or auto")
+    return a, b
+
+
+def _towers(model: nn.Module, cfg: Config, dist: DistInfo) -> nn.Module:
+    """The paper's two-device split, from the CPU copy (no whole model on device A)."""
+    from ..models.towers import TowerAlexNet
+
+    return TowerAlexNet.from_grouped(model, tower_devices(cfg, dist))
 
 
 def _seed_and_kernels(cfg: Config, device: torch.device) -> None:
@@ -188,6 +195,8 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
           verbose: bool = True) -> tuple[Session, TrainState]:  # fmt: skip
     """Resolve, check the run directory (before any data is scanned), build data and state, wrap the model."""
     cfg = resolve_config(cfg, dist.device, resuming=resume is not None)
+    if cfg.train.towers:
+        tower_devices(cfg, dist)
     if dist.is_main:
         check_run_dir(run_dir, resuming=resume is not None)
     if resume is not None and cfg.data.stats is None and (run_dir / "stats.npz").is_file():

@@ -253,12 +253,12 @@ def test_tower_devices_this_machine_lacks_fail_before_anything_is_written(tmp_pa
     assert not out.exists()
 
 
-def test_a_run_directory_left_with_nothing_in_it_can_be_reused(tmp_path: Path) -> None:
+def test_a_run_directory_left_with_nothing_in_it_can_be_reused(tiny_folder: Path, tmp_path: Path) -> None:
     """A run stopped before its first checkpoint or config (e.g. a crash at start-up) left empty folders only."""
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "tensorboard").mkdir()
-    assert main(["train", "--out", str(out), *FAST]) == 0
+    assert main(["train", "--data", str(tiny_folder), "--out", str(out), *FAST]) == 0
     assert (out / "checkpoints" / "last.pt").is_file()
 
 
@@ -281,6 +281,32 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
     assert main(["summary"]) == 1
     err = capsys.readouterr().err
     assert "KeyError" in err and "ALEXNET_DEBUG" in err and "Traceback" not in err
+
+    def cpu_oom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202 - what the CPU allocator raises (e.g. --test-size 100000)
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 9481462518528 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(alexnet.summary, "summarize", cpu_oom)
+    assert main(["summary"]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory on the device (8830.3 GiB asked for); lower --batch-size" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["summary", "--input-size", "0"], "argument --input-size: must be at least 1, got 0"),
+    (["summary", "--input-size", "big"], "argument --input-size: expected a whole number, got 'big'"),
+    (["predict", "torchvision", "x.png", "--batch-size", "-1"], "argument --batch-size: must be at least 1, got -1"),
+    (["explain", "torchvision", "x.png", "--out", "e.png", "--patch", "0"], "argument --patch: must be at least 1"),
+    (["pca-stats", "--data", "d", "--size", "0"], "argument --size: must be at least 1, got 0"),
+    (["prepare", "--data", "d", "--out", "s", "--format", "jpeg", "--quality", "500"], "JPEG quality is 1-100, got 500"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+])  # fmt: skip
+def test_a_mistake_in_the_arguments_is_one_line(args: list[str], says: str, capsys: pytest.CaptureFixture) -> None:
+    """Each was once taken (0 as "the default"), or failed late: pca-stats --size 0 showed a worker's traceback."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "--help" in err
 
 
 def test_torchvision_weights_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -64,7 +64,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return ckpt_io.load(path)["model"]
 
 
-def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path) -> None:
+def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     common = [
         "--data",
         str(tiny_folder),
@@ -104,6 +104,10 @@ def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path) 
     assert last_full["val_top1"] == last_cut["val_top1"] and last_full["train_loss"] == pytest.approx(
         last_cut["train_loss"]
     )
+    before = (cut / "checkpoints" / "last.pt").read_bytes()
+    assert main(["train", "--resume", str(cut)]) == 0  # a finished run: said so, and nothing changes
+    assert "nothing left to train: the run finished at epoch 2, step 10" in caplog.text
+    assert (cut / "checkpoints" / "last.pt").read_bytes() == before
 
 
 def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

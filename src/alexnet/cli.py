@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from .errors import UserError
 from .runlog import setup_logging
+
+
+def positive(text: str) -> int:
+    """argparse type of every count and size option: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def quality(text: str) -> int:
+    value = positive(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"JPEG quality is 1-100, got {value}")
+    return value
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -22,8 +42,8 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("summary", help="print the layer table measured from the live model")
     p.add_argument("--model", default="alexnet", choices=list_models())
-    p.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's native size)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--input-size", type=positive, default=None, help="square input side (default: the model's native size)")
+    p.add_argument("--num-classes", type=positive, default=1000)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_summary)
 
@@ -60,10 +80,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", choices=list_models())
     p.add_argument("--out", help="run directory (default: runs/<recipe>-<model>-<time>)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=positive)
     p.add_argument("--budget", metavar="DURATION", help="finish within this wall-clock time, e.g. 15m, 2h, 1h30m: "
                    "the run measures itself and plans its epochs, lr schedule and crops (printed)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, help="global batch size (all processes together)")
+    p.add_argument("--batch-size", type=positive, help="global batch size (all processes together)")
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its last checkpoint")
@@ -99,13 +119,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="center",
         help="test-time views: centre crop, centre + mirror, or the paper's 10 crops",
     )
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=positive)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices (alexnet, alexnet_bn)")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
                    help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
-    p.add_argument("--test-size", type=int, metavar="PX", help="network input side at test time, the same view as "
+    p.add_argument("--test-size", type=positive, metavar="PX", help="network input side at test time, the same view as "
                    "the crop enlarged (e.g. 259 for a 227 crop): testing above the training resolution")  # fmt: skip
     p.set_defaults(func=_evaluate)
 
@@ -124,8 +144,8 @@ def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pca-stats", help="RGB mean/std, PCA eigenvalues/vectors and mean image of a training set")
     p.add_argument("--data", required=True, help="ImageFolder root (its train/ is read)")
     p.add_argument("--out", help="output .npz (default: DATA/alexnet-stats.npz, which training picks up)")
-    p.add_argument("--size", type=int, default=256, help="images are resized to this square first (default 256)")
-    p.add_argument("--max-images", type=int, default=20000, help="use a random sample of at most this many")
+    p.add_argument("--size", type=positive, default=256, help="images are resized to this square first (default 256)")
+    p.add_argument("--max-images", type=positive, default=20000, help="use a random sample of at most this many")
     p.add_argument("--workers", type=int, default=-1)
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_pca_stats)
@@ -145,9 +165,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "weights", metavar="WEIGHTS", help="run directory, checkpoint .pt, exported .safetensors, or 'torchvision'"
     )
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files, directories (recursive) or globs")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive, default=5)
     p.add_argument("--tta", choices=["center", "flip", "10crop"], default="center")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -174,7 +194,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", default="fc7", help="fc7 (default, 4096-d), fc6, pool5, logits, or a module name")
     p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
                    help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_features)
@@ -229,8 +249,8 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--target", help="class index or name (default: the top class)")
-    p.add_argument("--patch", type=int, help="grey square side in pixels (default: crop / 5)")
-    p.add_argument("--stride", type=int, help="step between squares (default: about 28 x 28 positions)")
+    p.add_argument("--patch", type=positive, help="grey square side in pixels (default: crop / 5)")
+    p.add_argument("--stride", type=positive, help="step between squares (default: about 28 x 28 positions)")
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_explain)
@@ -269,8 +289,8 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--out", required=True, help="directory for the PNG files")
     p.add_argument("--which", default="filters,predictions,neighbours,curves,confusion")
-    p.add_argument("--max-val", type=int, default=2000, help="validation images used (seeded sample)")
-    p.add_argument("--max-train", type=int, default=5000, help="training images searched for neighbours")
+    p.add_argument("--max-val", type=positive, default=2000, help="validation images used (seeded sample)")
+    p.add_argument("--max-train", type=positive, default=5000, help="training images searched for neighbours")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_figures)
@@ -289,8 +309,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--no-data-figures", action="store_true", help="only curves and filters (no data needed)")
-    p.add_argument("--max-val", type=int, default=2000)
-    p.add_argument("--max-train", type=int, default=5000)
+    p.add_argument("--max-val", type=positive, default=2000)
+    p.add_argument("--max-train", type=positive, default=5000)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_report)
 
@@ -307,10 +327,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     p.add_argument("--out", required=True, help="store directory (then use --data STORE anywhere)")
     p.add_argument(
-        "--size", type=int, default=256, help="images resized (shorter side) and centre-cropped to this square"
+        "--size", type=positive, default=256, help="images resized (shorter side) and centre-cropped to this square"
     )
     p.add_argument("--format", choices=["raw", "jpeg"], default="raw", help="raw uint8 (fastest) or JPEG (smaller)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality for --format jpeg")
+    p.add_argument("--quality", type=quality, default=90, help="JPEG quality for --format jpeg")
     p.add_argument("--workers", type=int, default=-1, help="processes (default: all cores)")
     p.set_defaults(func=_prepare)
 
@@ -332,10 +352,17 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported in one line (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="alexnet",
         description="AlexNet (Krizhevsky et al. 2012): train, evaluate, predict, export.",
     )
@@ -349,11 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a mistake in the arguments (said in one line), --help or --version
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError) as e:
+    except UserError as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # the first line: one raised in a data-loader worker carries the worker's traceback
+        print(f"alexnet {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"alexnet {args.command}: error: no such file: {e.filename or e}", file=sys.stderr)
@@ -365,14 +398,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
-    except torch_oom() as e:
-        print(f"alexnet {args.command}: error: out of memory on the device ({str(e).splitlines()[0][:120]}); "
-              "lower --batch-size, or use train.amp=bf16/fp16 where the device has it", file=sys.stderr)  # fmt: skip
-        return 2
     except Exception as e:  # noqa: BLE001 - a user never sees a traceback; ALEXNET_DEBUG=1 shows it
+        first = str(e).splitlines()[0] if str(e) else ""
+        if isinstance(e, torch_oom()) or "can't allocate memory" in first:  # CUDA/MPS; the CPU allocator's RuntimeError
+            asked = re.search(r"allocate (\d+) bytes", first)  # the CPU allocator says how much it was asked for
+            what = f"{int(asked[1]) / 2**30:.1f} GiB asked for" if asked else first[:120]
+            print(f"alexnet {args.command}: error: out of memory on the device ({what}); lower --batch-size "
+                  "(or the image size), or use train.amp=bf16/fp16 where the device has it", file=sys.stderr)  # fmt: skip
+            return 2
         if os.environ.get("ALEXNET_DEBUG"):
             raise
-        print(f"alexnet {args.command}: error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} "
+        print(f"alexnet {args.command}: error: {type(e).__name__}: {first[:300]} "
               "(an unexpected failure: rerun with ALEXNET_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
         return 1
 

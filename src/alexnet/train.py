@@ -47,6 +47,9 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
         s, st = setup(cfg, run_dir, resume, dist, verbose)
         # a resumed run keeps its plan (config.yaml)
         budget = plan_run(s, st, started) if s.cfg.train.budget and resume is None else None
+        if resume is not None and s.main and finished(s, st):
+            log.info("nothing left to train: the run finished at epoch %d, step %d; to train on, resume with a larger "
+                     "--epochs%s", st.epoch, st.global_step, " and train.max_steps" * bool(s.cfg.train.max_steps))  # fmt: skip
         history: list[dict[str, Any]] = []
         with StopFlag() as stop:
             while not finished(s, st):

@@ -137,6 +137,23 @@ def test_windows_directory_open_refused_training_still_checkpoints(tiny_folder: 
     assert ckpt_io.load(run / "checkpoints" / "best.pt")["global_step"] == 3
 
 
+def test_prepare_ends_its_workers_without_a_signal(tiny_folder: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """prepare's workers ignore SIGTERM (the main process handles a stop), so ending them must not rely on one:
+    multiprocessing.Pool's exit sent SIGTERM and then waited for the workers, and a CI run hung there for good
+    (reproduced: 1 hang in 60 two-worker prepares). Here each signal a worker would get is recorded, then
+    sent as SIGKILL so that the old code fails instead of hanging."""
+    from multiprocessing.process import BaseProcess
+
+    from alexnet.data import store
+
+    sent, real_kill = [], BaseProcess.kill
+    monkeypatch.setattr(BaseProcess, "terminate", lambda self: sent.append(self.pid) or real_kill(self))
+    for i in range(3):
+        store.prepare(str(tiny_folder), str(tmp_path / f"s{i}"), size=40, workers=2, progress=False)
+    assert sent == []
+
+
 def test_prepare_with_the_spawn_start_method(tiny_folder: Path, tmp_path: Path) -> None:
     """Windows has no fork and macOS must not fork after importing torch: `prepare` with spawned workers, in a
     fresh process as a user's would be (and with a time limit: a pool that lost a worker would wait forever)."""
@@ -253,13 +270,19 @@ def test_tower_devices_this_machine_lacks_fail_before_anything_is_written(tmp_pa
     assert not out.exists()
 
 
-def test_a_run_directory_left_with_nothing_in_it_can_be_reused(tiny_folder: Path, tmp_path: Path) -> None:
-    """A run stopped before its first checkpoint or config (e.g. a crash at start-up) left empty folders only."""
+def test_a_run_stopped_before_its_first_save_can_be_started_again(tiny_folder: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """A NaN (or an out-of-memory) at the first steps leaves config.yaml and no checkpoint: once that directory
+    could neither be resumed ("no checkpoints") nor reused ("already holds a run")."""
     out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    (out / "tensorboard").mkdir()
-    assert main(["train", "--data", str(tiny_folder), "--out", str(out), *FAST]) == 0
-    assert (out / "checkpoints" / "last.pt").is_file()
+    args = ["train", "--data", str(tiny_folder), "--out", str(out), *FAST]
+    assert main([*args, "--set", "optim.lr=1e12"]) == 2
+    assert "no checkpoint was written yet" in capsys.readouterr().err and (out / "config.yaml").is_file()
+    assert main(["train", "--resume", str(out)]) == 2
+    assert f"start it again with --out {out}" in capsys.readouterr().err
+    assert main(args) == 0
+    assert ckpt_io.load(out / "checkpoints" / "last.pt")["config"]["optim"]["lr"] < 1  # the new start's config
+    assert main(args) == 2 and "already holds a run" in capsys.readouterr().err  # now it has something to lose
 
 
 def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.MonkeyPatch,

@@ -104,7 +104,8 @@ def load_for_resume(path_or_run: str | Path) -> tuple[dict[str, Any], Path]:
         raise UserError(f"no such run directory or checkpoint: {p}")
     candidates = run_checkpoints(p) if p.is_dir() else [p]
     if not candidates:
-        raise UserError(f"{p}: no checkpoints to resume from")
+        raise UserError(f"{p}: no checkpoints to resume from (a run stopped before its first save): start it "
+                        f"again with --out {p}")  # fmt: skip
     errors = []
     for i, c in enumerate(candidates):
         try:

@@ -10,8 +10,10 @@ from .errors import UserError
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
     """Refuse to overwrite a run; make sure the directory is writable before any work starts."""
-    holds = [run_dir / "config.yaml", run_dir / "metrics.jsonl", *(run_dir / "checkpoints").glob("*.pt")]
-    if not resuming and any(p.exists() for p in holds):  # (a run stopped before any of these has nothing to lose)
+    # a checkpoint or an epoch's metrics: what a run stopped before its first save (a NaN or out-of-memory at the
+    # first steps) never wrote; its config.yaml, stats.npz and plan are written again by the new start
+    holds = [run_dir / "metrics.jsonl", *(run_dir / "checkpoints").glob("*.pt")]
+    if not resuming and any(p.exists() for p in holds):
         raise UserError(
             f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, "
             "or choose a new one with --out DIR"

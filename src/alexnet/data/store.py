@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,14 @@ def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int
         manifest = {"version": VERSION, "size": size, "format": fmt, "quality": quality, "classes": train.classes,
                     "source": str(src.resolve()), "splits": {}, "complete": False}  # fmt: skip
     n_workers = max(1, default_workers(workers))
-    with get_context(START_METHOD).Pool(n_workers, initializer=ignore_stop_signals) as pool:
+    pool = ProcessPoolExecutor(n_workers, mp_context=get_context(START_METHOD), initializer=ignore_stop_signals)
+    try:
         for split, index in indexes.items():
             _write_split(pool, dst, split, index, manifest, size, fmt, quality, progress, chunk)
+    finally:  # the workers ignore SIGTERM/SIGINT (the main process handles a stop), so they must end on the
+        # executor's end-of-work messages, after their current image: multiprocessing.Pool's exit instead joined
+        # workers it expected its SIGTERM to have ended, and hung at the end of a prepare (a CI run, 2-core machine)
+        pool.shutdown(wait=True, cancel_futures=True)
     for split in indexes:
         manifest["splits"][split]["sha256"] = {f: _sha256(dst / f) for f in manifest["splits"][split]["files"]}
     manifest["complete"] = True
@@ -155,7 +161,7 @@ def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest:
         bar = Progress(chunks, f"prepare {split}", progress, every=max(1, chunks // 20), initial=done)
         for start in range(info["done"], n, chunk_size):
             chunk = index.samples[start : start + chunk_size]
-            results = pool.map(_encode, [(p, size, fmt, quality) for p, _ in chunk], chunksize=8)
+            results = list(pool.map(_encode, [(p, size, fmt, quality) for p, _ in chunk], chunksize=8))
             for (path, label), (blob, err) in zip(chunk, results):
                 if blob is None:
                     info["failed"].append(err)

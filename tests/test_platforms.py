@@ -141,7 +141,7 @@ def test_prepare_ends_its_workers_without_a_signal(tiny_folder: Path, tmp_path: 
                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """prepare's workers ignore SIGTERM (the main process handles a stop), so ending them must not rely on one:
     multiprocessing.Pool's exit sent SIGTERM and then waited for the workers, and a CI run hung there for good
-    (reproduced: 1 hang in 60 two-worker prepares). Here each signal a worker would get is recorded, then
+    (reproduced: 1 hang in 260 two-worker prepares). Here each signal a worker would get is recorded, then
     sent as SIGKILL so that the old code fails instead of hanging."""
     from multiprocessing.process import BaseProcess
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from .errors import UserError
+from .errors import describe
 from .runlog import setup_logging
 
 
@@ -382,38 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # the first line: one raised in a data-loader worker carries the worker's traceback
-        print(f"alexnet {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"alexnet {args.command}: error: no such file: {e.filename or e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a path the command cannot use (a file where a folder goes, no permission, disk full)
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"alexnet {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - a user never sees a traceback; ALEXNET_DEBUG=1 shows it
-        first = str(e).splitlines()[0] if str(e) else ""
-        if isinstance(e, torch_oom()) or "can't allocate memory" in first:  # CUDA/MPS; the CPU allocator's RuntimeError
-            asked = re.search(r"allocate (\d+) bytes", first)  # the CPU allocator says how much it was asked for
-            what = f"{int(asked[1]) / 2**30:.1f} GiB asked for" if asked else first[:120]
-            print(f"alexnet {args.command}: error: out of memory on the device ({what}); lower --batch-size "
-                  "(or the image size), or use train.amp=bf16/fp16 where the device has it", file=sys.stderr)  # fmt: skip
-            return 2
-        if os.environ.get("ALEXNET_DEBUG"):
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure is one line (errors.describe)
+        said = describe(e)
+        if said is None:  # ALEXNET_DEBUG=1: the traceback of an unexpected failure
             raise
-        print(f"alexnet {args.command}: error: {type(e).__name__}: {first[:300]} "
-              "(an unexpected failure: rerun with ALEXNET_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
-        return 1
-
-
-def torch_oom() -> type[BaseException]:
-    """torch.OutOfMemoryError (CUDA, MPS), imported only once a command already loaded torch."""
-    torch = sys.modules.get("torch")
-    return getattr(torch, "OutOfMemoryError", MemoryError) if torch is not None else MemoryError
+        print(f"alexnet {args.command}: {said[0]}", file=sys.stderr)
+        return said[1]

@@ -184,6 +184,9 @@ def test_a_store_trained_run_works_everywhere_a_folder_does(tiny_folder: Path, t
     record = json.loads((tmp_path / "figs" / "neighbours.json").read_text())
     assert all(str(tiny_folder) in n for row in record for n in row["neighbours"])  # the store's source files
     assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
+    (store / "alexnet-stats.npz").write_bytes(b"statistics")  # as `pca-stats --data STORE` leaves them
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(store), "--size", "72", "--workers", "1"]) == 0
+    assert "resuming the store" in capsys.readouterr().err  # the same command again: the store, not other files
 
 
 def test_jpeg_decode_gpu_hands_the_store_batches_to_the_gpu_decoder(tiny_folder: Path, tmp_path: Path,

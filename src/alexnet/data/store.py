@@ -79,8 +79,10 @@ def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int
         raise UserError(f"{src} is already a prepared store")
     if dst.exists() and not dst.is_dir():
         raise UserError(f"{dst} is a file; --out names the folder the store goes in")
-    others = [f.name for f in dst.iterdir() if not _store_file(f)] if dst.is_dir() else []
-    if others:  # never write among a user's files
+    # never write among a user's files; a folder with a manifest is a store (checked against it below), and may
+    # hold more (pca-stats writes alexnet-stats.npz there)
+    others = [f.name for f in dst.iterdir() if not _store_file(f)] if dst.is_dir() and not (dst / MANIFEST).is_file() else []
+    if others:
         raise UserError(f"{dst} holds files that are not a store's (e.g. {others[0]}); choose a new or empty --out")
     train = scan_folder(src / "train", check=True)
     indexes = {"train": train, "val": scan_folder(src / "val", classes=train.classes, check=True)}

@@ -212,6 +212,27 @@ def test_metrics_rows_are_never_duplicated_by_a_kill(tiny_folder: Path, tmp_path
     assert [r["epoch"] for r in rows] == [1, 2] and rows[0] == row
 
 
+def test_tensorboard_shows_each_step_once_after_a_failed_start_and_a_resume(tiny_folder: Path, tmp_path: Path) -> None:
+    """TensorBoard reads every events file of the run: a failed start's events and what a killed run logged after
+    its last checkpoint must be hidden (purge_step), not plotted beside the steps trained again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "tb"
+    with SummaryWriter(str(run / "tensorboard")) as w:  # a start that died before its first checkpoint
+        for step in (1, 2, 3):
+            w.add_scalar("step/train_loss", 99.0, step)
+    args = [*FAST, "--epochs", "2", "--set", "train.checkpoint_every=1", "--set", "train.keep_last=9"]
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *args]) == 0  # steps 1-6, 3 an epoch
+    assert main(["train", "--resume", str(run / "checkpoints" / "step-00000004.pt"), "--epochs", "2"]) == 0
+    tb = EventAccumulator(str(run / "tensorboard"))
+    tb.Reload()
+    losses = tb.Scalars("step/train_loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4, 5, 6] and 99.0 not in [e.value for e in losses]
+    assert [e.step for e in tb.Scalars("val_top1")] == [3, 6]  # each epoch's row once, at the step that ended it
+    assert [e.value for e in tb.Scalars("epoch")] == [1, 2]
+
+
 def test_a_batch_in_which_every_image_fails_to_decode_is_skipped(tiny_folder: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     from alexnet.data import folder
@@ -323,10 +344,13 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
     (["explain", "torchvision", "x.png", "--out", "e.png", "--patch", "0"], "argument --patch: must be at least 1"),
     (["pca-stats", "--data", "d", "--size", "0"], "argument --size: must be at least 1, got 0"),
     (["prepare", "--data", "d", "--out", "s", "--format", "jpeg", "--quality", "500"], "JPEG quality is 1-100, got 500"),
+    (["prepare", "--data", "d", "--out", "s", "--workers", "-5"], "--workers: must be 0 or more (or -1: one per core)"),
+    (["figures", "run", "--out", "f", "--workers", "-2"], "--workers: must be 0 or more (or -1: one per core), got -2"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
 ])  # fmt: skip
 def test_a_mistake_in_the_arguments_is_one_line(args: list[str], says: str, capsys: pytest.CaptureFixture) -> None:
-    """Each was once taken (0 as "the default"), or failed late: pca-stats --size 0 showed a worker's traceback."""
+    """Each was once taken (0 as "the default", any negative --workers as -1), or failed late: pca-stats --size 0
+    showed a worker's traceback."""
     assert main(args) == 2
     err = capsys.readouterr().err
     assert says in err and len(err.strip().splitlines()) == 1 and "--help" in err

@@ -120,6 +120,7 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
         "optim.lr=0": "optim.lr must be > 0",
         "train.batch_size=0": "train.batch_size must be > 0",
         "train.amp=fp8": "train.amp: 'fp8' is not allowed",
+        "data.workers=-5": "data.workers must be >= -1, got -5",  # -1 is one per core; others were taken as it
         "data.crop=300": "data.crop (300) cannot be larger than data.resize (256)",
         "model.name=vgg": "unknown model 'vgg'",
     }

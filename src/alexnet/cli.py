@@ -11,14 +11,24 @@ from .errors import describe
 from .runlog import setup_logging
 
 
-def positive(text: str) -> int:
-    """argparse type of every count and size option: a whole number of at least 1."""
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
+
+
+def positive(text: str) -> int:
+    """argparse type of every count and size option: a whole number of at least 1."""
+    if (value := _whole(text)) < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def workers(text: str) -> int:
+    """argparse type of --workers: a count of processes, or -1 for one per core."""
+    if (value := _whole(text)) < -1:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (or -1: one per core), got {value}")
     return value
 
 
@@ -144,7 +154,7 @@ def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output .npz (default: DATA/alexnet-stats.npz, which training picks up)")
     p.add_argument("--size", type=positive, default=256, help="images are resized to this square first (default 256)")
     p.add_argument("--max-images", type=positive, default=20000, help="use a random sample of at most this many")
-    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--workers", type=workers, default=-1)
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_pca_stats)
 
@@ -289,7 +299,7 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--which", default="filters,predictions,neighbours,curves,confusion")
     p.add_argument("--max-val", type=positive, default=2000, help="validation images used (seeded sample)")
     p.add_argument("--max-train", type=positive, default=5000, help="training images searched for neighbours")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=workers, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_figures)
 
@@ -329,7 +339,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--format", choices=["raw", "jpeg"], default="raw", help="raw uint8 (fastest) or JPEG (smaller)")
     p.add_argument("--quality", type=quality, default=90, help="JPEG quality for --format jpeg")
-    p.add_argument("--workers", type=int, default=-1, help="processes (default: all cores)")
+    p.add_argument("--workers", type=workers, default=-1, help="processes (default: all cores)")
     p.set_defaults(func=_prepare)
 
 

@@ -79,7 +79,7 @@ class DataConfig:
     std: list[float] | None = None
     pca_noise: float = non_negative(0.1)  # std of the alphas of PCA colour noise (paper §4.1); 0 turns it off
     stats: str | None = None  # file written by `alexnet pca-stats`; None: <path>/alexnet-stats.npz if present
-    workers: int = -1  # data-loader processes; -1: one per core, at most 8
+    workers: int = _rule(-1, ge=-1)  # data-loader processes; -1: one per core, at most 8
     check_files: bool = False  # read every image's header before training (else bad files are skipped when decoded)
     # gpu: a JPEG store's batches are decoded on the training GPU (nvJPEG through TorchCodec), not by the CPU;
     # untested on a GPU (README "alexnet prepare")

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data.classes import display_name  # noqa: E402
+from .data.folder import default_workers  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .inference import compute_path, feature_fn, predict_probs  # noqa: E402
 from .keyed_random import seeded_sample  # noqa: E402
@@ -273,7 +274,8 @@ def _pass(loaded: Loaded, src: _Source, idx: list[int], device: torch.device, wa
     crop = loaded.preprocess.crop
     path = compute_path(loaded.model, device)  # as `alexnet features` and `predict` run
     fc7 = feature_fn(loaded.model, crop, "fc7", path)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(src, idx), batch_size=64, num_workers=workers)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(src, idx), batch_size=64,
+                                         num_workers=default_workers(workers))
     labels, feats, probs = [], [], []
     with torch.no_grad():
         for x, y, _ in loader:

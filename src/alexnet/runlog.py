@@ -15,26 +15,31 @@ log = logging.getLogger("alexnet")
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path | None, tensorboard: bool = True) -> None:
+    """Every TensorBoard scalar is plotted against the optimizer step (an epoch's row at the step that ended it).
+    A run starting at ``start_step`` (0, or a resumed checkpoint's) hides what a stopped run logged after it:
+    the writer's purge_step marks a restart, and TensorBoard drops the earlier events of every tag from
+    that step on (those steps are trained again; a start that failed is hidden the same way)."""
+
+    def __init__(self, run_dir: Path | None, start_step: int = 0, tensorboard: bool = True) -> None:
         self.run_dir = run_dir
         self.tb = None
         if run_dir is not None and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
             except ImportError:  # tensorboard is a dependency, but keep training if it is broken
                 log.warning("tensorboard not available; skipping event files")
 
-    def epoch(self, row: dict[str, Any]) -> None:
+    def epoch(self, row: dict[str, Any], step: int) -> None:
         if self.run_dir is None:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:
             for k, v in row.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, row["epoch"])
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
             self.tb.flush()
 
     def keep_epochs(self, last_epoch: int) -> None:

@@ -237,7 +237,7 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
         st.best = {"val_top1": res.top1, "val_top5": res.top5, "epoch": st.epoch + 1}
     st.epoch, st.step_in_epoch, st.partial = st.epoch + 1, 0, EpochSums()
     if s.main:
-        s.logger.epoch(row)
+        s.logger.epoch(row, st.global_step)
         val = (f"val loss {res.loss:.4f} top-1 {100 * res.top1:.2f}% top-5 {100 * res.top5:.2f}%" if res
                else "not validated (train.eval_every)")  # fmt: skip
         log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.2f%%  %s  %.0f img/s  %.1fs", row["epoch"], t.epochs,

@@ -225,7 +225,7 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
     augment.normalizer = data.augment.normalizer.to(dist.device)
     if cfg.train.channels_last:  # the augmentation writes the model's layout directly
         augment.memory_format = torch.channels_last
-    logger = RunLogger(run_dir if dist.is_main else None)
+    logger = RunLogger(run_dir if dist.is_main else None, state.global_step)
     if resume is not None:
         logger.keep_epochs(state.epoch)
     if dist.is_main:

@@ -88,9 +88,11 @@ def test_training_on_the_store_equals_training_on_the_folder(tiny_folder: Path, 
     a, b = tmp_path / "folder_run", tmp_path / "store_run"
     assert main(["train", "--data", str(tiny_folder), "--out", str(a), *SAME]) == 0
     assert main(["train", "--data", str(store), "--out", str(b), *SAME]) == 0
-    wa, wb = ckpt_io.load(a / "checkpoints" / "last.pt")["model"], ckpt_io.load(b / "checkpoints" / "last.pt")["model"]
+    ca, cb = ckpt_io.load(a / "checkpoints" / "last.pt"), ckpt_io.load(b / "checkpoints" / "last.pt")
+    wa, wb = ca["model"], cb["model"]
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    assert ca["train_set"] == cb["train_set"] and ca["train_set"].startswith("18 images")  # resumes either way
     assert main(["evaluate", str(b), "--json"]) == 0
     assert main(["pca-stats", "--data", str(store)]) == 0
     assert (store / "alexnet-stats.npz").is_file()

@@ -93,7 +93,9 @@ def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, 
     (cut / "metrics.jsonl").write_text("\n".join((full / "metrics.jsonl").read_text().splitlines()[:1]) + "\n")
     ck = ckpt_io.load(cut / "checkpoints" / "step-00000008.pt")
     assert (ck["epoch"], ck["step_in_epoch"]) == (1, 3)
-    assert main(["train", "--resume", str(cut)]) == 0
+    moved = shutil.copytree(tiny_folder, tmp_path / "moved")  # the same images elsewhere: the same run
+    assert main(["train", "--resume", str(cut), "--data", str(moved)]) == 0
+    assert "training images differ" not in caplog.text
     a, b = _weights(full / "checkpoints" / "last.pt"), _weights(cut / "checkpoints" / "last.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -108,6 +110,10 @@ def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, 
     assert main(["train", "--resume", str(cut)]) == 0  # a finished run: said so, and nothing changes
     assert "nothing left to train: the run finished at epoch 2, step 10" in caplog.text
     assert (cut / "checkpoints" / "last.pt").read_bytes() == before
+    shutil.copy(moved / "train" / "class_0" / "img_0.png", moved / "train" / "class_1" / "new.png")
+    assert main(["train", "--resume", str(cut), "--epochs", "3"]) == 0  # goes on, saying the run is no longer exact
+    assert "training images differ from the checkpoint's (18 images, sha256 " in caplog.text
+    assert "; now 19 images, sha256 " in caplog.text
 
 
 def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

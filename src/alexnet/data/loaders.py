@@ -7,8 +7,10 @@ The config reaching here is resolved (``engine.setup.resolve_config``): ``data.c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +45,16 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def identity(self) -> str:
+        """What a resumed run compares to know it reads the same images in the same order: their count and a
+        hash of their names less the folder all of them share, with / for separators (not the pixels, nor
+        where the folder is: a moved folder, or its store, is the same set). 0.4 s for 1.28 M ImageNet-like
+        names on the 2-core AVX2 machine."""
+        shared = os.path.commonprefix([self.names[0], self.names[-1]]) if self.names else ""
+        k = max(shared.rfind("/"), shared.rfind("\\")) + 1
+        h = hashlib.sha256("\n".join(n[k:] for n in self.names).replace("\\", "/").encode())
+        return f"{len(self)} images, sha256 {h.hexdigest()[:16]}"
 
     def dataset(self, size: int, make_transform: Callable[[int], Callable] | None = None,
                 seed: int = 0) -> TensorSource | FolderDataset:  # fmt: skip
@@ -140,6 +152,7 @@ class DataBundle:
     augment: BatchAugment
     stats: ColourStats
     skipped: list[str]
+    train_set: str  # SplitData.identity() of the training split
 
 
 def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = False,
@@ -172,6 +185,7 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
         augment=BatchAugment(d.train_aug, d.crop, normalizer, d.pca_noise, d.min_scale, pre_cropped=rrc is not None),
         stats=stats,
         skipped=skipped,
+        train_set=train.identity(),
     )
 
 

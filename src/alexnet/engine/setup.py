@@ -187,7 +187,7 @@ def new_state(cfg: Config, data: DataBundle, dist: DistInfo, resuming: bool = Fa
     assert data.train is not None
     schedule = Schedule(optimizer, cfg.schedule, lr, t.epochs, len(data.train), t.max_steps)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=t.amp == "fp16")
-    info = RunInfo(cfg, data.class_names, data.preprocess, dist.world)
+    info = RunInfo(cfg, data.class_names, data.preprocess, dist.world, data.train_set)
     return TrainState(model, optimizer, schedule, scaler, info, ema=Ema(model) if t.ema else None)
 
 
@@ -217,6 +217,10 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
         if resume.get("world_size", 1) != dist.world and dist.is_main:
             log.info("checkpoint written by %d process(es), continuing on %d: the same network (keyed dropout, "
                      "global BatchNorm; see Scaling)", resume.get("world_size", 1), dist.world)  # fmt: skip
+        if dist.is_main and resume.get("train_set", data.train_set) != data.train_set:
+            log.warning("the training images differ from the checkpoint's (%s; now %s): the run goes on, but it "
+                        "is not the run an uninterrupted one would have made (each epoch's order is drawn over "
+                        "the images there are now)", resume["train_set"], data.train_set)  # fmt: skip
         if dist.is_main:
             log.info("resuming at epoch %d, step %d (global step %d)", state.epoch + 1, state.step_in_epoch,
                      state.global_step)  # fmt: skip

@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists (loaded with
 the unwrapped model's state_dict (the grouped single-device form, also for the two-tower split), the
 optimizer, schedule and grad scaler, the position (epoch, step in epoch, global step), the best result,
 the partial sums of an interrupted epoch, the RNG state, and the run's fixed facts (resolved config,
-variant, class names, preprocessing, world size). ``load_state_dict`` reads every version written so far.
+variant, class names, preprocessing, world size, training set). ``load_state_dict`` reads every version written so far.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class RunInfo:
     class_names: list[str]
     preprocess: Preprocess
     world_size: int
+    train_set: str  # the training images' count and names' hash (data/loaders.py SplitData.identity)
 
 
 def _no_best() -> dict[str, Any]:
@@ -84,6 +85,7 @@ class TrainState:
             "class_names": list(info.class_names),
             "preprocess": info.preprocess.to_checkpoint(),
             "world_size": info.world_size,
+            "train_set": info.train_set,
         }
 
     def _optimizer_state(self, saved: dict[str, Any] | None = None) -> dict[str, Any]:

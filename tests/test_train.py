@@ -64,7 +64,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return ckpt_io.load(path)["model"]
 
 
-def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     common = [
         "--data",
         str(tiny_folder),
@@ -114,6 +115,13 @@ def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, 
     assert main(["train", "--resume", str(cut), "--epochs", "3"]) == 0  # goes on, saying the run is no longer exact
     assert "training images differ from the checkpoint's (18 images, sha256 " in caplog.text
     assert "; now 19 images, sha256 " in caplog.text
+    (moved / "train" / "class_9").mkdir()
+    shutil.copy(moved / "train" / "class_0" / "img_0.png", moved / "train" / "class_9")
+    before = (cut / "checkpoints" / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut), "--epochs", "4"]) == 2  # another class: another network's head
+    assert "the data's classes differ from the checkpoint's" in capsys.readouterr().err
+    assert (cut / "checkpoints" / "last.pt").read_bytes() == before
 
 
 def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

@@ -191,6 +191,28 @@ def test_hostile_training_folder(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert not (tmp_path / "strict").exists()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="macOS and Windows file systems store only Unicode names")
+def test_file_names_that_are_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Linux names are bytes: a Latin-1 name from an old archive (b'\\xe9') is not UTF-8. Training, its resume,
+    a store made of the folder and evaluation take it like any other name."""
+    from .conftest import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "data")
+    cls = os.fsencode(data / "train" / "class_0")
+    os.rename(cls + b"/img_0.png", cls + b"/caf\xe9.png")
+    run, args = tmp_path / "r\u00fcn 1", [*FAST, "--set", "data.check_files=true"]
+    assert main(["train", "--data", str(data), "--out", str(run), *args]) == 0
+    assert "unreadable" not in capsys.readouterr().err  # the file was read, not skipped
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert "training images differ" not in capsys.readouterr().err
+    store = tmp_path / "store"
+    assert main(["prepare", "--data", str(data), "--out", str(store), "--size", "72", "--workers", "1"]) == 0
+    assert main(["train", "--data", str(store), "--out", str(tmp_path / "from-store"), *args]) == 0
+    assert main(["evaluate", str(run), "--data", str(store), "--json"]) == 0
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["train_set"] == ckpt_io.load(
+        tmp_path / "from-store" / "checkpoints" / "last.pt")["train_set"]  # fmt: skip
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(w=st.integers(1, 300), h=st.integers(1, 300),
        mode=st.sampled_from(["RGB", "L", "RGBA", "P", "CMYK", "LA", "1", "I;16", "I", "F"]))  # fmt: skip

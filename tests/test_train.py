@@ -244,3 +244,26 @@ def test_auto_compute_path_follows_the_hardware(monkeypatch: pytest.MonkeyPatch)
     assert not tuning.compile_pays(cpu, True, 10**9)
     assert tuning.compile_pays(cuda, True, 2_000_000) and not tuning.compile_pays(cuda, False, 2_000_000)
     assert tuning.compile_pays(cuda, False, 90 * 1_281_167) and not tuning.compile_pays(cuda, True, 10**9, towers=True)
+
+
+def test_runs_started_in_the_same_second_never_share_a_directory(tiny_folder: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Without --out a run is named by the second it starts: a job array starting several at once must not train
+    them into one directory (each passed the "already holds a run" check before any wrote a checkpoint)."""
+    import importlib
+    from datetime import datetime
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None) -> datetime:  # noqa: ANN001
+            return datetime(2026, 11, 29, 12, 0, 0)
+
+    monkeypatch.setattr(importlib.import_module("alexnet.train"), "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    taken = tmp_path / "runs" / "paper-alexnet-20261129-120000"
+    taken.mkdir(parents=True)  # made a moment ago by a run still starting: nothing in it yet
+    assert main(["train", "--data", str(tiny_folder), *FAST]) == 0
+    assert not any(taken.iterdir())
+    assert (tmp_path / "runs" / f"{taken.name}-2" / "checkpoints" / "last.pt").is_file()
+    assert main(["train", "--data", str(tmp_path / "missing"), *FAST]) == 2  # a failed start leaves no directory
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [taken.name, f"{taken.name}-2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -37,3 +38,29 @@ def make_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
+
+
+def claim_run_dir(parent: Path, name: str) -> Path:
+    """A new directory for a run given no --out: ``parent/name``, else ``name-2``, ``name-3``..., each tried with
+    one atomic mkdir, so runs started in the same second (a job array, a script) never share a directory.
+    Under torchrun only rank 0 makes it; the others' run_dir is only named in their logs."""
+    if os.environ.get("RANK", "0") != "0":
+        return parent / name
+    for i in itertools.count(1):
+        path = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot create run directory {path}: {e.strerror or e}") from None
+    raise AssertionError("unreachable")
+
+
+def remove_if_empty(path: Path) -> None:
+    """After a start that failed before writing anything: no empty directory is left behind."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass

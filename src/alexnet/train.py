@@ -23,6 +23,7 @@ from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup
 from .engine.state import TrainState
 from .errors import UserError
+from .rundir import claim_run_dir, remove_if_empty
 from .runlog import setup_logging
 from .signals import StopFlag
 
@@ -109,6 +110,11 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
         if cfg.train.budget and cfg.train.max_steps:
             raise UserError("--budget plans train.max_steps itself; give one or the other")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(out) if out else Path("runs") / f"{cfg.recipe}-{cfg.model.name}-{stamp}"
-    result = train(cfg, run_dir, ck, started=started)
+        run_dir = Path(out) if out else claim_run_dir(Path("runs"), f"{cfg.recipe}-{cfg.model.name}-{stamp}")
+    try:
+        result = train(cfg, run_dir, ck, started=started)
+    except BaseException:
+        if not out and not resume:  # the directory claimed above, if nothing was written into it
+            remove_if_empty(run_dir)
+        raise
     return 128 + result.stopped if result.stopped else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,41 @@ def test_existing_run_is_not_overwritten(tiny_folder: Path, tmp_path: Path, caps
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the test holds the lock with fcntl; Windows runs take msvcrt's")
+def test_one_process_at_a_time_writes_a_run(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A second terminal's --resume, or the same --out twice, while a run trains: refused, nothing touched."""
+    import fcntl
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 0
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    with open(run / ".lock", "a+b") as held:  # as the training process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        stale = run / "checkpoints" / ".last.pt.tmp-999"  # that process's save in progress
+        stale.write_bytes(b"half")
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+        assert f"another process is training into {run}" in capsys.readouterr().err
+        assert stale.read_bytes() == b"half" and (run / "checkpoints" / "last.pt").read_bytes() == before
+        assert main(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "new"), *FAST]) == 0  # others go on
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0  # the lock is gone with its holder
+    # a run that finished in the same directory while this one scanned its data: found again under the lock
+    from alexnet.engine import setup as setup_mod
+
+    real = setup_mod.build_data
+
+    def another_run_finishes_meanwhile(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        (tmp_path / "late" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+        return real(*args, **kwargs)
+
+    (tmp_path / "late").mkdir()
+    monkeypatch.setattr(setup_mod, "build_data", another_run_finishes_meanwhile)
+    assert main(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "late"), *FAST]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "late" / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -204,7 +204,7 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
     _seed_and_kernels(cfg, dist.device)
     data = build_data(cfg, dist.rank, dist.world, pin_memory=dist.device.type == "cuda", device=dist.device)
     if dist.is_main:
-        make_run_dir(run_dir)
+        make_run_dir(run_dir, resuming=resume is not None)
         if data.skipped:
             log.warning("skipping %d unreadable files:\n  %s", len(data.skipped), "\n  ".join(data.skipped[:50]))
     if resume is not None and resume["class_names"] != data.class_names:

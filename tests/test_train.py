@@ -96,6 +96,34 @@ def test_one_process_at_a_time_writes_a_run(tiny_folder: Path, tmp_path: Path, c
     assert (tmp_path / "late" / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
 
 
+def test_windows_run_lock(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Windows has no fcntl: the lock is msvcrt.locking, whose non-blocking form raises OSError(EACCES) on a
+    locked byte. Emulated here as Windows behaves, on top of flock."""
+    import errno
+    import fcntl
+    import types
+
+    from alexnet import rundir
+
+    def locking(fd: int, mode: int, n: int) -> None:
+        assert mode == 2 and n == 1  # LK_NBLCK, one byte
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OSError(errno.EACCES, "Permission denied") from None
+
+    monkeypatch.setattr(rundir, "fcntl", None)
+    monkeypatch.setattr(rundir, "msvcrt", types.SimpleNamespace(LK_NBLCK=2, locking=locking), raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "a+b") as held:
+        locking(held.fileno(), 2, 1)
+        assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 2
+        assert f"another process is training into {run}" in capsys.readouterr().err
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 0
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return ckpt_io.load(path)["model"]
 

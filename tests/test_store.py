@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from alexnet.cli import main
 from alexnet.data import store as store_mod
 from alexnet.data.folder import FolderDataset, scan_folder
 from alexnet.data.transforms import resize_square
+from alexnet.errors import UserError
 
 from .conftest import FAST
 
@@ -124,6 +126,26 @@ def test_interrupted_prepare_resumes(tiny_folder: Path, tmp_path: Path, monkeypa
     for i in range(18):
         assert torch.equal(images[i], ds[i][0]) and int(labels[i]) == ds[i][1]
     assert np.array_equal(np.load(out / "train.labels.npy"), labels.numpy())
+    before = (out / "manifest.json").read_text()
+    if sys.platform != "win32":  # a second prepare while one runs (its lock held as that process holds it)
+        import fcntl
+
+        with open(out / ".lock", "a+b") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(UserError, match=f"another process is preparing a store in {out}"):
+                store_mod.prepare(str(tiny_folder), str(out), size=72, workers=1, chunk=5, progress=False)
+        assert (out / "manifest.json").read_text() == before
+    first = tmp_path / "first"  # stopped before its first manifest: its own files (and lock) only; resumed
+
+    def stop_at_once(dst: Path, manifest: dict) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod, "_save_manifest", stop_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        store_mod.prepare(str(tiny_folder), str(first), size=72, workers=1, chunk=5, progress=False)
+    assert not (first / "manifest.json").exists() and (first / ".lock").exists()
+    monkeypatch.setattr(store_mod, "_save_manifest", real)
+    assert store_mod.prepare(str(tiny_folder), str(first), size=72, workers=1, chunk=5, progress=False)["complete"]
 
 
 def test_prepare_never_writes_among_other_files(tiny_folder: Path, tmp_path: Path,

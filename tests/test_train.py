@@ -104,7 +104,7 @@ def test_windows_run_lock(tiny_folder: Path, tmp_path: Path, capsys: pytest.Capt
     import fcntl
     import types
 
-    from alexnet import rundir
+    from alexnet import locks
 
     def locking(fd: int, mode: int, n: int) -> None:
         assert mode == 2 and n == 1  # LK_NBLCK, one byte
@@ -113,8 +113,8 @@ def test_windows_run_lock(tiny_folder: Path, tmp_path: Path, capsys: pytest.Capt
         except BlockingIOError:
             raise OSError(errno.EACCES, "Permission denied") from None
 
-    monkeypatch.setattr(rundir, "fcntl", None)
-    monkeypatch.setattr(rundir, "msvcrt", types.SimpleNamespace(LK_NBLCK=2, locking=locking), raising=False)
+    monkeypatch.setattr(locks, "fcntl", None)
+    monkeypatch.setattr(locks, "msvcrt", types.SimpleNamespace(LK_NBLCK=2, locking=locking), raising=False)
     run = tmp_path / "run"
     run.mkdir()
     with open(run / ".lock", "a+b") as held:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 from pathlib import Path
-from typing import IO
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-    import msvcrt
 
 from .errors import UserError
+from .locks import lock_dir
 
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
@@ -38,7 +31,7 @@ def make_run_dir(run_dir: Path, resuming: bool) -> None:
     """Create the run directory, take its lock, and prove it takes a write (disk full, read-only mounts)."""
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        _lock(run_dir)
+        lock_dir(run_dir, "training into")
         check_run_dir(run_dir, resuming)  # again, under the lock: a run may have finished there meanwhile
         # half-written files of a process that was killed mid-save (the lock: no other process writes here)
         for stale in (run_dir / "checkpoints").glob(".*.pt.*-*"):
@@ -48,38 +41,6 @@ def make_run_dir(run_dir: Path, resuming: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
-
-
-_LOCKS: dict[Path, IO[bytes]] = {}  # run directory -> its open lock file, held until release_run_dir
-
-
-def _lock(run_dir: Path) -> None:
-    """One process writes a run at a time: an exclusive lock on RUN/.lock (flock; on Windows msvcrt.locking).
-    The OS drops it however the process ends, so a killed run never leaves a stale lock. Where the file system
-    has no locks (some network mounts) the run goes on unlocked."""
-    key = run_dir.absolute()
-    if key in _LOCKS:
-        return
-    f = open(run_dir / ".lock", "a+b")  # noqa: SIM115 - held open while the run trains
-    try:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:
-            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-    except OSError as e:
-        f.close()
-        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EDEADLK):
-            raise UserError(f"another process is training into {run_dir} (it holds {run_dir / '.lock'}); wait for "
-                            "it to end, or choose another --out") from None  # fmt: skip
-        return
-    _LOCKS[key] = f
-
-
-def release_run_dir(run_dir: Path) -> None:
-    """The end of a run in this process (a later run in the same process, a test, may take the lock again)."""
-    f = _LOCKS.pop(run_dir.absolute(), None)
-    if f is not None:
-        f.close()  # closing the file drops the lock
 
 
 def claim_run_dir(parent: Path, name: str) -> Path:

@@ -23,7 +23,8 @@ from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup
 from .engine.state import TrainState
 from .errors import UserError
-from .rundir import claim_run_dir, release_run_dir, remove_if_empty
+from .locks import unlock_dir
+from .rundir import claim_run_dir, remove_if_empty
 from .runlog import setup_logging
 from .signals import StopFlag
 
@@ -78,7 +79,7 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
                     s.cfg.train.budget), s.cfg.train.budget)  # fmt: skip
         return TrainResult(run_dir, None, st.global_step, st.best, history)
     finally:
-        release_run_dir(run_dir)
+        unlock_dir(run_dir)
         distributed.teardown()
 
 

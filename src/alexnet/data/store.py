@@ -29,6 +29,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..errors import UserError
+from ..locks import LOCK_NAME, lock_dir, unlock_dir
 from ..progress import Progress
 from ..signals import ignore_stop_signals
 from .folder import FolderIndex, default_workers, scan_folder
@@ -87,6 +88,16 @@ def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int
     train = scan_folder(src / "train", check=True)
     indexes = {"train": train, "val": scan_folder(src / "val", classes=train.classes, check=True)}
     dst.mkdir(parents=True, exist_ok=True)
+    lock_dir(dst, "preparing a store in")
+    try:
+        return _prepare_locked(src, dst, indexes, size, fmt, quality, workers, chunk, progress)
+    finally:
+        unlock_dir(dst)
+
+
+def _prepare_locked(src: Path, dst: Path, indexes: dict[str, FolderIndex], size: int, fmt: str, quality: int,
+                    workers: int, chunk: int, progress: bool) -> dict[str, Any]:  # fmt: skip
+    train = indexes["train"]
     mpath = dst / MANIFEST
     manifest: dict[str, Any]
     if mpath.is_file():
@@ -128,7 +139,7 @@ def _store_file(f: Path) -> bool:
     """A file ``prepare`` writes (train.u8, .val.progress.npz, manifest.json...): an interrupted first chunk
     leaves some of them and no manifest yet."""
     stem, dot, _ = f.name.lstrip(".").partition(".")
-    return f.is_file() and bool(dot) and stem in ("train", "val", "manifest")
+    return f.is_file() and (f.name == LOCK_NAME or (bool(dot) and stem in ("train", "val", "manifest")))
 
 
 def _save_manifest(dst: Path, manifest: dict[str, Any]) -> None:

@@ -43,17 +43,18 @@ def make_run_dir(run_dir: Path, resuming: bool) -> None:
         raise UserError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
 
 
-def claim_run_dir(parent: Path, name: str) -> Path:
+def claim_run_dir(parent: Path, name: str) -> tuple[Path, bool]:
     """A new directory for a run given no --out: ``parent/name``, else ``name-2``, ``name-3``..., each tried with
     one atomic mkdir, so runs started in the same second (a job array, a script) never share a directory.
-    Under torchrun only rank 0 makes it; the others' run_dir is only named in their logs."""
+    Returns it and whether this process made it: under torchrun only rank 0 does; the others' run_dir is
+    only named in their logs."""
     if os.environ.get("RANK", "0") != "0":
-        return parent / name
+        return parent / name, False
     for i in itertools.count(1):
         path = parent / (name if i == 1 else f"{name}-{i}")
         try:
             path.mkdir(parents=True)
-            return path
+            return path, True
         except FileExistsError:
             continue
         except OSError as e:

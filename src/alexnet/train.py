@@ -100,6 +100,7 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
     started = time.monotonic() - command_age()  # a --budget counts from the command's start
     setup_logging()
     overrides = list(overrides or [])
+    made = False
     if resume:
         ck, path = ckpt_io.load_for_resume(ckpt_io.resolve(resume, prefer="") if Path(resume).is_file() else Path(resume))
         cfg = apply_overrides(from_dict(ck["config"], f"checkpoint {path}"), overrides)
@@ -112,11 +113,11 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
         if cfg.train.budget and cfg.train.max_steps:
             raise UserError("--budget plans train.max_steps itself; give one or the other")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(out) if out else claim_run_dir(Path("runs"), f"{cfg.recipe}-{cfg.model.name}-{stamp}")
+        run_dir, made = (Path(out), False) if out else claim_run_dir(Path("runs"), f"{cfg.recipe}-{cfg.model.name}-{stamp}")
     try:
         result = train(cfg, run_dir, ck, started=started)
     except BaseException:
-        if not out and not resume:  # the directory claimed above, if nothing was written into it
+        if made:  # the directory claimed above, if nothing was written into it
             remove_if_empty(run_dir)
         raise
     return 128 + result.stopped if result.stopped else 0

@@ -4,7 +4,8 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists (loaded with
 the unwrapped model's state_dict (the grouped single-device form, also for the two-tower split), the
 optimizer, schedule and grad scaler, the position (epoch, step in epoch, global step), the best result,
 the partial sums of an interrupted epoch, the RNG state, and the run's fixed facts (resolved config,
-variant, class names, preprocessing, world size, training set). ``load_state_dict`` reads every version written so far.
+variant, class names, preprocessing, world size, training set). ``load_state_dict`` reads every version
+written so far.
 """
 
 from __future__ import annotations

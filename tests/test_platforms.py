@@ -201,30 +201,28 @@ def test_sigterm_to_the_whole_process_group_saves_and_exits(tiny_folder: Path, t
 
 
 def test_metrics_rows_are_never_duplicated_by_a_kill(tiny_folder: Path, tmp_path: Path) -> None:
+    """metrics.jsonl, and TensorBoard, which reads every events file of the run: what a failed start and a
+    killed run logged after their last checkpoint is hidden (purge_step), not plotted beside the steps trained
+    again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    def killed_run_logged(steps: range) -> None:
+        with SummaryWriter(str(run / "tensorboard")) as w:
+            for step in steps:
+                w.add_scalar("step/train_loss", 99.0, step)
+
     run = tmp_path / "rows"
-    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--epochs", "1"]) == 0
+    killed_run_logged(range(1, 4))  # a start that died before its first checkpoint
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--epochs", "1"]) == 0  # 3 steps
     metrics = run / "metrics.jsonl"
     row = json.loads(metrics.read_text())
     # killed after writing epoch 2's row, before publishing its checkpoint, mid-way through a third line
     metrics.write_text(metrics.read_text() + json.dumps(row | {"epoch": 2}) + "\n" + '{"epoch": 3, "val')
+    killed_run_logged(range(4, 8))
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[0] == row
-
-
-def test_tensorboard_shows_each_step_once_after_a_failed_start_and_a_resume(tiny_folder: Path, tmp_path: Path) -> None:
-    """TensorBoard reads every events file of the run: a failed start's events and what a killed run logged after
-    its last checkpoint must be hidden (purge_step), not plotted beside the steps trained again."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch.utils.tensorboard import SummaryWriter
-
-    run = tmp_path / "tb"
-    with SummaryWriter(str(run / "tensorboard")) as w:  # a start that died before its first checkpoint
-        for step in (1, 2, 3):
-            w.add_scalar("step/train_loss", 99.0, step)
-    args = [*FAST, "--epochs", "2", "--set", "train.checkpoint_every=1", "--set", "train.keep_last=9"]
-    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *args]) == 0  # steps 1-6, 3 an epoch
-    assert main(["train", "--resume", str(run / "checkpoints" / "step-00000004.pt"), "--epochs", "2"]) == 0
     tb = EventAccumulator(str(run / "tensorboard"))
     tb.Reload()
     losses = tb.Scalars("step/train_loss")

@@ -122,6 +122,12 @@ def test_nan_loss_stops_with_a_clear_message(tiny_folder: Path, tmp_path: Path, 
     err = capsys.readouterr().err
     assert "loss became nan/inf at step" in err and "lower learning rate" in err
     assert "Traceback" not in err
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    bad = int(err.split("loss became nan/inf at step ")[1].split()[0].strip(",;:"))
+    tb = EventAccumulator(str(run / "tensorboard"))
+    tb.Reload()  # the steps before the stop are on disk: what a user opens TensorBoard to look at
+    assert bad > 1 and [e.step for e in tb.Scalars("step/train_loss")] == list(range(1, bad))
 
 
 def test_unwritable_output_is_detected_before_training(tiny_folder: Path, tmp_path: Path, capsys) -> None:

@@ -45,8 +45,10 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
     """``started``: time.monotonic() when the process started, what a --budget counts from (default: now)."""
     started = time.monotonic() if started is None else started
     dist = distributed.setup(cfg.train.device)
+    session: Session | None = None
     try:
         s, st = setup(cfg, run_dir, resume, dist, verbose)
+        session = s
         # a resumed run keeps its plan (config.yaml)
         budget = plan_run(s, st, started) if s.cfg.train.budget and resume is None else None
         if resume is not None and s.main and finished(s, st):
@@ -79,6 +81,8 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
                     s.cfg.train.budget), s.cfg.train.budget)  # fmt: skip
         return TrainResult(run_dir, None, st.global_step, st.best, history)
     finally:
+        if session is not None:  # also after a failure (a NaN stop): the events logged up to it reach the file
+            session.logger.close()
         unlock_dir(run_dir)
         distributed.teardown()
 

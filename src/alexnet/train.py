@@ -70,7 +70,6 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
                         check_plan(s, st, budget, time.monotonic() - t_end, "val_top1" in history[-1])
                 if signal is not None:
                     return _stopped(s, st, signal, history)
-        s.logger.close()
         if s.main:
             b = st.best
             log.info("best val top-1 %.2f%% top-5 %.2f%% (epoch %d); run directory: %s", 100 * b["val_top1"],
@@ -81,7 +80,7 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
                     s.cfg.train.budget), s.cfg.train.budget)  # fmt: skip
         return TrainResult(run_dir, None, st.global_step, st.best, history)
     finally:
-        if session is not None:  # also after a failure (a NaN stop): the events logged up to it reach the file
+        if session is not None:  # the one close, however the run ends: no writer thread or events file is left
             session.logger.close()
         unlock_dir(run_dir)
         distributed.teardown()
@@ -89,7 +88,6 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
 
 def _stopped(s: Session, st: TrainState, signal: int, history: list[dict[str, Any]]) -> TrainResult:
     """The one stop path: the checkpoint of this step is written; say how to go on."""
-    s.logger.close()
     if s.main:
         where = f"at epoch {st.epoch + 1} step {st.step_in_epoch}" if st.step_in_epoch else f"after epoch {st.epoch}"
         log.info("stopped by signal %d %s; checkpoint %s; resume with: alexnet train --resume %s", signal, where,

@@ -199,6 +199,9 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
         "train.batch_size=0": "train.batch_size must be > 0",
         "train.amp=fp8": "train.amp: 'fp8' is not allowed",
         "data.workers=-5": "data.workers must be >= -1, got -5",  # -1 is one per core; others were taken as it
+        # a seed past 2**32 once overflowed the data order's generator after the run directory existed
+        "train.seed=1000000000000000": "train.seed must be between 0 and 4294967295, got 1000000000000000",
+        "train.seed=-1": "train.seed must be between 0 and 4294967295, got -1",
         "data.crop=300": "data.crop (300) cannot be larger than data.resize (256)",
         "model.name=vgg": "unknown model 'vgg'",
     }

@@ -129,7 +129,7 @@ class TrainConfig:
     channels_last: bool | None = None  # None/auto: on for CUDA and CPU
     compile: bool | None = None  # None/auto: torch.compile on CUDA, for runs long enough to repay it
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    seed: int = 0
+    seed: int = _rule(0, ge=0, le=2**32 - 1)  # numpy's seed range; above it the data order's generator overflowed
     deterministic: bool = False  # deterministic CUDA kernels and cuBLAS order (README Platforms); CPU ones are anyway
     eval_tta: str = choice("center", "center", "flip", "10crop")  # used for the per-epoch val metrics
     # an EMA of the weights, validated and saved in their place: its half-life as a fraction of the run's

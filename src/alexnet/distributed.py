@@ -53,9 +53,15 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def launch_rank() -> int:
+    """This process's global rank as its launcher (torchrun) set it; 0 when started on its own. Readable before
+    the process group exists (logging, the run directory)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world > 1 and not dist.is_initialized():

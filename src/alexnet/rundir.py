@@ -6,6 +6,7 @@ import itertools
 import os
 from pathlib import Path
 
+from .distributed import launch_rank
 from .errors import UserError
 from .locks import lock_dir
 
@@ -48,7 +49,7 @@ def claim_run_dir(parent: Path, name: str) -> tuple[Path, bool]:
     one atomic mkdir, so runs started in the same second (a job array, a script) never share a directory.
     Returns it and whether this process made it: under torchrun only rank 0 does; the others' run_dir is
     only named in their logs."""
-    if os.environ.get("RANK", "0") != "0":
+    if launch_rank() != 0:
         return parent / name, False
     for i in itertools.count(1):
         path = parent / (name if i == 1 else f"{name}-{i}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .distributed import launch_rank
 
 log = logging.getLogger("alexnet")
 
@@ -93,5 +93,4 @@ def setup_logging(verbose: bool = True) -> None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
-    rank = int(os.environ.get("RANK", "0"))
-    log.setLevel(logging.INFO if verbose and rank == 0 else logging.WARNING)
+    log.setLevel(logging.INFO if verbose and launch_rank() == 0 else logging.WARNING)

@@ -20,9 +20,11 @@ from alexnet.cli import main
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (short) run of the built-in demo: the paper's network, 5 of the demo's 10 epochs (~50 s)."""
+    """A real (short) run of the built-in demo, the paper's network: 3 epochs at batch 32 (135 steps) reached
+    91.9 % val top-1 in 75 s on the 2-core CPU, where the fixture's earlier 5 epochs at the demo's batch 64 (115
+    steps) took 100 s for 93.6 %."""
     run = tmp_path_factory.mktemp("digits") / "run"
-    args = ["train", "--out", str(run), "--epochs", "5", "--set", "schedule.warmup_epochs=1"]  # fmt: skip
+    args = ["train", "--out", str(run), "--epochs", "3", "--batch-size", "32", "--set", "schedule.warmup_epochs=1"]
     assert main(args) == 0
     return run
 

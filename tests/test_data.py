@@ -111,6 +111,9 @@ def test_pca_stats_command(tiny_folder: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["pca-stats", "--data", str(tiny_folder), "--out", str(out), "--size", "40", "--workers", "0",
                  "--force"]) == 0  # fmt: skip
     assert ColourStats.load(out).mean_image.shape == (3, 40, 40)
+    capsys.readouterr()
+    assert main(["pca-stats", "--data", str(tmp_path / "nope")]) == 2  # was "output directory does not exist"
+    assert capsys.readouterr().err.strip() == f"alexnet pca-stats: error: data path not found: {tmp_path / 'nope'}"
 
 
 def test_training_picks_up_the_dataset_stats(tiny_folder: Path, tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ from .transforms import resize_square
 def run_pca_stats(data: str, out: Path | None, size: int = 256, max_images: int = 20000, workers: int = -1,
                   force: bool = False) -> int:  # fmt: skip
     """`alexnet pca-stats`: compute, write, and print the statistics."""
+    if not Path(data).exists():  # before the output check, which would name DATA as a missing output directory
+        raise UserError(f"data path not found: {data}")
     check_output(out or Path(data) / STATS_FILENAME, force)
     stats, path = pca_stats(data, out, size, max_images, workers)
     print(f"wrote {path} from {stats.count} images")

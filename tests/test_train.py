@@ -217,6 +217,23 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
     assert "unknown recipe 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text, says", [
+    ("model: [\n", "not valid YAML"),
+    ("- model\n- data\n", "expected a mapping of sections, got list"),  # was an AttributeError
+    ("model: alexnet\n", "section 'model' must be a mapping"),
+    ("modell:\n  name: alexnet\n", "unknown section 'modell'"),
+    (None, "recipe file not found"),
+])  # fmt: skip
+def test_a_recipe_file_that_is_not_a_recipe_is_one_line(text: str | None, says: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    recipe, out = tmp_path / "mine.yaml", tmp_path / "run"
+    if text is not None:
+        recipe.write_text(text)
+    assert main(["train", "--recipe", str(recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and str(recipe) in err and len(err.splitlines()) == 1 and not out.exists()
+
+
 @pytest.mark.parametrize("name", ["paper", "torchvision", "fast", "digits"])
 def test_recipes_load(name: str) -> None:
     cfg = load_recipe(name)

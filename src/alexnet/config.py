@@ -336,7 +336,8 @@ def load_recipe(name_or_path: str) -> Config:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
-    data.setdefault("recipe", path.stem if path.is_file() else name_or_path)
+    if isinstance(data, dict):  # (anything else from_dict refuses with one line)
+        data.setdefault("recipe", path.stem if path.is_file() else name_or_path)
     return from_dict(data, where)
 
 

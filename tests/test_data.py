@@ -95,6 +95,17 @@ def test_builtin_digits_split_is_fixed_and_stratified() -> None:
     assert counts.min() >= 35 and counts.max() <= 37
 
 
+@pytest.mark.parametrize("fraction, empty", [(0.0, "validation"), (1.0, "training")])
+def test_a_digits_split_with_an_empty_side_is_one_line(fraction: float, empty: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """0 trained and reported "val top-1 0.00%" as if measured; 1 failed on "digits/train" statistics."""
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--set", f"data.val_fraction={fraction}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"data.val_fraction {fraction} leaves no {empty} images" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_pca_stats_command(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "stats.npz"
     assert main(["pca-stats", "--data", str(tiny_folder), "--out", str(out), "--size", "32", "--workers", "0"]) == 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 CLASS_NAMES = [str(d) for d in range(10)]
 
 
@@ -22,6 +24,10 @@ def load_digits_split(size: int, val_fraction: float = 0.2, seed: int = 0) -> di
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()  # (N, 3, S, S)
     y = torch.from_numpy(d.target).long()
     tr, va = split_indices(y, val_fraction, seed)
+    if not len(tr) or not len(va):  # (an empty validation set once gave "val top-1 0.00%" as if measured)
+        empty = "training" if not len(tr) else "validation"
+        raise UserError(f"data.val_fraction {val_fraction} leaves no {empty} images of the built-in digits "
+                        f"({len(y):,} in all); use a value such as 0.2")  # fmt: skip
     return {"train_x": x[tr], "train_y": y[tr], "val_x": x[va], "val_y": y[va]}
 
 

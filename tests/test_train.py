@@ -196,6 +196,8 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
         "foo.bar=1": "no section 'foo'",
         "optim.lr=abc": "optim.lr must be a number",
         "optim.lr=0": "optim.lr must be > 0",
+        "optim.lr=.inf": "optim.lr must be a finite number, got inf",  # was taken: the loss became nan
+        "train.epochs=.inf": "train.epochs must be a finite number, got inf",  # was an OverflowError
         "train.batch_size=0": "train.batch_size must be > 0",
         "train.amp=fp8": "train.amp: 'fp8' is not allowed",
         "data.workers=-5": "data.workers must be >= -1, got -5",  # -1 is one per core; others were taken as it

@@ -8,6 +8,7 @@ typo or an impossible value fails before any work starts, with one line naming t
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -190,6 +191,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             f = float(value) if not isinstance(value, bool) else None
         except (TypeError, ValueError):
             f = None
+        if f is not None and not math.isfinite(f):  # (.inf as an integer once raised OverflowError)
+            raise UserError(f"{key} must be a finite number, got {value!r}")
         if f is None or (tp is int and f != int(f)):
             raise UserError(f"{key} must be {kind}, got {value!r}")
         return int(f) if tp is int else f

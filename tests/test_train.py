@@ -78,6 +78,22 @@ def test_one_process_at_a_time_writes_a_run(tiny_folder: Path, tmp_path: Path, c
         assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
         assert f"another process is training into {run}" in capsys.readouterr().err
         assert stale.read_bytes() == b"half" and (run / "checkpoints" / "last.pt").read_bytes() == before
+    # a resume holds the lock from before it reads the checkpoint: a process that would train the run meanwhile
+    # (a requeued job, a second terminal) is kept out, so what it reads is not replaced under it
+    real_load, kept_out = ckpt_io.load_for_resume, []
+
+    def another_process_tries_meanwhile(path: Path) -> tuple:
+        with open(run / ".lock", "a+b") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                kept_out.append(False)
+            except BlockingIOError:
+                kept_out.append(True)
+        return real_load(path)
+
+    monkeypatch.setattr(ckpt_io, "load_for_resume", another_process_tries_meanwhile)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert kept_out == [True]
     # a run that finished in the same directory while this one scanned its data: found again under the lock
     from alexnet.engine import setup as setup_mod
 

@@ -23,7 +23,7 @@ from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup
 from .engine.state import TrainState
 from .errors import UserError
-from .locks import unlock_dir
+from .locks import lock_dir, unlock_dir
 from .rundir import claim_run_dir, remove_if_empty
 from .runlog import setup_logging
 from .signals import StopFlag
@@ -102,24 +102,31 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
     started = time.monotonic() - command_age()  # a --budget counts from the command's start
     setup_logging()
     overrides = list(overrides or [])
-    made = False
-    if resume:
-        ck, path = ckpt_io.load_for_resume(ckpt_io.resolve(resume, prefer="") if Path(resume).is_file() else Path(resume))
-        cfg = apply_overrides(from_dict(ck["config"], f"checkpoint {path}"), overrides)
-        run_dir = ckpt_io.run_dir_of(path) if Path(resume).is_file() else Path(resume)
-        if out and Path(out) != run_dir:
-            raise UserError("--out cannot be combined with --resume (a resumed run continues in its own directory)")
-    else:
-        ck = None
-        cfg = apply_overrides(load_recipe(recipe or ("paper" if data else "digits")), overrides)
-        if cfg.train.budget and cfg.train.max_steps:
-            raise UserError("--budget plans train.max_steps itself; give one or the other")
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir, made = (Path(out), False) if out else claim_run_dir(Path("runs"), f"{cfg.recipe}-{cfg.model.name}-{stamp}")
+    made, run_dir = False, None
     try:
+        if resume:
+            is_file = Path(resume).is_file()
+            run_dir = ckpt_io.run_dir_of(Path(resume)) if is_file else Path(resume)
+            if distributed.launch_rank() == 0 and run_dir.is_dir():  # before its checkpoint is read: no other
+                lock_dir(run_dir, "training into")  # process can replace it while this one starts (make_run_dir)
+            ck, path = ckpt_io.load_for_resume(Path(resume) if is_file else run_dir)
+            cfg = apply_overrides(from_dict(ck["config"], f"checkpoint {path}"), overrides)
+            if out and Path(out) != run_dir:
+                raise UserError("--out cannot be combined with --resume (a resumed run continues in its own directory)")
+        else:
+            ck = None
+            cfg = apply_overrides(load_recipe(recipe or ("paper" if data else "digits")), overrides)
+            if cfg.train.budget and cfg.train.max_steps:
+                raise UserError("--budget plans train.max_steps itself; give one or the other")
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            name = f"{cfg.recipe}-{cfg.model.name}-{stamp}"
+            run_dir, made = (Path(out), False) if out else claim_run_dir(Path("runs"), name)
         result = train(cfg, run_dir, ck, started=started)
     except BaseException:
         if made:  # the directory claimed above, if nothing was written into it
             remove_if_empty(run_dir)
         raise
+    finally:
+        if run_dir is not None:  # (train() unlocks too; a resume may fail before it starts)
+            unlock_dir(run_dir)
     return 128 + result.stopped if result.stopped else 0

@@ -100,6 +100,49 @@ def test_training_on_the_store_equals_training_on_the_folder(tiny_folder: Path, 
     assert (store / "alexnet-stats.npz").is_file()
 
 
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+def test_prepare_again_changes_nothing(tiny_folder: Path, tmp_path: Path, fmt: str) -> None:
+    """A second prepare of a complete store (a script that always prepares first) once wrote every label as 0,
+    and a JPEG store's offsets as 0, under valid checksums."""
+    out = tmp_path / "store"
+    store_mod.prepare(str(tiny_folder), str(out), size=72, fmt=fmt, workers=1, progress=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.name != ".lock"}
+    store_mod.prepare(str(tiny_folder), str(out), size=72, fmt=fmt, workers=1, progress=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.name != ".lock"} == before
+    assert store_mod.verify(out) == []
+    images, labels, _ = store_mod.open_store(out, "val")
+    assert labels.tolist() == [y for _, y in scan_folder(tiny_folder / "val").samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert images[torch.arange(9)].shape == (9, 3, 72, 72)
+
+
+def test_a_prepare_stopped_in_val_keeps_the_train_labels(tiny_folder: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Stopped after train was finished: the resume once wrote train's labels again from nothing (all 0). And
+    val's progress file removed (by hand): what val holds has no labels then, so val is written again."""
+    out, real = tmp_path / "store", store_mod._save_manifest
+
+    def stop_in_val(dst: Path, manifest: dict) -> None:
+        real(dst, manifest)
+        if "val" in manifest["splits"] and manifest["splits"]["val"]["done"]:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod, "_save_manifest", stop_in_val)
+    with pytest.raises(KeyboardInterrupt):
+        store_mod.prepare(str(tiny_folder), str(out), size=72, workers=1, chunk=5, progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["splits"]["train"]["done"] == 18 and m["splits"]["val"]["done"] == 5 and not m["complete"]
+    (out / ".val.progress.npz").unlink()
+    monkeypatch.setattr(store_mod, "_save_manifest", real)
+    store_mod.prepare(str(tiny_folder), str(out), size=72, workers=1, chunk=5, progress=False)
+    for split in ("train", "val"):
+        images, labels, _ = store_mod.open_store(out, split)
+        index = scan_folder(tiny_folder / split)
+        ds = FolderDataset(index, resize_square(72), 72)
+        assert labels.tolist() == [y for _, y in index.samples], split
+        assert all(torch.equal(images[i], ds[i][0]) for i in range(len(ds))), split
+    assert store_mod.verify(out) == []
+
+
 def test_interrupted_prepare_resumes(tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "store"
     calls = {"n": 0}
@@ -210,7 +253,9 @@ def test_a_store_trained_run_works_everywhere_a_folder_does(tiny_folder: Path, t
     assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
     (store / "alexnet-stats.npz").write_bytes(b"statistics")  # as `pca-stats --data STORE` leaves them
     assert main(["prepare", "--data", str(tiny_folder), "--out", str(store), "--size", "72", "--workers", "1"]) == 0
-    assert "resuming the store" in capsys.readouterr().err  # the same command again: the store, not other files
+    assert "checking the complete store" in capsys.readouterr().err  # the same command again: the store, not other
+    # files, and its labels as they were
+    assert store_mod.open_store(store, "train")[1].tolist() == [y for _, y in scan_folder(tiny_folder / "train").samples]
 
 
 def test_jpeg_decode_gpu_hands_the_store_batches_to_the_gpu_decoder(tiny_folder: Path, tmp_path: Path,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write, atomic_write_text
 from ..errors import UserError
 from ..locks import LOCK_NAME, lock_dir, unlock_dir
 from ..progress import Progress
@@ -107,21 +107,22 @@ def _prepare_locked(src: Path, dst: Path, indexes: dict[str, FolderIndex], size:
             raise UserError(f"{mpath}: unreadable store manifest; choose another --out or remove it") from None
         if (manifest["size"], manifest["format"], manifest["classes"]) != (size, fmt, train.classes):
             raise UserError(f"{dst} holds a store with other settings; choose another --out or remove it")
-        log.info("resuming the store in %s", dst)
+        log.info("%s in %s", "checking the complete store" if manifest.get("complete") else "resuming the store", dst)
     else:
         manifest = {"version": VERSION, "size": size, "format": fmt, "quality": quality, "classes": train.classes,
                     "source": str(src.resolve()), "splits": {}, "complete": False}  # fmt: skip
     n_workers = max(1, default_workers(workers))
     pool = ProcessPoolExecutor(n_workers, mp_context=get_context(START_METHOD), initializer=ignore_stop_signals)
     try:
-        for split, index in indexes.items():
-            _write_split(pool, dst, split, index, manifest, size, fmt, quality, progress, chunk)
+        wrote = [s for s, index in indexes.items()
+                 if _write_split(pool, dst, s, index, manifest, size, fmt, quality, progress, chunk)]  # fmt: skip
     finally:  # the workers ignore SIGTERM/SIGINT (the main process handles a stop), so they must end on the
         # executor's end-of-work messages, after their current image: multiprocessing.Pool's exit instead joined
         # workers it expected its SIGTERM to have ended, and hung at the end of a prepare (a CI run, 2-core machine)
         pool.shutdown(wait=True, cancel_futures=True)
     for split in indexes:
-        manifest["splits"][split]["sha256"] = {f: _sha256(dst / f) for f in manifest["splits"][split]["files"]}
+        if split in wrote or "sha256" not in manifest["splits"][split]:
+            manifest["splits"][split]["sha256"] = {f: _sha256(dst / f) for f in manifest["splits"][split]["files"]}
     manifest["complete"] = True
     _save_manifest(dst, manifest)
     return manifest
@@ -147,7 +148,8 @@ def _save_manifest(dst: Path, manifest: dict[str, Any]) -> None:
 
 
 def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest: dict[str, Any], size: int, fmt: str,
-                 quality: int, progress: bool, chunk_size: int = CHUNK) -> None:  # fmt: skip
+                 quality: int, progress: bool, chunk_size: int = CHUNK) -> bool:  # fmt: skip
+    """Write (or go on writing) one split; False when an earlier prepare finished it."""
     n = len(index.samples)
     info = manifest["splits"].setdefault(split, {"count": n, "done": 0, "written": 0, "failed": []})
     if info["count"] != n:
@@ -157,10 +159,17 @@ def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest:
         [f"{split}.offsets.npy"] if fmt == "jpeg" else []
     )
     info["files"] = files
+    partial = dst / f".{split}.progress.npz"
+    # finished: its labels and offsets are in their final files only (the progress file is gone), and writing
+    # them again from nothing once made every label 0 (a second prepare, or a resume stopped in the next split)
+    if info["done"] == n and not partial.is_file() and all((dst / f).is_file() for f in files):
+        info.setdefault("count_written", info["written"])
+        return False
     labels = np.zeros(n, dtype=np.int64)
     offsets = np.zeros(n + 1, dtype=np.int64)
-    partial = dst / f".{split}.progress.npz"
-    if info["done"] and partial.is_file():
+    if info["done"] and not partial.is_file():  # what was written is unlabelled without it: write the split again
+        info.update(done=0, written=0, failed=[], failed_paths=[])
+    if info["done"]:
         with np.load(partial) as z:
             labels[: len(z["labels"])], offsets[: len(z["offsets"])] = z["labels"], z["offsets"]
     img_bytes = 3 * size * size
@@ -187,7 +196,7 @@ def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest:
             f.flush()
             os.fsync(f.fileno())
             info["done"], info["written"] = min(start + chunk_size, n), written
-            np.savez(partial, labels=labels[:written], offsets=offsets[: written + 1])
+            atomic_write(partial, functools.partial(np.savez, labels=labels[:written], offsets=offsets[: written + 1]))
             _save_manifest(dst, manifest)
             bar.update(images=f"{min(start + chunk_size, n)}/{n}")
         bar.close()
@@ -203,6 +212,7 @@ def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest:
         log.warning(
             "%s: %d unreadable images left out:\n  %s", split, len(info["failed"]), "\n  ".join(info["failed"][:20])
         )
+    return True
 
 
 # worker processes of `prepare`: fork is cheap and safe on Linux; macOS must not fork a process that loaded

@@ -113,6 +113,12 @@ def test_prepare_again_changes_nothing(tiny_folder: Path, tmp_path: Path, fmt: s
     images, labels, _ = store_mod.open_store(out, "val")
     assert labels.tolist() == [y for _, y in scan_folder(tiny_folder / "val").samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert images[torch.arange(9)].shape == (9, 3, 72, 72)
+    np.save(out / "val.labels.npy", np.zeros(9, dtype=np.int64))  # what the second prepare wrote: refused
+    with pytest.raises(UserError, match="every val label is 0 .3 classes.: written by an older `alexnet prepare`"):
+        store_mod.open_store(out, "val")
+    files = json.loads((out / "val.files.json").read_text())  # a val split that really holds the first class only
+    (out / "val.files.json").write_text(json.dumps([f.replace("class_1", "class_0").replace("class_2", "class_0") for f in files]))
+    assert store_mod.open_store(out, "val")[1].tolist() == [0] * 9
 
 
 def test_a_prepare_stopped_in_val_keeps_the_train_labels(tiny_folder: Path, tmp_path: Path,

@@ -313,6 +313,12 @@ def jpeg_decoder(device: str = "cpu") -> Callable[[list[torch.Tensor]], list[tor
         return decode
 
 
+def _not_all_first(root: Path, split: str, manifest: dict[str, Any]) -> bool:
+    """Whether the source files of a split whose labels are all 0 lie in other class folders than the first."""
+    files = json.loads((root / f"{split}.files.json").read_text())
+    return any(Path(f).parent.name != manifest["classes"][0] for f in files)
+
+
 def open_store(path: str | Path, split: str) -> tuple[StoreImages, torch.Tensor, list[str]]:
     root = Path(path)
     manifest = json.loads((root / MANIFEST).read_text())
@@ -323,6 +329,10 @@ def open_store(path: str | Path, split: str) -> tuple[StoreImages, torch.Tensor,
     if split not in manifest["splits"]:
         raise UserError(f"{root}: the store has no {split!r} split")
     labels = torch.from_numpy(np.load(root / f"{split}.labels.npy"))
+    if len(manifest["classes"]) > 1 and len(labels) > 1 and int(labels.max()) == 0 and _not_all_first(root, split, manifest):
+        # what a second prepare of a complete store wrote before it left finished splits alone (README "prepare")
+        raise UserError(f"{root}: every {split} label is 0 ({len(manifest['classes'])} classes): written by an "
+                        "older `alexnet prepare` run twice; prepare the store again into a new folder")  # fmt: skip
     return StoreImages(root, split, manifest), labels, manifest["classes"]
 
 

@@ -86,4 +86,46 @@ def test_mismatches_are_refused_and_nothing_changes(flat: Path, tmp_path: Path, 
     assert sorted(p.name for p in flat.iterdir()) == before
     out = tmp_path / "sorted"
     assert main(["prepare-val", str(flat), "--labels", str(_csv(tmp_path / "ok.csv")), "--out", str(out)]) == 0
-    assert main(["prepare-val", str(flat), "--labels", str(tmp_path / "ok.csv"), "--out", str(out)]) == 2  # exists
+    capsys.readouterr()
+    assert main(["prepare-val", str(flat), "--labels", str(tmp_path / "ok.csv"), "--out", str(out)]) == 0  # again
+    assert "already sorted, nothing to do" in capsys.readouterr().out and _layout(out) == _want()
+    other = out / WNIDS[1] / "ILSVRC2012_val_00000001.JPEG"  # another file where a link would go
+    other.unlink()
+    other.write_bytes(b"not the same image")
+    assert main(["prepare-val", str(flat), "--labels", str(tmp_path / "ok.csv"), "--out", str(out)]) == 2
+    assert f"{other} exists and is not" in capsys.readouterr().err and other.read_bytes() == b"not the same image"
+
+
+@pytest.mark.parametrize("mode", ["move", "copy"])
+def test_a_sort_stopped_half_way_finishes_when_run_again(flat: Path, tmp_path: Path, mode: str,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Ctrl-C after 3 of 7 files: the next run once refused (moved files counted as "labels without an image"),
+    leaving a half-sorted folder; now it places the other 4 (a half-written copy's temporary is removed)."""
+    from alexnet.atomic import temp_name
+    from alexnet.data import valprep
+
+    real, calls = valprep._place, []
+
+    def stop_after_three(a: Path, b: Path, how: str) -> None:
+        if len(calls) == 3:
+            if how == "copy":  # what a copy stopped half-way leaves
+                temp_name(b).write_bytes(a.read_bytes()[:10])
+            raise KeyboardInterrupt
+        calls.append(a)
+        real(a, b, how)
+
+    monkeypatch.setattr(valprep, "_place", stop_after_three)
+    out = flat if mode == "move" else tmp_path / "copied"
+    args = ["prepare-val", str(flat), "--labels", str(_csv(tmp_path / "ok.csv")), "--out", str(out), "--mode", mode]
+    assert main(args) == 130  # as after Ctrl-C
+    monkeypatch.setattr(valprep, "_place", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "3 of them by an earlier run" in capsys.readouterr().out
+    assert _layout(out) == _want()
+    if mode == "move":
+        assert not [f for f in flat.iterdir() if f.is_file()]
+    else:
+        for wnid, names in _want().items():
+            assert all((out / wnid / n).read_bytes() == (flat / n).read_bytes() for n in names)

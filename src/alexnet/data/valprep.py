@@ -9,7 +9,8 @@ evaluation and ``prepare`` read. The labels come as either
 
 Files are hard-linked (another folder on the same disk) or moved (in place, as pytorch/examples' valprep.sh
 does), never copied unless asked. Everything is checked before anything is touched: a label file of an unknown
-format, images without a label, labels without an image, or an output that exists get one line and change nothing.
+format, images without a label, labels without an image, or another file where an image would go get one line
+and change nothing. Run again after a stop, it places only what an earlier run left.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ..atomic import temp_name
 from ..errors import UserError
 
 log = logging.getLogger("alexnet")
@@ -87,25 +89,44 @@ def prepare_val(val: str, labels: str, out: str | None = None, synsets: str | No
     images = sorted(p.name for p in src.iterdir() if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     table = read_labels(Path(labels), Path(synsets) if synsets else None)
     stems = {Path(n).stem: n for n in images}
+    placed = _placed(dst, table, stems, src, mode)  # by an earlier run, perhaps stopped half-way: not done again
     unlabelled = sorted(set(stems) - set(table))
-    missing = sorted(set(table) - set(stems))
+    missing = sorted(set(table) - set(stems) - set(placed))
     if unlabelled or missing:
         raise UserError(f"{src} has {len(images)} images and {labels} labels {len(table)}: "
                         + (f"{len(unlabelled)} images without a label (e.g. {stems[unlabelled[0]]})" if unlabelled else "")
                         + ("; " if unlabelled and missing else "")
                         + (f"{len(missing)} labels without an image (e.g. {missing[0]})" if missing else ""))  # fmt: skip
-    clash = next((dst / table[s] / n for s, n in stems.items() if (dst / table[s] / n).exists()), None)
+    todo = {s: n for s, n in stems.items() if s not in placed}
+    clash = next((dst / table[s] / n for s, n in todo.items() if (dst / table[s] / n).exists()), None)
     if clash is not None:
-        raise UserError(f"{clash} exists; the output must not hold these files yet")
-    if mode == "link":
-        _probe_link(src / images[0], dst)
+        raise UserError(f"{clash} exists and is not {src / stems[clash.stem]}; the output must not hold other files")
+    if mode == "link" and todo:
+        _probe_link(src / next(iter(todo.values())), dst)
     for wnid in sorted(set(table.values())):
         (dst / wnid).mkdir(parents=True, exist_ok=True)
-    for stem, name in stems.items():
+    for stem, name in todo.items():
         _place(src / name, dst / table[stem] / name, mode)
-    log.info("%s: %d images in %d class folders (%s)", dst, len(images), len(set(table.values())), mode)
-    print(f"{dst}: {len(images)} images sorted into {len(set(table.values()))} class folders ({mode})")
+    n, k = len(table), len(set(table.values()))
+    done = "already sorted, nothing to do" if not todo else f"{len(placed)} of them by an earlier run" if placed else ""
+    print(f"{dst}: {n} images sorted into {k} class folders ({mode}{'; ' + done if done else ''})")
     return 0
+
+
+def _placed(dst: Path, table: dict[str, str], stems: dict[str, str], src: Path, mode: str) -> dict[str, Path]:
+    """The labelled images an earlier run already put in their class folder: moved (gone from ``src``), linked
+    (the same file) or copied (under its name only once complete); an interrupted copy's temporary is removed."""
+    out = {}
+    for wnid in set(table.values()):
+        folder = dst / wnid
+        for p in folder.iterdir() if folder.is_dir() else []:
+            if p.name.startswith(".") and ".tmp-" in p.name:
+                p.unlink()
+            elif p.is_file() and table.get(p.stem) == wnid:
+                a = src / stems[p.stem] if p.stem in stems else None
+                if a is None or (os.path.samefile(a, p) if mode == "link" else mode == "copy"):
+                    out[p.stem] = p
+    return out
 
 
 def _probe_link(a: Path, dst: Path) -> None:
@@ -124,7 +145,9 @@ def _probe_link(a: Path, dst: Path) -> None:
 def _place(a: Path, b: Path, mode: str) -> None:
     if mode == "move":
         os.replace(a, b)
-    elif mode == "copy":
-        shutil.copy2(a, b)
+    elif mode == "copy":  # under its name only once complete: a run stopped mid-copy leaves a temporary
+        tmp = temp_name(b)
+        shutil.copy2(a, tmp)
+        os.replace(tmp, b)
     else:
         os.link(a, b)

@@ -64,6 +64,10 @@ def test_evaluate_report_and_other_data(trained_run: tuple[Path, Path], capsys: 
     assert main(["evaluate", str(run), "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert "top-1 accuracy" in out and "per-class top-1" in out
+    assert main(["evaluate", str(run), "--data", str(data / "val")]) == 2  # the val folder itself: say how
+    assert f"use --split-dir {data / 'val'}" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--split-dir", str(data / "val"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == len(list((data / "val").rglob("*.png")))
 
 
 @pytest.mark.parametrize(

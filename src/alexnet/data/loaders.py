@@ -206,6 +206,9 @@ def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], b
     """The validation batches of ``path`` (or ``split_dir``) for weights preprocessed as ``pre``, labelled in the
     weights' class order; its classes must be the weights' classes."""
     size = store_size(path) if path is not None else None
+    if path is not None and size is None and split_dir is None and Path(path).is_dir() and not (Path(path) / "val").is_dir():
+        raise UserError(f"{Path(path) / 'val'}: no such directory; to evaluate the class folders in {path} "
+                        f"themselves, use --split-dir {path}")  # fmt: skip
     if size not in (None, pre.resize):
         raise UserError(f"{path} holds {size}px images but these weights want {pre.resize}px")
     val = open_split(path, "val", pre.resize, class_names, False, val_fraction, split_dir, rank, world)

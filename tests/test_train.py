@@ -187,10 +187,11 @@ def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, 
     assert last_full["val_top1"] == last_cut["val_top1"] and last_full["train_loss"] == pytest.approx(
         last_cut["train_loss"]
     )
-    before = (cut / "checkpoints" / "last.pt").read_bytes()
+    before, config = (cut / "checkpoints" / "last.pt").read_bytes(), (cut / "config.yaml").read_text()
     assert main(["train", "--resume", str(cut)]) == 0  # a finished run: said so, and nothing changes
     assert "nothing left to train: the run finished at epoch 2, step 10" in caplog.text
-    assert (cut / "checkpoints" / "last.pt").read_bytes() == before
+    assert main(["train", "--resume", str(cut), "--epochs", "1"]) == 0  # config.yaml once said 1 epoch after this
+    assert (cut / "checkpoints" / "last.pt").read_bytes() == before and (cut / "config.yaml").read_text() == config
     shutil.copy(moved / "train" / "class_0" / "img_0.png", moved / "train" / "class_1" / "new.png")
     assert main(["train", "--resume", str(cut), "--epochs", "3"]) == 0  # goes on, saying the run is no longer exact
     assert "training images differ from the checkpoint's (18 images, sha256 " in caplog.text

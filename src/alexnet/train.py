@@ -20,7 +20,7 @@ from . import distributed
 from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration
 from .engine.budget import check_plan, command_age, plan_run
 from .engine.epoch import end_of_epoch, finished, train_one_epoch
-from .engine.setup import Session, setup
+from .engine.setup import Session, setup, write_run_files
 from .engine.state import TrainState
 from .errors import UserError
 from .locks import lock_dir, unlock_dir
@@ -49,6 +49,8 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
     try:
         s, st = setup(cfg, run_dir, resume, dist, verbose)
         session = s
+        if s.main and not (resume is not None and finished(s, st)):
+            write_run_files(s)
         # a resumed run keeps its plan (config.yaml)
         budget = plan_run(s, st, started) if s.cfg.train.budget and resume is None else None
         if resume is not None and s.main and finished(s, st):

@@ -275,9 +275,14 @@ def _num_params(model: nn.Module) -> int:
     return model.num_params() if isinstance(model, HybridAlexNet) else sum(p.numel() for p in model.parameters())
 
 
+def write_run_files(s: Session) -> None:
+    """config.yaml and stats.npz, as this start trains on (rank 0; not by a resume with nothing left to train,
+    whose smaller --epochs once rewrote config.yaml of a run that trained more)."""
+    save_yaml(s.cfg, s.run_dir / "config.yaml")
+    s.data.stats.save(s.run_dir / "stats.npz")
+
+
 def _announce(cfg: Config, data: DataBundle, state: TrainState, dist: DistInfo, run_dir: Path) -> None:
-    save_yaml(cfg, run_dir / "config.yaml")
-    data.stats.save(run_dir / "stats.npz")
     assert data.train is not None
     log.info("model %s (%s params), %d classes, %d train / %d val images, device %s, world %d", cfg.model.name,
              f"{_num_params(state.model):,}", len(data.class_names), data.train.num_samples,

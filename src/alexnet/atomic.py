@@ -40,6 +40,9 @@ def check_output(path: Path, force: bool = False) -> None:
         raise UserError(f"output directory does not exist: {path.parent}")
 
 
+TEMP_GLOB = ".*.tmp-*"  # every temp_name: what a killed writer may leave, for clean-up
+
+
 def temp_name(path: Path) -> Path:
     """The temporary sibling used while ``path`` is written (hidden, per process)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

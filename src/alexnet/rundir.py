@@ -6,6 +6,7 @@ import itertools
 import os
 from pathlib import Path
 
+from .atomic import TEMP_GLOB
 from .distributed import launch_rank
 from .errors import UserError
 from .locks import lock_dir
@@ -35,7 +36,7 @@ def make_run_dir(run_dir: Path, resuming: bool) -> None:
         lock_dir(run_dir, "training into")
         check_run_dir(run_dir, resuming)  # again, under the lock: a run may have finished there meanwhile
         # half-written files of a process that was killed mid-save (the lock: no other process writes here)
-        for stale in (run_dir / "checkpoints").glob(".*.pt.*-*"):
+        for stale in (run_dir / "checkpoints").glob(TEMP_GLOB):
             stale.unlink(missing_ok=True)
         probe = run_dir / ".write-test"
         probe.write_bytes(b"x" * 4096)

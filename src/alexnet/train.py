@@ -49,11 +49,12 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
     try:
         s, st = setup(cfg, run_dir, resume, dist, verbose)
         session = s
-        if s.main and not (resume is not None and finished(s, st)):
+        nothing_left = resume is not None and finished(s, st)
+        if s.main and not nothing_left:
             write_run_files(s)
         # a resumed run keeps its plan (config.yaml)
         budget = plan_run(s, st, started) if s.cfg.train.budget and resume is None else None
-        if resume is not None and s.main and finished(s, st):
+        if nothing_left and s.main:
             log.info("nothing left to train: the run finished at epoch %d, step %d; to train on, resume with a larger "
                      "--epochs%s", st.epoch, st.global_step, " and train.max_steps" * bool(s.cfg.train.max_steps))  # fmt: skip
         history: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..atomic import temp_name
+from ..atomic import TEMP_GLOB, temp_name
 from ..errors import UserError
 
 log = logging.getLogger("alexnet")
@@ -105,6 +105,8 @@ def prepare_val(val: str, labels: str, out: str | None = None, synsets: str | No
         _probe_link(src / next(iter(todo.values())), dst)
     for wnid in sorted(set(table.values())):
         (dst / wnid).mkdir(parents=True, exist_ok=True)
+        for stale in (dst / wnid).glob(TEMP_GLOB):  # a copy a stopped run left half-written
+            stale.unlink()
     for stem, name in todo.items():
         _place(src / name, dst / table[stem] / name, mode)
     n, k = len(table), len(set(table.values()))
@@ -115,14 +117,12 @@ def prepare_val(val: str, labels: str, out: str | None = None, synsets: str | No
 
 def _placed(dst: Path, table: dict[str, str], stems: dict[str, str], src: Path, mode: str) -> dict[str, Path]:
     """The labelled images an earlier run already put in their class folder: moved (gone from ``src``), linked
-    (the same file) or copied (under its name only once complete); an interrupted copy's temporary is removed."""
+    (the same file) or copied (under its name only once complete)."""
     out = {}
     for wnid in set(table.values()):
         folder = dst / wnid
         for p in folder.iterdir() if folder.is_dir() else []:
-            if p.name.startswith(".") and ".tmp-" in p.name:
-                p.unlink()
-            elif p.is_file() and table.get(p.stem) == wnid:
+            if p.is_file() and table.get(p.stem) == wnid:
                 a = src / stems[p.stem] if p.stem in stems else None
                 if a is None or (os.path.samefile(a, p) if mode == "link" else mode == "copy"):
                     out[p.stem] = p

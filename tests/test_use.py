@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -372,6 +373,66 @@ def test_a_file_that_is_not_a_checkpoint_gets_one_line(digits_run: Path, val_dig
     assert not (tmp_path / "w.safetensors").exists()
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip() == f"alexnet train: error: no such run directory or checkpoint: {tmp_path / 'missing'}"
+
+
+def test_files_mistaken_for_weights_are_named(digits_run: Path, val_digit_files: list, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Exports, model-zoo files, an image and a bare state_dict given as WEIGHTS: each is named for what it is,
+    with what to pass instead (before: "corrupt or truncated checkpoint", which sent users to re-download)."""
+    onnx = pytest.importorskip("onnx")
+    image = str(val_digit_files[0][0])
+    tiny = torch.nn.Linear(2, 2)
+    with warnings.catch_warnings():  # PyTorch deprecates TorchScript; its archives are still handed around
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(tiny), str(tmp_path / "m.ts"))
+    torch.export.save(torch.export.export(tiny, (torch.ones(1, 2),)), str(tmp_path / "m.pt2"))
+    node = onnx.helper.make_node("Relu", ["x"], ["y"])
+    value = lambda name: onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1])  # noqa: E731
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([node], "g", [value("x")], [value("y")])),
+              str(tmp_path / "bvlcalexnet-12.onnx"))  # fmt: skip
+    torch.save({"features.0.weight": torch.ones(1), "classifier.6.weight": torch.ones(1)}, tmp_path / "owt.pth")
+    said = {"m.ts": "is a TorchScript archive", "m.pt2": "is a torch.export program (.pt2)",
+            "bvlcalexnet-12.onnx": "is an ONNX model: convert it once with `alexnet import-weights",
+            image: "is an image, not weights", "owt.pth": "bare state_dict in torchvision's layout"}  # fmt: skip
+    for name, words in said.items():
+        path = name if name == image else str(tmp_path / name)
+        for cmd in (["predict", path, image], ["evaluate", path, "--data", str(tmp_path)], ["train", "--resume", path]):
+            assert main(cmd) == 2, cmd
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and words in err, (cmd, err)
+    st = tmp_path / "model.bin"  # a safetensors file by any name loads; resuming from one says what it lacks
+    assert main(["export", str(digits_run), "--out", str(tmp_path / "m.safetensors")]) == 0  # --format from --out
+    (tmp_path / "m.safetensors").rename(st)
+    capsys.readouterr()
+    assert main(["predict", str(st), image, "--json"]) == 0 and len(_jsonl(capsys.readouterr().out)) == 1
+    assert main(["train", "--resume", str(st)]) == 2
+    assert "is a safetensors weights file, not a training checkpoint" in capsys.readouterr().err
+
+
+def test_export_takes_its_format_from_the_file_name(digits_run: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """--out m.onnx means ONNX; a name that contradicts --format (an ONNX graph in "m.safetensors", which nothing
+    could read back) or names none is refused before any work."""
+    for out, fmt, words in (("m.safetensors", "onnx", "names a safetensors file but --format is onnx"),
+                            ("m.bin", None, "--format is needed: --out")):  # fmt: skip
+        assert main(["export", str(digits_run), "--out", str(tmp_path / out), *(["--format", fmt] if fmt else [])]) == 2
+        assert words in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    assert main(["export", str(digits_run), "--out", str(tmp_path / "m.ts")]) == 0
+    assert "TorchScript" in capsys.readouterr().out and torch.jit.load(str(tmp_path / "m.ts")) is not None
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly(digits_run: Path, val_digit_files: list,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """`alexnet predict RUN photos/ | head -1`: exit 141 (as a shell's own tools) and nothing on stderr, where it
+    said "error: Broken pipe"."""
+    r, w = os.pipe()
+    os.close(r)  # the reader has left
+    pipe = open(w, "w", buffering=1)  # noqa: SIM115 - stands for standard output
+    monkeypatch.setattr("sys.stdout", pipe)
+    assert main(["predict", str(digits_run), *[str(p) for p, _ in val_digit_files[:4]]]) == 141
+    assert capsys.readouterr().err == ""
 
 
 def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: list, tmp_path: Path,

@@ -54,6 +54,47 @@ def publish(ckpt: dict[str, Any], ckpt_dir: Path, step: int, names: tuple[str, .
     return ckpt_dir / f"{names[0]}.pt" if names else step_file
 
 
+# Files users give where weights are asked for, told apart by their first bytes (or a zip's member names)
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+_EXPORTED = "an export for other runtimes: pass the run or the .safetensors file it was exported from"
+_IMPORT = ("convert it once with `alexnet import-weights {path} --out NAME.safetensors`, or, if this package "
+           "exported it, pass the run it came from")
+_IMAGE = ("an image, not weights: WEIGHTS is a run directory, a checkpoint, a .safetensors file or 'torchvision' "
+          "(predict takes WEIGHTS first, then the images)")
+
+
+def foreign_kind(path: Path) -> str | None:
+    """What ``path`` is when it is one of the files mistaken for weights, with what to do instead; else None.
+    ``"safetensors"`` for a safetensors file of any name."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.suffix.lower() in (".onnx", ".caffemodel"):  # protobuf has no signature: the name is all there is
+        kind = "an ONNX model" if path.suffix.lower() == ".onnx" else "a Caffe model"
+        return f"{kind}: {_IMPORT.format(path=path)}"
+    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return _IMAGE
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith("/archive_format") for n in names):
+            return f"a torch.export program (.pt2), {_EXPORTED}"
+        if any("/code/" in n for n in names):
+            return f"a TorchScript archive (loading it would run its code), {_EXPORTED}"
+    elif len(head) > 8 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    return None
+
+
+def _not_a_checkpoint(path: Path, why: str) -> UserError:
+    kind = foreign_kind(path)
+    if kind == "safetensors":
+        return UserError(f"{path} is a safetensors weights file, not a training checkpoint (no optimizer or "
+                         f"schedule to resume): start a run from its weights with --weights {path}")
+    if kind:
+        return UserError(f"{path} is {kind}")
+    return UserError(f"{path}: corrupt or truncated checkpoint ({why})")
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by this package; anything else gets one clear error."""
     path = Path(path)
@@ -62,7 +103,9 @@ def load(path: str | Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file, not a checkpoint")
     if not zipfile.is_zipfile(path):  # torch.save's format since PyTorch 1.6; other files would reach the legacy
-        raise UserError(f"{path}: corrupt or truncated checkpoint (not a complete torch.save archive)")  # unpickler
+        raise _not_a_checkpoint(path, "not a complete torch.save archive")  # unpickler
+    if kind := foreign_kind(path):  # zip archives torch.load would reject after a warning, or decline with a riddle
+        raise UserError(f"{path} is {kind}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -72,8 +115,18 @@ def load(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path}: not an alexnet checkpoint (no '{FORMAT}' marker)")
+        raise UserError(f"{path}: not an alexnet checkpoint (no '{FORMAT}' marker){_bare_state_dict(ckpt)}")
     return ckpt
+
+
+def _bare_state_dict(obj: Any) -> str:
+    """The advice for a plain ``state_dict``: it has no variant, class names or preprocessing to go with it."""
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        return ""
+    if "features.0.weight" in obj and "classifier.6.weight" in obj:  # torchvision's AlexNet
+        return ("; it is a bare state_dict in torchvision's layout: for torchvision's IMAGENET1K_V1 weights "
+                "(alexnet-owt-7be5be79.pth) put the file in $TORCH_HOME/hub/checkpoints and pass 'torchvision'")
+    return "; it is a bare state_dict, without the variant, class names and preprocessing weights need here"
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:

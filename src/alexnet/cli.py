@@ -33,8 +33,7 @@ def workers(text: str) -> int:
 
 
 def quality(text: str) -> int:
-    value = positive(text)
-    if value > 100:
+    if (value := positive(text)) > 100:
         raise argparse.ArgumentTypeError(f"JPEG quality is 1-100, got {value}")
     return value
 
@@ -220,8 +219,8 @@ def _export(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write ONNX, a torch.export program (.pt2), safetensors or TorchScript")
     p.add_argument("weights", metavar="WEIGHTS")
-    p.add_argument("--format", choices=["onnx", "pt2", "safetensors", "torchscript"], required=True,
-                   help="torchscript is deprecated by PyTorch (use pt2); kept while PyTorch ships it")  # fmt: skip
+    p.add_argument("--format", choices=["onnx", "pt2", "safetensors", "torchscript"], help="default: the one --out's "
+                   "suffix names; torchscript is deprecated by PyTorch (use pt2), kept while PyTorch ships it")  # fmt: skip
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.add_argument("--no-lrn-op", action="store_true", help="ONNX: write LRN as primitive operators, for runtimes "
@@ -389,10 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # a mistake in the arguments (said in one line), --help or --version
         return e.code if isinstance(e.code, int) else 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (`| head`) is met here, not by the interpreter's last flush
+        return code
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure is one line (errors.describe)
         said = describe(e)
         if said is None:  # ALEXNET_DEBUG=1: the traceback of an unexpected failure
             raise
-        print(f"alexnet {args.command}: {said[0]}", file=sys.stderr)
+        if said[0]:
+            print(f"alexnet {args.command}: {said[0]}", file=sys.stderr)
         return said[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import sys
 
 
@@ -15,6 +16,8 @@ def describe(e: BaseException) -> tuple[str, int] | None:
     """The line printed after "alexnet COMMAND: " for a failure, and the exit code; None for an unexpected one
     under ``ALEXNET_DEBUG=1`` (the caller re-raises it, traceback and all)."""
     first = str(e).splitlines()[0] if str(e) else ""
+    if isinstance(e, BrokenPipeError) and _stdout_gone():  # `alexnet predict ... | head`: the reader has left
+        return "", 141  # nothing to say, as a shell's own tools (128 + SIGPIPE)
     if isinstance(e, UserError):
         return f"error: {e}", 2
     if isinstance(e, KeyboardInterrupt):
@@ -34,6 +37,20 @@ def describe(e: BaseException) -> tuple[str, int] | None:
         return None
     return (f"error: {type(e).__name__}: {first[:300]} (an unexpected failure: rerun with ALEXNET_DEBUG=1 for "
             "the traceback)", 1)  # fmt: skip
+
+
+def _stdout_gone() -> bool:
+    """True when standard output is a pipe whose reader closed it (poll says POLLERR); it then points at
+    /dev/null, so that the interpreter's last flush does not fail again (Python's "Note on SIGPIPE")."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file (captured)
+        return False
 
 
 def _torch_oom() -> type[BaseException]:

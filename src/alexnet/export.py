@@ -110,8 +110,24 @@ def export_torchscript(loaded: Loaded, out: Path) -> float:
             return float((torch.jit.load(str(out))(xi) - model(xi)).abs().max())
 
 
-def run_export(weights: str, fmt: str, out: Path, force: bool = False, lrn_op: bool = True) -> int:
+# the file names each format is known by: --out's suffix implies --format, and may not contradict it
+SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2", ".ts": "torchscript",
+            ".torchscript": "torchscript"}  # fmt: skip
+
+
+def pick_format(fmt: str | None, out: Path) -> str:
+    """``--format``, or the one ``--out``'s suffix names; a file named for another format is refused."""
+    implied = SUFFIXES.get(out.suffix.lower())
+    if fmt is None and implied is None:
+        raise UserError(f"--format is needed: --out {out} does not name one (.safetensors, .onnx, .pt2 or .ts)")
+    if fmt is not None and implied not in (None, fmt):
+        raise UserError(f"--out {out} names a {implied} file but --format is {fmt}; rename one of them")
+    return fmt or implied
+
+
+def run_export(weights: str, fmt: str | None, out: Path, force: bool = False, lrn_op: bool = True) -> int:
     """`alexnet export`: never overwrites ``out`` without ``force``; prints what was written."""
+    fmt = pick_format(fmt, out)
     check_output(out, force)
     if not lrn_op and fmt != "onnx":
         raise UserError("--no-lrn-op applies to --format onnx only")

@@ -71,7 +71,7 @@ def _load(spec: str) -> Loaded:
         newest_ckpt = max((p.stat().st_mtime for p in (path / "checkpoints").glob("*.pt")), default=0.0)
         if st.stat().st_mtime >= newest_ckpt:
             path = st
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or (path.is_file() and ckpt_io.foreign_kind(path) == "safetensors"):
         return load_safetensors(path)
     path = ckpt_io.resolve(path)
     ck = ckpt_io.load(path)

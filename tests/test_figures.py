@@ -70,6 +70,25 @@ def test_figures_into_a_file_is_one_line(folder_run: tuple[Path, Path], tmp_path
     assert notes.read_text() == "mine"
 
 
+def test_figures_of_a_weights_file(folder_run: tuple[Path, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """An exported .safetensors has no training curves and no dataset: what cannot be drawn is refused before
+    anything is written (once filters.png was written, then the command failed on the curves), and the default
+    set draws the others with --data."""
+    run, data = folder_run
+    st = tmp_path / "m.safetensors"
+    assert main(["export", str(run), "--out", str(st)]) == 0
+    out = tmp_path / "figs"
+    for which, words in ((["--which", "filters,curves"], "the curves figure needs a run directory"),
+                         ([], "these weights carry no dataset: pass --data DIR")):  # fmt: skip
+        assert main(["figures", str(st), "--out", str(out), *which]) == 2
+        assert words in capsys.readouterr().err
+        assert not out.exists()
+    assert main(["figures", str(st), "--out", str(out), "--data", str(data)]) == 0
+    assert "curves: skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{f}.png" for f in DEFAULT_FIGURES if f != "curves")
+
+
 def test_filters_follow_conv1(folder_run: tuple[Path, Path], tmp_path: Path) -> None:
     run, _ = folder_run
     loaded = load_weights(str(run))

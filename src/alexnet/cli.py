@@ -295,7 +295,7 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
     p.add_argument("weights", metavar="RUN_OR_WEIGHTS")
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--out", required=True, help="directory for the PNG files")
-    p.add_argument("--which", default="filters,predictions,neighbours,curves,confusion")
+    p.add_argument("--which", help="comma-separated (default: filters,predictions,neighbours,confusion, and curves of a run)")
     p.add_argument("--max-val", type=positive, default=2000, help="validation images used (seeded sample)")
     p.add_argument("--max-train", type=positive, default=5000, help="training images searched for neighbours")
     p.add_argument("--workers", type=workers, default=0)

@@ -292,17 +292,17 @@ def make_figures(loaded: Loaded, run_dir: Path | None, data: str | None, out: Pa
     unknown = sorted(set(which) - set(FIGURES))
     if unknown:
         raise UserError(f"unknown figure {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    if "curves" in which and run_dir is None:  # every precondition before the first file is written
+        raise UserError("the curves figure needs a run directory (it reads metrics.jsonl)")
+    sources = _sources(loaded, data) if set(which) - {"filters", "curves"} else None
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if "filters" in which:
         written.append(filters_figure(loaded, out))
     if "curves" in which:
-        if run_dir is None:
-            raise UserError("the curves figure needs a run directory (it reads metrics.jsonl)")
-        written.append(curves_figure(run_dir, out))
-    needs_val = {"predictions", "neighbours", "confusion"} & set(which)
-    if needs_val:
-        train_src, val_src = _sources(loaded, data)
+        written.append(curves_figure(run_dir, out))  # type: ignore[arg-type]
+    if {"predictions", "neighbours", "confusion"} & set(which):
+        train_src, val_src = sources  # type: ignore[misc]
         v_idx = seeded_sample(len(val_src), max_val).tolist()
         labels, v_feats, probs = _pass(loaded, val_src, v_idx, device, True, workers)
 
@@ -330,14 +330,13 @@ def make_figures(loaded: Loaded, run_dir: Path | None, data: str | None, out: Pa
         if "confusion" in which:
             written.append(confusion_figure(loaded, probs, labels, out))
     if {"occlusion", "units"} & set(which):
-        written += _look_inside(loaded, data, out, which, device, max_val)
+        written += _look_inside(loaded, sources[1], out, which, device, max_val)  # type: ignore[index]
     return written
 
 
-def _look_inside(loaded: Loaded, data: str | None, out: Path, which: list[str], device: torch.device,
+def _look_inside(loaded: Loaded, val_src: _Source, out: Path, which: list[str], device: torch.device,
                  max_val: int) -> list[Path]:  # fmt: skip
     """Occlusion maps of 4 validation images (true class), and the top-9 validation patches of 8 conv5 units."""
-    _, val_src = _sources(loaded, data)
     v_idx = seeded_sample(len(val_src), max_val).tolist()
     norm, crop = loaded.preprocess.normalizer().to(device), loaded.preprocess.crop
     written = []

@@ -215,6 +215,11 @@ def test_onnx_parity(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFix
         with torch.no_grad():
             assert np.abs(got - model(x).numpy()).max() < 1e-4
     assert main(["export", str(digits_run), "--format", "pt2", "--out", str(tmp_path / "x.pt2"), "--no-lrn-op"]) == 2
+    # our own export given to import-weights (which reads Caffe's conventions): told where its weights are, where
+    # it once said "layer order conv lrn lrn pool ... is not AlexNet's" (one LRN per tower)
+    capsys.readouterr()
+    assert main(["import-weights", str(tmp_path / "m0.onnx"), "--out", str(tmp_path / "back.safetensors")]) == 2
+    assert "was exported by this package (alexnet): its weights are in the run" in capsys.readouterr().err
     # the paper's network at its native 227 px: nothing but the most basic operators
     from alexnet.data.preprocess import Preprocess
     from alexnet.export import export_onnx

@@ -147,6 +147,11 @@ def read_onnx(path: Path) -> SourceNet:
         model = onnx.load(str(path))
     except Exception as e:  # onnx raises DecodeError, OSError or its own errors on a bad file
         raise UserError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    meta = {m.key: m.value for m in model.metadata_props}
+    if {"variant", "class_names", "preprocess"} <= set(meta):  # `alexnet export --format onnx` wrote it
+        raise UserError(f"{path} was exported by this package ({meta['variant']}): its weights are in the run or "
+                        ".safetensors file it was exported from; import-weights reads the paper's network trained "
+                        "elsewhere (Caffe's bvlc_alexnet, the ONNX model zoo's bvlcalexnet)")  # fmt: skip
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     out = SourceNet([], [], [], [], str(path))
 

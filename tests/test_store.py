@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -252,6 +253,15 @@ def test_a_store_trained_run_works_everywhere_a_folder_does(tiny_folder: Path, t
     capsys.readouterr()
     assert main(["evaluate", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 9
+    other = tmp_path / "other-val"  # --split-dir: other images of the same classes (was: the store's val, silently)
+    for f in sorted((tiny_folder / "val").rglob("*.png"))[::3]:
+        (other / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, other / f.parent.name / f.name)
+    assert main(["evaluate", str(run), "--split-dir", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == len(list(other.rglob("*.png"))) == 3
+    assert main(["evaluate", str(run), "--split-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "--split-dir" in err and "no such directory" in err
     assert main(["figures", str(run), "--out", str(tmp_path / "figs")]) == 0
     assert len(list((tmp_path / "figs").glob("*.png"))) == 5
     record = json.loads((tmp_path / "figs" / "neighbours.json").read_text())

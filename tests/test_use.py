@@ -65,6 +65,19 @@ def test_predict_digits(digits_run: Path, val_digit_files: list, capsys: pytest.
     assert r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
 
 
+def test_evaluate_a_digits_run_on_other_images(digits_run: Path, val_digit_files: list, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """--split-dir on a run of the built-in digits evaluates those class folders (it evaluated the built-in
+    validation split instead, whatever folder was named, even a missing one)."""
+    for p, y in val_digit_files[:20]:
+        (tmp_path / "mine" / str(y)).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mine" / str(y) / p.name).write_bytes(p.read_bytes())
+    capsys.readouterr()
+    assert main(["evaluate", str(digits_run), "--split-dir", str(tmp_path / "mine"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 20
+    assert main(["evaluate", str(digits_run), "--split-dir", str(tmp_path / "missing")]) == 2
+
+
 def _write_png_header_only(path: Path, w: int, h: int) -> None:
     """A PNG that claims w x h pixels: what a decompression bomb looks like to a decoder."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)

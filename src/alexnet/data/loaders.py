@@ -79,6 +79,11 @@ def open_split(path: str | None, split: str, resize: int, classes: list[str] | N
                world: int = 1) -> SplitData:  # fmt: skip
     """``split`` ("train" or "val") of the built-in digits (``path`` None), a store, or an image folder
     (``split_dir`` replaces ``path/split``). ``classes`` fixes the label order of a folder's val split."""
+    if split_dir is not None:  # any run's val split, whatever its data was (digits, a store, a folder)
+        if not Path(split_dir).is_dir():
+            raise UserError(f"--split-dir {split_dir}: no such directory (expected {split_dir}/<class>/<image>)")
+        index = scan_folder(Path(split_dir), classes, check, rank, world)
+        return SplitData(None, index, index.classes, [p for p, _ in index.samples])
     if path is None:
         parts = digits.load_digits_split(resize, val_fraction, seed=0)
         x, y = parts[f"{split}_x"], parts[f"{split}_y"]
@@ -89,7 +94,7 @@ def open_split(path: str | None, split: str, resize: int, classes: list[str] | N
     root = Path(path)
     if not root.exists():
         raise UserError(f"data path not found: {root}")
-    index = scan_folder(Path(split_dir) if split_dir else root / split, classes, check, rank, world)
+    index = scan_folder(root / split, classes, check, rank, world)
     return SplitData(None, index, index.classes, [p for p, _ in index.samples])
 
 
@@ -205,7 +210,7 @@ def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], b
                     world: int = 1) -> Batches:  # fmt: skip
     """The validation batches of ``path`` (or ``split_dir``) for weights preprocessed as ``pre``, labelled in the
     weights' class order; its classes must be the weights' classes."""
-    size = store_size(path) if path is not None else None
+    size = store_size(path) if path is not None and split_dir is None else None
     if path is not None and size is None and split_dir is None and Path(path).is_dir() and not (Path(path) / "val").is_dir():
         raise UserError(f"{Path(path) / 'val'}: no such directory; to evaluate the class folders in {path} "
                         f"themselves, use --split-dir {path}")  # fmt: skip

@@ -53,12 +53,23 @@ def test_one_epoch_writes_the_run_directory(tiny_folder: Path, tmp_path: Path, c
 
 
 def test_existing_run_is_not_overwritten(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Nor is its network changed by a resume: --model, LRN constants, init, --weights, freeze_features or another
+    --recipe once crashed (a state_dict or optimizer-group mismatch), or were silently ignored or applied to weights
+    trained without them. The run's own values are fine (a requeue script repeats its command)."""
     run = tmp_path / "run"
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 0
-    before = (run / "checkpoints" / "last.pt").read_bytes()
+    before = (run / "checkpoints" / "last.pt").read_bytes(), (run / "config.yaml").read_text()
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    for change in (["--model", "alexnet_bn"], ["--set", "model.lrn_k=1"], ["--set", "model.init=default"],
+                   ["--set", "model.freeze_features=true"], ["--weights", str(run)], ["--recipe", "fast"]):  # fmt: skip
+        assert main(["train", "--resume", str(run), "--epochs", "2", *change]) == 2, change
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a resumed run keeps" in err, err
+    assert ((run / "checkpoints" / "last.pt").read_bytes(), (run / "config.yaml").read_text()) == before
+    assert main(["train", "--resume", str(run), "--model", "alexnet", "--recipe", "paper", "--epochs", "2",
+                 "--set", "model.dropout=0.1"]) == 0  # fmt: skip
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["epoch"] == 2
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the test holds the lock with fcntl; Windows runs take msvcrt's")

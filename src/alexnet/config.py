@@ -7,6 +7,7 @@ typo or an impossible value fails before any work starts, with one line naming t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -351,6 +352,29 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, value = item.split("=", 1)
         set_value(cfg, key.strip(), value)
     check(cfg)
+    return cfg
+
+
+# what a resumed run keeps from its checkpoint: the network it holds (and how it was made), the layers it trains
+FIXED_ON_RESUME = ("model.name", "model.init", "model.weights", "model.lrn_size", "model.lrn_alpha", "model.lrn_beta",
+                   "model.lrn_k", "model.lrn_groups", "model.freeze_features")  # fmt: skip
+
+
+def resume_overrides(saved: Config, overrides: list[str], recipe: str | None = None) -> Config:
+    """The checkpoint's config with ``overrides`` (a longer run, another lr or device...). Changing what the
+    checkpoint's network is, or another ``--recipe``, is refused: it could not take effect (the weights come
+    from the checkpoint) or would break the resume. Repeating the run's own values is fine (requeue scripts)."""
+    if recipe is not None and recipe != saved.recipe and load_recipe(recipe).recipe != saved.recipe:
+        raise UserError(f"--recipe {recipe}: a resumed run keeps its recipe ({saved.recipe}); change values with --set")
+    cfg = apply_overrides(copy.deepcopy(saved), overrides)
+    for key in FIXED_ON_RESUME:
+        section, name = key.split(".")
+        old, new = getattr(getattr(saved, section), name), getattr(getattr(cfg, section), name)
+        if key == "model.weights" and new not in (None, "torchvision"):
+            new = str(Path(new).absolute())  # config.yaml holds it absolute
+        if new != old:
+            raise UserError(f"{key}={new}: a resumed run keeps the network its checkpoint holds ({key}={old}); "
+                            "for other settings start a new run from its weights: alexnet train --weights RUN ...")
     return cfg
 
 

@@ -17,7 +17,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration
+from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration, resume_overrides
 from .engine.budget import check_plan, command_age, plan_run
 from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup, write_run_files
@@ -113,7 +113,7 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
             if distributed.launch_rank() == 0 and run_dir.is_dir():  # before its checkpoint is read: no other
                 lock_dir(run_dir, "training into")  # process can replace it while this one starts (make_run_dir)
             ck, path = ckpt_io.load_for_resume(Path(resume) if is_file else run_dir)
-            cfg = apply_overrides(from_dict(ck["config"], f"checkpoint {path}"), overrides)
+            cfg = resume_overrides(from_dict(ck["config"], f"checkpoint {path}"), overrides, recipe)
             if out and Path(out) != run_dir:
                 raise UserError("--out cannot be combined with --resume (a resumed run continues in its own directory)")
         else:

@@ -169,6 +169,11 @@ def test_interrupted_prepare_resumes(tiny_folder: Path, tmp_path: Path, monkeypa
     with pytest.raises(Exception, match="incomplete"):
         store_mod.open_store(out, "train")
     monkeypatch.setattr(store_mod, "_save_manifest", real)
+    other = shutil.copytree(tiny_folder, tmp_path / "other")  # the same classes and counts, another folder: a
+    before = (out / "manifest.json").read_text()  # resume from it once went on writing its images into the store
+    with pytest.raises(UserError, match=f"is a store of {tiny_folder.resolve()}, not of {other}"):
+        store_mod.prepare(str(other), str(out), size=72, workers=1, chunk=5, progress=False)
+    assert (out / "manifest.json").read_text() == before
     store_mod.prepare(str(tiny_folder), str(out), size=72, workers=1, chunk=5, progress=False)
     images, labels, _ = store_mod.open_store(out, "train")
     ds = FolderDataset(scan_folder(tiny_folder / "train"), resize_square(72), 72)

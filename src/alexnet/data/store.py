@@ -107,6 +107,9 @@ def _prepare_locked(src: Path, dst: Path, indexes: dict[str, FolderIndex], size:
             raise UserError(f"{mpath}: unreadable store manifest; choose another --out or remove it") from None
         if (manifest["size"], manifest["format"], manifest["classes"]) != (size, fmt, train.classes):
             raise UserError(f"{dst} holds a store with other settings; choose another --out or remove it")
+        if manifest.get("source", str(src.resolve())) != str(src.resolve()):  # (a resume would mix two folders)
+            raise UserError(f"{dst} is a store of {manifest['source']}, not of {src}: run the same command with "
+                            f"--data {manifest['source']}, or choose another --out")  # fmt: skip
         log.info("%s in %s", "checking the complete store" if manifest.get("complete") else "resuming the store", dst)
     else:
         manifest = {"version": VERSION, "size": size, "format": fmt, "quality": quality, "classes": train.classes,

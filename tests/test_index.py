@@ -53,6 +53,23 @@ def test_cached_index_is_reused_and_rebuilt_when_the_folder_changes(tmp_path: Pa
     assert scan_folder(split, check=False).classes[-1] == "class_3" and len(calls) == 3
 
 
+def test_folders_that_are_not_classes(tmp_path: Path) -> None:
+    """A zip made on a Mac carries __MACOSX/ (resource forks, "._" files): never a class (it became one, an
+    empty 4th output). A training class folder without images is refused in one line, as torchvision's
+    ImageFolder does (it was trained as a class no image could ever teach); a val split may lack a class."""
+    from alexnet.errors import UserError
+
+    root = make_imagefolder(tmp_path / "d", classes=2, per_class=2, val_per_class=1)
+    (root / "train" / "__MACOSX" / "class_0").mkdir(parents=True)
+    (root / "train" / "__MACOSX" / "class_0" / "._img_0.png").write_bytes(b"\x00\x05\x16\x07")
+    assert scan_folder(root / "train", check=False).classes == ["class_0", "class_1"]
+    (root / "train" / "class_2").mkdir()
+    with pytest.raises(UserError, match=r"train: class folders without images: class_2 \(a class with no image"):
+        scan_folder(root / "train", check=False)
+    (root / "val" / "class_2").mkdir()
+    assert len(scan_folder(root / "val", ["class_0", "class_1", "class_2"], check=False).samples) == 2
+
+
 def test_read_only_data_is_indexed_in_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     split = make_imagefolder(tmp_path / "d", classes=2, per_class=2) / "train"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

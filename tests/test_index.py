@@ -70,6 +70,22 @@ def test_folders_that_are_not_classes(tmp_path: Path) -> None:
     assert len(scan_folder(root / "val", ["class_0", "class_1", "class_2"], check=False).samples) == 2
 
 
+def test_a_split_or_a_file_given_as_the_data_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--data DIR/train` (a common first try) says the data is DIR; a file says it is a file (both once said
+    "DIR/train/train: no such directory", leaving the user to work out why)."""
+    from alexnet.cli import main
+
+    root = make_imagefolder(tmp_path / "d", classes=2, per_class=2, val_per_class=1)
+    (tmp_path / "notes.txt").write_text("x")
+    for given, words in ((root / "train", f"{root / 'train'} is a split itself: the data is its parent, {root}"),
+                         (tmp_path / "notes.txt", "notes.txt is a file; the data is a folder holding train/ and val/")):  # fmt: skip
+        for cmd in (["train", "--out", str(tmp_path / "run")], ["prepare", "--out", str(tmp_path / "store")]):
+            assert main([*cmd, "--data", str(given)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()
+
+
 def test_read_only_data_is_indexed_in_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     split = make_imagefolder(tmp_path / "d", classes=2, per_class=2) / "train"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -39,6 +39,12 @@ def default_workers(requested: int) -> int:
 
 def find_classes(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
+        data = split_dir.parent
+        if data.is_file():
+            raise UserError(f"{data} is a file; the data is a folder holding train/ and val/ (or a store)")
+        if data.name in ("train", "val") and (data.parent / split_dir.name).is_dir():
+            raise UserError(f"{split_dir}: no such directory; {data} is a split itself: the data is its parent, "
+                            f"{data.parent}")  # fmt: skip
         raise UserError(f"{split_dir}: no such directory (expected DIR/train/<class>/* and DIR/val/<class>/*)")
     # hidden folders and macOS's __MACOSX (resource forks a zip made on a Mac carries) are never classes
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))

@@ -283,6 +283,14 @@ def test_torch_hub_local(digits_run: Path) -> None:
     assert trained.class_names == [str(i) for i in range(10)] and not trained.training
     with pytest.raises(ValueError, match="holds alexnet weights"):
         torch.hub.load(repo, "alexnet_owt", source="local", weights=str(digits_run))
+    # what the weights fix is never silently replaced (num_classes=5 once returned the 10-class model), and
+    # torchvision's weights for the paper's network are refused before a download, not after
+    assert torch.hub.load(repo, "alexnet", source="local", weights=str(digits_run), num_classes=10).num_classes == 10
+    for kwargs, words in (({"weights": str(digits_run), "num_classes": 5}, "num_classes=5, but"),
+                          ({"weights": str(digits_run), "dropout": 0.1}, "dropout: set by the weights"),
+                          ({"weights": "torchvision"}, "load 'alexnet_owt', not 'alexnet'")):  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            torch.hub.load(repo, "alexnet", source="local", **kwargs)
 
 
 def test_torchscript_export(digits_run: Path, tmp_path: Path) -> None:

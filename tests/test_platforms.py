@@ -279,6 +279,17 @@ def test_a_crop_below_the_minimum_fails_before_anything_is_written(tmp_path: Pat
     assert not out.exists()
 
 
+def test_torchvision_weights_for_another_model_fail_before_anything_is_written(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """`--weights torchvision` with the default model (the paper's): refused once the run directory existed,
+    which it left behind (with a lock and an empty checkpoints/)."""
+    out = tmp_path / "never"
+    assert main(["train", "--out", str(out), "--weights", "torchvision"]) == 2
+    err = capsys.readouterr().err
+    assert "torchvision's weights are for alexnet_owt, not alexnet" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_tower_devices_this_machine_lacks_fail_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

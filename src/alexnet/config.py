@@ -220,6 +220,7 @@ def _check_field(key: str, value: Any, rule: dict[str, Any]) -> None:
 def check(cfg: Config) -> None:
     """Every field's own rule, then the rules that relate fields to each other or to the model."""
     from .models import get_model_info, list_models
+    from .models.pretrained import PRETRAINED
     from .models.towers import check_towers
 
     for section in SECTIONS:
@@ -246,6 +247,9 @@ def check(cfg: Config) -> None:
         raise UserError(f"data.res_ramp must be two fractions [start, end] with 0 <= start <= end <= 1, got {d.res_ramp}")
     if d.crop is not None and d.crop > d.resize:
         raise UserError(f"data.crop ({d.crop}) cannot be larger than data.resize ({d.resize})")
+    if cfg.model.weights == "torchvision" and (cfg.model.name, "torchvision") not in PRETRAINED:
+        raise UserError(f"model.weights=torchvision: torchvision's weights are for {', '.join(m for m, _ in PRETRAINED)}"
+                        f", not {cfg.model.name}; add --model alexnet_owt")  # fmt: skip
     info = get_model_info(cfg.model.name)
     minimum = info.min_input_size
     if (d.crop or minimum) < minimum:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -87,6 +88,24 @@ def test_figures_of_a_weights_file(folder_run: tuple[Path, Path], tmp_path: Path
     assert main(["figures", str(st), "--out", str(out), "--data", str(data)]) == 0
     assert "curves: skipped" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{f}.png" for f in DEFAULT_FIGURES if f != "curves")
+
+
+def test_curves_of_a_run_being_written(folder_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run's metrics.jsonl while a row is being written (or after a kill mid-write) ends in a torn line:
+    figures and report drew nothing ("Expecting value: line 1 column 26"); they now leave that line out,
+    and name any other line that is not a row."""
+    from alexnet.errors import UserError
+    from alexnet.plots import curves_figure
+    from alexnet.runlog import read_metrics
+
+    run, _ = folder_run
+    rows = (run / "metrics.jsonl").read_text()
+    (tmp_path / "metrics.jsonl").write_text(rows + '{"epoch": 3, "val_to')
+    assert read_metrics(tmp_path) == [json.loads(r) for r in rows.splitlines()]
+    _check_png(curves_figure(tmp_path, tmp_path))
+    (tmp_path / "metrics.jsonl").write_text("Traceback (most recent call last):\n" + rows)
+    with pytest.raises(UserError, match="metrics.jsonl: line 1 is not a metrics row"):
+        read_metrics(tmp_path)
 
 
 def test_filters_follow_conv1(folder_run: tuple[Path, Path], tmp_path: Path) -> None:

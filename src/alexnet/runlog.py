@@ -10,6 +10,7 @@ from typing import Any
 
 from .atomic import atomic_write_text
 from .distributed import launch_rank
+from .errors import UserError
 
 log = logging.getLogger("alexnet")
 
@@ -68,10 +69,24 @@ class RunLogger:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch rows; a torn last line (a row being written as a run trains, or a kill mid-write: the next
+    resume drops it) is left out, and any other line that is not a row is named."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            row = None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {i} is not a metrics row (one JSON object per line)")
+        rows.append(row)
+    return rows
 
 
 class _StderrHandler(logging.Handler):

@@ -70,6 +70,24 @@ def test_evaluate_report_and_other_data(trained_run: tuple[Path, Path], capsys: 
     assert json.loads(capsys.readouterr().out)["n"] == len(list((data / "val").rglob("*.png")))
 
 
+def test_a_run_whose_data_moved(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    """evaluate, figures and report on a run whose folder was moved say so and name --data (once "data path not
+    found: DIR", which reads as a typo in a path the user never typed)."""
+    run, data = trained_run
+    moved = data.with_name("moved")
+    data.rename(moved)
+    try:
+        for cmd in (["evaluate", str(run)], ["figures", str(run), "--out", str(run.parent / "f")], ["report", str(run)]):
+            assert main(cmd) == 2
+            assert f"the run's data {data} is not there any more; pass --data DIR" in capsys.readouterr().err
+        assert main(["evaluate", str(run), "--data", str(moved), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["n"] == 15
+    finally:
+        moved.rename(data)
+    assert main(["evaluate", str(run), "--json"]) == 0  # the folder indexed again where it is (as other tests find it)
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

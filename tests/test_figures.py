@@ -81,7 +81,7 @@ def test_figures_of_a_weights_file(folder_run: tuple[Path, Path], tmp_path: Path
     assert main(["export", str(run), "--out", str(st)]) == 0
     out = tmp_path / "figs"
     for which, words in ((["--which", "filters,curves"], "the curves figure needs a run directory"),
-                         ([], "these weights carry no dataset: pass --data DIR")):  # fmt: skip
+                         ([], "a weights file does not know its data; pass --data DIR")):  # fmt: skip
         assert main(["figures", str(st), "--out", str(out), *which]) == 2
         assert words in capsys.readouterr().err
         assert not out.exists()

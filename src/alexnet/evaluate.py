@@ -8,7 +8,7 @@ import json
 from . import distributed
 from .config import Config
 from .data.classes import display_name, is_imagenet
-from .data.loaders import build_eval_data
+from .data.loaders import build_eval_data, data_of
 from .errors import UserError
 from .inference import EvalResult, compute_path, evaluate
 from .models import PAPER_ILSVRC2012, get_model_info
@@ -24,10 +24,9 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
     dist = distributed.setup(device)  # under torchrun: each rank evaluates its shard, rank 0 prints the sums
     try:
         w = load_weights(weights, dist.device, towers)
-        if w.config is None and not data:
-            raise UserError(f"{weights}: a weights file does not know its data; pass --data DIR")
+        path = data_of(data, w.config, weights)
         cfg = w.config or Config()
-        batches = build_eval_data(data if data else cfg.data.path, w.preprocess, w.class_names,
+        batches = build_eval_data(path, w.preprocess, w.class_names,
                                   (batch_size or cfg.train.batch_size) // dist.world or 1, cfg.data.workers,
                                   split_dir, cfg.data.val_fraction, dist.rank, dist.world)  # fmt: skip
         path = compute_path(w.model, dist.device, amp)

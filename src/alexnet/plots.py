@@ -254,11 +254,9 @@ class _Source(torch.utils.data.Dataset):
 
 def _sources(loaded: Loaded, data: str | None) -> tuple[_Source, _Source]:
     """The run's own data (its folder, store or the built-in digits), or ``data``; classes must be the model's."""
-    from .data.loaders import open_split
+    from .data.loaders import data_of, open_split
 
-    if data is None and loaded.config is None:
-        raise UserError("these weights carry no dataset: pass --data DIR (an ImageFolder with train/ and val/)")
-    path = data if data is not None else loaded.config.data.path  # type: ignore[union-attr]
+    path = data_of(data, loaded.config, loaded.source)
     size = loaded.preprocess.resize
     train = open_split(path, "train", size, check=False)
     val = open_split(path, "val", size, classes=train.class_names, check=False)

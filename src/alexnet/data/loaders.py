@@ -74,6 +74,19 @@ def store_size(path: str) -> int | None:
     return int(json.loads((Path(path) / MANIFEST).read_text())["size"]) if is_store(path) else None
 
 
+def data_of(given: str | None, cfg: Config | None, what: str) -> str | None:
+    """The data a command reads for trained weights: ``given`` (--data), else the run's own, which must still be
+    where it was trained (a moved folder is named, with the flag that points to it)."""
+    if given is not None:
+        return given
+    if cfg is None:
+        raise UserError(f"{what}: a weights file does not know its data; pass --data DIR")
+    path = cfg.data.path
+    if path is not None and not Path(path).exists():
+        raise UserError(f"the run's data {path} is not there any more; pass --data DIR where it is now")
+    return path
+
+
 def open_split(path: str | None, split: str, resize: int, classes: list[str] | None = None, check: bool = False,
                val_fraction: float = 0.2, split_dir: str | None = None, rank: int = 0,
                world: int = 1) -> SplitData:  # fmt: skip

@@ -460,6 +460,18 @@ def test_a_reader_that_leaves_ends_the_command_quietly(digits_run: Path, val_dig
     monkeypatch.setattr("sys.stdout", pipe)
     assert main(["predict", str(digits_run), *[str(p) for p, _ in val_digit_files[:4]]]) == 141
     assert capsys.readouterr().err == ""
+    import select  # Windows has no poll: there the closed pipe is one line and exit 2, as any failed write
+
+    pipe.close()  # (pointed at /dev/null by the command above)
+    r, w = os.pipe()
+    os.close(r)
+    pipe = open(w, "w", buffering=1)  # noqa: SIM115
+    monkeypatch.setattr("sys.stdout", pipe)
+    monkeypatch.delattr(select, "poll")
+    assert main(["predict", str(digits_run), str(val_digit_files[0][0])]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    os.dup2(os.open(os.devnull, os.O_WRONLY), w)  # nothing left to fail when it is closed
+    pipe.close()
 
 
 def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: list, tmp_path: Path,

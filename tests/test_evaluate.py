@@ -68,6 +68,8 @@ def test_evaluate_report_and_other_data(trained_run: tuple[Path, Path], capsys: 
     assert f"use --split-dir {data / 'val'}" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--split-dir", str(data / "val"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == len(list((data / "val").rglob("*.png")))
+    assert main(["evaluate", str(run), "--split-dir", str(data / "val"), "--data", str(data)]) == 2  # one is ignored
+    assert "give --data or --split-dir, not both" in capsys.readouterr().err
 
 
 def test_a_run_whose_data_moved(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:

@@ -77,6 +77,11 @@ def test_evaluate_a_digits_run_on_other_images(digits_run: Path, val_digit_files
     assert main(["evaluate", str(digits_run), "--split-dir", str(tmp_path / "mine"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 20
     assert main(["evaluate", str(digits_run), "--split-dir", str(tmp_path / "missing")]) == 2
+    st = tmp_path / "m.safetensors"  # a weights file needs no dataset for --split-dir (it was asked for --data)
+    assert main(["export", str(digits_run), "--out", str(st)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(st), "--split-dir", str(tmp_path / "mine"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 20
 
 
 def _write_png_header_only(path: Path, w: int, h: int) -> None:

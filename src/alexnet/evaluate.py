@@ -23,8 +23,10 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
     setup_logging(verbose=not as_json)
     dist = distributed.setup(device)  # under torchrun: each rank evaluates its shard, rank 0 prints the sums
     try:
+        if data and split_dir:  # (one would be ignored)
+            raise UserError("--split-dir is evaluated instead of DATA/val: give --data or --split-dir, not both")
         w = load_weights(weights, dist.device, towers)
-        path = data_of(data, w.config, weights)
+        path = None if split_dir else data_of(data, w.config, weights)  # --split-dir: any weights, no dataset
         cfg = w.config or Config()
         batches = build_eval_data(path, w.preprocess, w.class_names,
                                   (batch_size or cfg.train.batch_size) // dist.world or 1, cfg.data.workers,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from alexnet.cli import main
 from alexnet.foreign import CAFFE_MEAN_BGR, CONVS
@@ -249,3 +250,37 @@ def test_imported_weights_evaluate_and_fine_tune(source: dict[str, np.ndarray], 
         torch.testing.assert_close(ck["model"][k], start[k], rtol=1e-5, atol=1e-6)
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "x"), *FAST, "--model", "alexnet_bn",
                  "--weights", str(out)]) == 2  # fmt: skip
+
+
+def test_a_pytorch_examples_checkpoint_imports_as_torchvisions_alexnet(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """What pytorch/examples' imagenet/main.py --arch alexnet saves (features wrapped in DataParallel, with epoch,
+    arch and best_acc1 beside the state_dict), and a bare state_dict of 1000 classes: imported as alexnet_owt whose
+    logits are the source's, classes numbered or ImageNet's. Given to predict directly, it says how."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = tv.models.alexnet(num_classes=CLASSES).eval()
+    wrapped = tv.models.alexnet(num_classes=CLASSES)
+    wrapped.load_state_dict(net.state_dict())
+    wrapped.features = torch.nn.DataParallel(wrapped.features)
+    ckpt = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 90, "arch": "alexnet", "state_dict": wrapped.state_dict(), "best_acc1": torch.tensor(56.5)}, ckpt)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(ckpt), str(image)]) == 2
+    assert "pytorch/examples imagenet checkpoint (arch alexnet): convert it once with" in capsys.readouterr().err
+    out = tmp_path / "examples.safetensors"
+    assert main(["import-weights", str(ckpt), "--out", str(out)]) == 0
+    w = load_weights(str(out))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(w.model(x), net(x))
+    assert w.variant == "alexnet_owt" and w.class_names == [str(i) for i in range(CLASSES)]
+    assert (w.preprocess.resize, w.preprocess.crop) == (256, 224)
+    bare = tmp_path / "bare.pth"
+    torch.save(tv.models.alexnet().state_dict(), bare)
+    assert main(["import-weights", str(bare), "--out", str(tmp_path / "bare.safetensors")]) == 0
+    assert load_weights(str(tmp_path / "bare.safetensors")).class_names[0] == "n01440764"  # ImageNet's first wnid
+    torch.save({"arch": "resnet18", "state_dict": {"fc.weight": torch.ones(1)}}, tmp_path / "r.pth")
+    assert main(["import-weights", str(tmp_path / "r.pth"), "--out", str(tmp_path / "r.safetensors")]) == 2
+    assert "a pytorch/examples checkpoint of resnet18, not alexnet" in capsys.readouterr().err

@@ -121,11 +121,14 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def _bare_state_dict(obj: Any) -> str:
     """The advice for a plain ``state_dict``: it has no variant, class names or preprocessing to go with it."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "arch" in obj:
+        return (f"; it is a pytorch/examples imagenet checkpoint (arch {obj['arch']}): convert it once with "
+                "`alexnet import-weights FILE --out NAME.safetensors`")
     if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
         return ""
     if "features.0.weight" in obj and "classifier.6.weight" in obj:  # torchvision's AlexNet
-        return ("; it is a bare state_dict in torchvision's layout: for torchvision's IMAGENET1K_V1 weights "
-                "(alexnet-owt-7be5be79.pth) put the file in $TORCH_HOME/hub/checkpoints and pass 'torchvision'")
+        return ("; it is a bare state_dict in torchvision's layout: convert it once with `alexnet import-weights "
+                "FILE --out NAME.safetensors` (torchvision's own alexnet-owt-7be5be79.pth: pass 'torchvision')")
     return "; it is a bare state_dict, without the variant, class names and preprocessing weights need here"
 
 

@@ -235,8 +235,9 @@ def _import_weights(args: argparse.Namespace) -> int:
 
 
 def _add_import_weights(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import-weights", help="Caffe's bvlc_alexnet (.caffemodel) or its ONNX file -> .safetensors")
-    p.add_argument("file", metavar="FILE", help="bvlc_alexnet.caffemodel or bvlcalexnet-*.onnx")
+    p = sub.add_parser("import-weights", help="Caffe's bvlc_alexnet (.caffemodel, .onnx) or a torchvision AlexNet "
+                       "(pytorch/examples checkpoint, state_dict) -> .safetensors")  # fmt: skip
+    p.add_argument("file", metavar="FILE", help="bvlc_alexnet.caffemodel, bvlcalexnet-*.onnx or checkpoint.pth.tar")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--mean", metavar="BINARYPROTO", help="subtract Caffe's mean image (ilsvrc_2012_mean.binaryproto) "
                    "instead of the per-channel mean (104, 117, 123)")  # fmt: skip

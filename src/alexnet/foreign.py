@@ -12,6 +12,9 @@ order is refused), and every weight must have AlexNet's shape and grouping. Caff
 - LRN with Caffe's k (1) and alpha/n convention (PyTorch's), across all maps (``lrn_groups=1``), not per tower;
 - Caffe's pooling rounds up, PyTorch's down: at 227x227 every pooling output has the same size either way;
 - no final softmax (Caffe's ``prob`` layer, ONNX's Softmax): the model returns logits.
+
+And torchvision's AlexNet (this package's ``alexnet_owt``) trained elsewhere: a checkpoint of pytorch/examples'
+``imagenet/main.py --arch alexnet`` or a bare state_dict (``read_torchvision_state``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .data.preprocess import Preprocess
 from .errors import UserError
 from .models import create_model
 from .models.lrn import LRNSpec
-from .weights import Loaded
+from .weights import Loaded, model_from_state
 
 ORDER = "conv lrn pool conv lrn pool conv conv conv pool fc fc fc".split()
 # out, in / groups, kernel, groups, stride, padding
@@ -200,3 +203,27 @@ def read_mean_binaryproto(path: Path) -> np.ndarray:
     if len(shape) != 3 or shape[0] != 3 or int(np.prod(shape)) != values.size or min(shape[1:]) < 227:
         raise UserError(f"{path}: a mean image must be 3 x H x W with H, W >= 227, got {shape}")
     return values.reshape(shape)
+
+
+def read_torchvision_state(path: Path) -> Loaded:
+    """torchvision's AlexNet from a pytorch/examples imagenet checkpoint (``{"arch": "alexnet", "state_dict": ...}``,
+    its features wrapped in DataParallel: ``features.module.0.weight``) or a bare state_dict, read with
+    ``weights_only=True``. 1000 classes are ImageNet's (ImageFolder's sorted wnids, the order pytorch/examples
+    trains in), other counts are numbered; preprocessing is torchvision's (resize 256, centre crop 224, mean/std)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure: not a file this reads (weights_only refuses code)
+        raise UserError(f"{path}: not a readable PyTorch weights file ({str(e).splitlines()[0][:200]})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        if obj.get("arch", "alexnet") != "alexnet":
+            raise UserError(f"{path}: a pytorch/examples checkpoint of {obj['arch']}, not alexnet")
+        obj = obj["state_dict"]
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise UserError(f"{path}: neither a state_dict nor a pytorch/examples checkpoint")
+    state = {k.replace("module.", ""): v for k, v in obj.items()}  # (Distributed)DataParallel's wrapping
+    if "classifier.6.weight" not in state:
+        raise UserError(f"{path}: not torchvision's AlexNet layout (no classifier.6.weight)")
+    n = state["classifier.6.weight"].shape[0]
+    names = [w for w, _ in imagenet_classes()] if n == 1000 else [str(i) for i in range(n)]
+    model = model_from_state("alexnet_owt", n, state, {})
+    return Loaded(model.eval(), "alexnet_owt", names, Preprocess.imagenet(), None, str(path))

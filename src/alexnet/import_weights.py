@@ -1,14 +1,16 @@
 """`alexnet import-weights`: Caffe's bvlc_alexnet (.caffemodel) or its ONNX conversion (.onnx) as a .safetensors
-file of this package's ``alexnet``, usable wherever weights are (predict, evaluate, features, figures, export,
+file of this package's ``alexnet``, or torchvision's AlexNet trained elsewhere (a pytorch/examples checkpoint, a
+state_dict) as ``alexnet_owt``, usable wherever weights are (predict, evaluate, features, figures, export,
 and ``--weights`` to fine-tune). The conversion and its checks live in ``foreign.py``."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 from .atomic import check_output
 from .errors import UserError
-from .foreign import read_caffemodel, read_mean_binaryproto, read_onnx, to_loaded
+from .foreign import read_caffemodel, read_mean_binaryproto, read_onnx, read_torchvision_state, to_loaded
 from .weights import save_safetensors
 
 
@@ -20,8 +22,17 @@ def run_import(source: str, out: str, mean: str | None = None, force: bool = Fal
         raise UserError(f"--out must name a .safetensors file, got {dst}")
     check_output(dst, force)
     readers = {".caffemodel": read_caffemodel, ".onnx": read_onnx}
+    if src.suffix not in readers and zipfile.is_zipfile(src):  # torch.save's format: torchvision's layout
+        if mean:
+            raise UserError("--mean is Caffe's mean image; a PyTorch file comes with torchvision's preprocessing")
+        loaded = read_torchvision_state(src)
+        save_safetensors(loaded, dst)
+        print(f"wrote {dst}: alexnet_owt (torchvision's AlexNet), {len(loaded.class_names)} classes"
+              f"{' (ImageNet, in sorted wnid order)' if len(loaded.class_names) == 1000 else ''}; resize 256, centre "
+              "crop 224, ImageNet mean/std")  # fmt: skip
+        return 0
     if src.suffix not in readers:
-        raise UserError(f"{src}: unknown format; expected a .caffemodel (Caffe) or .onnx file")
+        raise UserError(f"{src}: unknown format; expected a .caffemodel (Caffe), .onnx, or PyTorch (.pth) file")
     mean_image = read_mean_binaryproto(Path(mean)) if mean else None
     loaded = to_loaded(readers[src.suffix](src), mean_image)
     save_safetensors(loaded, dst)

@@ -235,8 +235,7 @@ def _import_weights(args: argparse.Namespace) -> int:
 
 
 def _add_import_weights(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import-weights", help="Caffe's bvlc_alexnet (.caffemodel, .onnx) or a torchvision AlexNet "
-                       "(pytorch/examples checkpoint, state_dict) -> .safetensors")  # fmt: skip
+    p = sub.add_parser("import-weights", help="bvlc_alexnet (.caffemodel, .onnx) or torchvision's AlexNet (.pth)")
     p.add_argument("file", metavar="FILE", help="bvlc_alexnet.caffemodel, bvlcalexnet-*.onnx or checkpoint.pth.tar")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--mean", metavar="BINARYPROTO", help="subtract Caffe's mean image (ilsvrc_2012_mean.binaryproto) "

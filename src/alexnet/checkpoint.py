@@ -85,8 +85,7 @@ def foreign_kind(path: Path) -> str | None:
     return None
 
 
-def _not_a_checkpoint(path: Path, why: str) -> UserError:
-    kind = foreign_kind(path)
+def _not_a_checkpoint(path: Path, kind: str | None, why: str) -> UserError:
     if kind == "safetensors":
         return UserError(f"{path} is a safetensors weights file, not a training checkpoint (no optimizer or "
                          f"schedule to resume): start a run from its weights with --weights {path}")
@@ -102,10 +101,10 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file, not a checkpoint")
-    if not zipfile.is_zipfile(path):  # torch.save's format since PyTorch 1.6; other files would reach the legacy
-        raise _not_a_checkpoint(path, "not a complete torch.save archive")  # unpickler
-    if kind := foreign_kind(path):  # zip archives torch.load would reject after a warning, or decline with a riddle
-        raise UserError(f"{path} is {kind}")
+    # torch.save's format since PyTorch 1.6 (other files would reach the legacy unpickler), and not one of the
+    # zip archives torch.load would reject after a warning, or decline with a riddle
+    if (kind := foreign_kind(path)) or not zipfile.is_zipfile(path):
+        raise _not_a_checkpoint(path, kind, "not a complete torch.save archive")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -119,14 +118,25 @@ def load(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def plain_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The state_dict of a bare one or of a pytorch/examples checkpoint (``{"arch", "state_dict", ...}``), with
+    (Distributed)DataParallel's ``module.`` taken out of its keys; None when ``obj`` is neither."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        return None
+    return {k.replace("module.", ""): v for k, v in obj.items()}
+
+
 def _bare_state_dict(obj: Any) -> str:
     """The advice for a plain ``state_dict``: it has no variant, class names or preprocessing to go with it."""
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "arch" in obj:
+    state = plain_state_dict(obj)
+    if state is None:
+        return ""
+    if "arch" in obj:
         return (f"; it is a pytorch/examples imagenet checkpoint (arch {obj['arch']}): convert it once with "
                 "`alexnet import-weights FILE --out NAME.safetensors`")
-    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
-        return ""
-    if "features.0.weight" in obj and "classifier.6.weight" in obj:  # torchvision's AlexNet
+    if "features.0.weight" in state and "classifier.6.weight" in state:  # torchvision's AlexNet
         return ("; it is a bare state_dict in torchvision's layout: convert it once with `alexnet import-weights "
                 "FILE --out NAME.safetensors` (torchvision's own alexnet-owt-7be5be79.pth: pass 'torchvision')")
     return "; it is a bare state_dict, without the variant, class names and preprocessing weights need here"

@@ -26,9 +26,9 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
         if data and split_dir:  # (one would be ignored)
             raise UserError("--split-dir is evaluated instead of DATA/val: give --data or --split-dir, not both")
         w = load_weights(weights, dist.device, towers)
-        path = None if split_dir else data_of(data, w.config, weights)  # --split-dir: any weights, no dataset
+        data_path = None if split_dir else data_of(data, w.config, weights)  # --split-dir: any weights, no dataset
         cfg = w.config or Config()
-        batches = build_eval_data(path, w.preprocess, w.class_names,
+        batches = build_eval_data(data_path, w.preprocess, w.class_names,
                                   (batch_size or cfg.train.batch_size) // dist.world or 1, cfg.data.workers,
                                   split_dir, cfg.data.val_fraction, dist.rank, dist.world)  # fmt: skip
         path = compute_path(w.model, dist.device, amp)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import plain_state_dict
 from .data.classes import imagenet_classes
 from .data.preprocess import Preprocess
 from .errors import UserError
@@ -214,13 +215,11 @@ def read_torchvision_state(path: Path) -> Loaded:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure: not a file this reads (weights_only refuses code)
         raise UserError(f"{path}: not a readable PyTorch weights file ({str(e).splitlines()[0][:200]})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        if obj.get("arch", "alexnet") != "alexnet":
-            raise UserError(f"{path}: a pytorch/examples checkpoint of {obj['arch']}, not alexnet")
-        obj = obj["state_dict"]
-    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+    state = plain_state_dict(obj)
+    if state is None:
         raise UserError(f"{path}: neither a state_dict nor a pytorch/examples checkpoint")
-    state = {k.replace("module.", ""): v for k, v in obj.items()}  # (Distributed)DataParallel's wrapping
+    if obj.get("arch", "alexnet") != "alexnet":
+        raise UserError(f"{path}: a pytorch/examples checkpoint of {obj['arch']}, not alexnet")
     if "classifier.6.weight" not in state:
         raise UserError(f"{path}: not torchvision's AlexNet layout (no classifier.6.weight)")
     n = state["classifier.6.weight"].shape[0]

@@ -10,7 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# test.sh runs the suite in 2 pytest-xdist workers (README, Development): they share the cores, so each takes
+# its share of them, at most 2 threads as the suite always had
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(min(2, max(1, (os.cpu_count() or 1) // _WORKERS)))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAM_DIR, RAM_DIR_MIN_FREE = Path("/dev/shm"), 8 << 30  # the suite's peak there, measured: see README (Development)
 _IN_RAM = pytest.StashKey[Path]()
@@ -18,13 +21,16 @@ _IN_RAM = pytest.StashKey[Path]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Test directories in RAM (tmpfs), unless --basetemp is given or it has less than 8 GiB free. Most tests
+    """Test directories in RAM (tmpfs), unless --basetemp is given or it has less than 8 GiB free per
+    pytest-xdist worker. Most tests
     train a real AlexNet, and its checkpoints (~0.45 GB each, model + momentum) dominate their time on a disk:
     a 15-checkpoint run took 34 s on disk (write 12 s, fsync 11 s, unlink 4 s) and 14 s in /dev/shm on the
     2-core machine. What the tests check (atomic replace, kills, resume) is the same on either; durability
     across power loss (the fsyncs) no test can check. One directory per checkout: pytest empties it when a
     session starts, and it is removed when every test passed."""
-    if config.option.basetemp is None and RAM_DIR.is_dir() and shutil.disk_usage(RAM_DIR).free >= RAM_DIR_MIN_FREE:
+    workers = getattr(config.option, "numprocesses", None)  # pytest-xdist's -n; each worker needs its own room
+    need = RAM_DIR_MIN_FREE * (workers if isinstance(workers, int) and workers > 1 else 1)
+    if config.option.basetemp is None and RAM_DIR.is_dir() and shutil.disk_usage(RAM_DIR).free >= need:
         tag = hashlib.sha256(str(config.rootpath).encode()).hexdigest()[:12]
         config.option.basetemp = str(RAM_DIR / f"alexnet-pytest-{os.getuid()}-{tag}")
         config.stash[_IN_RAM] = Path(config.option.basetemp)

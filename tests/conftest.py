@@ -22,8 +22,8 @@ _IN_RAM = pytest.StashKey[Path]()
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Test directories in RAM (tmpfs), unless --basetemp is given or it has less than 8 GiB free per
-    pytest-xdist worker. Most tests
-    train a real AlexNet, and its checkpoints (~0.45 GB each, model + momentum) dominate their time on a disk:
+    pytest-xdist worker. Most tests train a real AlexNet, and its checkpoints (~0.45 GB each, model +
+    momentum) dominate their time on a disk:
     a 15-checkpoint run took 34 s on disk (write 12 s, fsync 11 s, unlink 4 s) and 14 s in /dev/shm on the
     2-core machine. What the tests check (atomic replace, kills, resume) is the same on either; durability
     across power loss (the fsyncs) no test can check. One directory per checkout: pytest empties it when a

@@ -359,10 +359,17 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
 ])  # fmt: skip
 def test_a_mistake_in_the_arguments_is_one_line(args: list[str], says: str, capsys: pytest.CaptureFixture) -> None:
     """Each was once taken (0 as "the default", any negative --workers as -1), or failed late: pca-stats --size 0
-    showed a worker's traceback."""
+    showed a worker's traceback. The pointer is to the subcommand's --help, where its options are listed."""
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert says in err and len(err.strip().splitlines()) == 1 and "--help" in err
+    assert says in err and len(err.strip().splitlines()) == 1 and f"(see alexnet {args[0]} --help)" in err
+
+
+def test_a_bare_command_lists_the_subcommands(capsys: pytest.CaptureFixture) -> None:
+    """`alexnet` alone once said only "the following arguments are required: COMMAND"."""
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: alexnet") and all(c in out for c in ("train", "evaluate", "import-weights"))
 
 
 def test_torchvision_weights_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

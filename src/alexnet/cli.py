@@ -343,20 +343,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train,
-    _add_evaluate,
-    _add_predict,
-    _add_features,
-    _add_export,
-    _add_import_weights,
-    _add_explain,
-    _add_prepare_val,
-    _add_figures,
-    _add_report,
-    _add_prepare,
-    _add_pca_stats,
-    _add_summary,
-]
+    _add_train, _add_evaluate, _add_predict, _add_features, _add_export, _add_import_weights, _add_explain,
+    _add_prepare_val, _add_figures, _add_report, _add_prepare, _add_pca_stats, _add_summary]  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -364,6 +352,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: None = None) -> argparse.Namespace:  # type: ignore[override]
+        known, extra = self.parse_known_args(args, namespace)
+        if extra:  # said by the subcommand's parser: its --help lists the options there are
+            commands = getattr(self, "commands", {})
+            commands.get(getattr(known, "command", None), self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return known
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,11 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in COMMANDS:
         add(sub)
+    parser.commands = sub.choices
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `alexnet`: what it can do, as pip and git say it
+        parser.print_help()
+        return 0
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # a mistake in the arguments (said in one line), --help or --version

@@ -158,6 +158,7 @@ def test_bad_input_is_reported_and_the_rest_predicted(digits_run: Path, val_digi
     assert main(["predict", str(digits_run), str(bad), good]) == 1
     out, err = capsys.readouterr()
     assert message in err and good[-30:] in out
+    assert len(good) > 40 and f"...{good[-37:]}    1  " in out  # a long path is visibly cut, keeping its end
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -51,10 +51,17 @@ def predict(weights: str, paths: list[str], topk: int = 5, tta: str = "center", 
         else:
             for rank, t in enumerate(top, 1):
                 name = item.file if rank == 1 else ""
-                print(f"{name[-40:]:40s} {rank:4d}  {t['class'][:40]:40s} {t['prob']:7.2%}")
+                print(f"{_fit(name, tail=True)} {rank:4d}  {_fit(t['class'])} {t['prob']:7.2%}")
     if failed:
         print(f"{failed} of {len(items)} inputs failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _fit(text: str, width: int = 40, tail: bool = False) -> str:
+    """A table cell: ``text`` padded to ``width``, or cut with "..." where it was cut (a path keeps its end)."""
+    if len(text) <= width:
+        return f"{text:{width}s}"
+    return "..." + text[3 - width:] if tail else text[: width - 3] + "..."
 
 
 def features(weights: str, paths: list[str], out: Path, layer: str = "fc7", batch_size: int = 32,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from alexnet.cli import main
@@ -154,6 +155,21 @@ def test_report_links_every_figure(folder_run: tuple[Path, Path]) -> None:
     for link in links:
         assert f'src="{link}"' in page
     assert "paper, 1 CNN, ILSVRC-2012 val" in md and "Configuration" in md
+    assert "4 classes, 2 epochs." in md and "## Figures\n\n### Training curves\n" in md  # figures under Figures
+    assert "<h3>Training curves</h3>" in page
+
+
+def test_report_says_when_a_run_stopped_before_its_plan(tmp_path: Path) -> None:
+    from alexnet.report import build_report, to_markdown
+
+    run = tmp_path / "run"
+    run.mkdir()
+    row = {"epoch": 1, "seconds": 60.0, "images_per_sec": 100.0, "val_top1": 0.5, "val_top5": 0.9, "val_loss": 1.0}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    cfg = {"model": {"name": "alexnet"}, "data": {"path": "d"}, "train": {"epochs": 90}, "recipe": "paper"}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    md = to_markdown(build_report(run, ["a", "b"], run / "figures"))
+    assert f"2 classes, 1 of 90 epochs (not finished: `alexnet train --resume {run}` goes on)." in md
 
 
 def test_report_needs_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -27,7 +27,7 @@ FIGURE_TITLES = {
 
 
 def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> list[tuple[str, object]]:
-    """The report as blocks: ("h1"|"h2"|"p", text), ("table", rows), ("img", (alt, path)), ("code", text)."""
+    """The report as blocks: ("h1"|"h2"|"h3"|"p", text), ("table", rows), ("img", (alt, path)), ("code", text)."""
     rows = read_metrics(run_dir)
     if not rows:
         raise UserError(f"{run_dir}: no metrics.jsonl yet; train first")
@@ -40,7 +40,7 @@ def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> li
     blocks: list[tuple[str, object]] = [("h1", f"Run report: {run_dir.name}")]
     data = cfg["data"]["path"] or "built-in digits"
     blocks.append(("p", f"Model {cfg['model']['name']}, recipe {cfg.get('recipe', 'custom')}, data {data}, "
-                        f"{len(class_names)} classes, {len(rows)} epochs."))  # fmt: skip
+                        f"{len(class_names)} classes, {_epochs(len(rows), cfg['train']['epochs'], run_dir)}."))  # fmt: skip
     table = [["", "top-1 acc", "top-5 acc", "top-1 err", "top-5 err", "val loss", "epoch"]]
     for label, r in (("best", best), ("final", last)):
         table.append([label, f"{100 * r['val_top1']:.2f} %", f"{100 * r['val_top5']:.2f} %",
@@ -57,10 +57,17 @@ def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> li
     for name, title in FIGURE_TITLES.items():
         f = figures_dir / f"{name}.png"
         if f.is_file():
-            blocks += [("h2", title), ("img", (title, f.relative_to(run_dir).as_posix()))]
+            blocks += [("h3", title), ("img", (title, f.relative_to(run_dir).as_posix()))]
     blocks += [("h2", "Configuration"), ("code", yaml.safe_dump(cfg, sort_keys=False))]
     blocks += [("h2", "Metrics per epoch"), ("code", "\n".join(json.dumps(r) for r in rows))]
     return blocks
+
+
+def _epochs(done: int, planned: int, run_dir: Path) -> str:
+    """"2 epochs", or, for a run that stopped before its plan, "2 of 5 epochs" and how to go on."""
+    if done >= planned:
+        return f"{done} epoch{'s' * (done != 1)}"
+    return f"{done} of {planned} epochs (not finished: `alexnet train --resume {run_dir}` goes on)"
 
 
 def to_markdown(blocks: list[tuple[str, object]]) -> str:
@@ -68,8 +75,8 @@ def to_markdown(blocks: list[tuple[str, object]]) -> str:
     for kind, value in blocks:
         if kind == "h1":
             out.append(f"# {value}\n")
-        elif kind == "h2":
-            out.append(f"## {value}\n")
+        elif kind in ("h2", "h3"):
+            out.append(f"{'#' * int(kind[1])} {value}\n")
         elif kind == "p":
             out.append(f"{value}\n")
         elif kind == "table":
@@ -90,7 +97,7 @@ def to_html(blocks: list[tuple[str, object]]) -> str:
     e = html.escape
     body = []
     for kind, value in blocks:
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             body.append(f"<{kind}>{e(value)}</{kind}>")
         elif kind == "p":
             body.append(f"<p>{e(value)}</p>")

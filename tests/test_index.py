@@ -86,6 +86,27 @@ def test_a_split_or_a_file_given_as_the_data_is_named(tmp_path: Path, capsys: py
     assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()
 
 
+def test_a_flat_folder_or_class_folders_without_the_split_are_named(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """The next first tries: a folder of images, and class folders without train/ and val/ (both once said only
+    "DIR/train: no such directory")."""
+    from alexnet.cli import main
+
+    root = make_imagefolder(tmp_path / "d", classes=2, per_class=2, val_per_class=1)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in (root / "train" / "class_0").iterdir():
+        (flat / f.name).write_bytes(f.read_bytes())
+    classes = (root / "train").rename(tmp_path / "classes")
+    for given, words in ((flat, f"{flat} holds 2 images directly: sort them into class folders"),
+                         (classes, f"{classes} holds class folders without the split: move them into {classes}/train")):  # fmt: skip
+        for cmd in (["train", "--out", str(tmp_path / "run")], ["prepare", "--out", str(tmp_path / "store")]):
+            assert main([*cmd, "--data", str(given)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()
+
+
 def test_read_only_data_is_indexed_in_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     split = make_imagefolder(tmp_path / "d", classes=2, per_class=2) / "train"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .. import keyed_random
 from ..errors import UserError
-from .images import ImageError, load_rgb
+from .images import ImageError, is_image_path, load_rgb
 from .index import Listing, build, io_threads, load_cached, save
 
 log = logging.getLogger("alexnet")
@@ -37,6 +37,22 @@ def default_workers(requested: int) -> int:
     return min(8, cores)
 
 
+def _what_is_there(data: Path) -> str:
+    """What a --data folder without train/ holds, when that is a known first try: images directly in it, or
+    class folders without the train/val split."""
+    try:
+        entries = list(os.scandir(data)) if data.is_dir() else []
+    except OSError:
+        return ""
+    images = sum(e.is_file() and is_image_path(e.name) for e in entries)
+    if images:
+        return (f"; {data} holds {images} images directly: sort them into class folders (ImageNet's flat val/: "
+                "`alexnet prepare-val`)")
+    if any(e.is_dir() and any(is_image_path(f) for f in os.listdir(e.path)[:50]) for e in entries):
+        return f"; {data} holds class folders without the split: move them into {data}/train and make a {data}/val"
+    return ""
+
+
 def find_classes(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
         data = split_dir.parent
@@ -45,7 +61,8 @@ def find_classes(split_dir: Path) -> list[str]:
         if data.name in ("train", "val") and (data.parent / split_dir.name).is_dir():
             raise UserError(f"{split_dir}: no such directory; {data} is a split itself: the data is its parent, "
                             f"{data.parent}")  # fmt: skip
-        raise UserError(f"{split_dir}: no such directory (expected DIR/train/<class>/* and DIR/val/<class>/*)")
+        raise UserError(f"{split_dir}: no such directory (expected DIR/train/<class>/* and DIR/val/<class>/*)"
+                        f"{_what_is_there(data)}")  # fmt: skip
     # hidden folders and macOS's __MACOSX (resource forks a zip made on a Mac carries) are never classes
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
     if not classes:

@@ -494,6 +494,10 @@ def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: 
     assert "lowest p" in capsys.readouterr().out and Image.open(out).size[0] > 200
     assert main(["explain", str(digits_run), str(path), "--out", str(out)]) == 2  # never overwritten
     assert main(["explain", str(digits_run), str(path), "--out", str(tmp_path / "x.png"), "--target", "99"]) == 2
+    capsys.readouterr()
+    assert main(["explain", str(digits_run), str(path), "--out", str(tmp_path / "x.png"), "--patch", "500"]) == 2
+    assert "--patch: the occluding square must be 1 to 72 px (the crop), got 500" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
     figs = tmp_path / "figs"
     assert main(["figures", str(digits_run), "--out", str(figs), "--which", "occlusion,units", "--max-val", "40"]) == 0
     assert (figs / "occlusion.png").is_file() and (figs / "units.png").is_file()

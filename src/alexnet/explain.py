@@ -35,8 +35,8 @@ def run_explain(weights: str, image: str, out: str, target: str | None = None, p
     path = compute_path(w.model, dev)
     try:
         m = occlusion_map(w.model, x.contiguous(), _class_index(target, w.class_names), patch, stride, amp=path.amp)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    except ValueError as e:  # the only one: a --patch larger than the crop
+        raise UserError(f"--patch: {e}") from None
     name = display_name(w.class_names[m.target])
     overlay(img[:, off : off + c, off : off + c], m, f"{Path(image).name}: {name} (p = {m.base_prob:.3f})", dst)
     i, j = divmod(int(m.grid.argmin()), m.grid.shape[1])

@@ -43,7 +43,7 @@ def occlusion_map(model: nn.Module, x: torch.Tensor, target: int | None = None, 
     patch = patch or max(1, s // 5)
     stride = stride or max(1, (s - patch) // (GRID - 1))
     if not 0 < patch <= s:
-        raise ValueError(f"patch must be between 1 and the image size {s}, got {patch}")
+        raise ValueError(f"the occluding square must be 1 to {s} px (the crop), got {patch}")
     with autocast(x.device, amp):
         base = model(x[None]).float().softmax(-1)[0]
     target = int(base.argmax()) if target is None else target

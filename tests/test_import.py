@@ -284,3 +284,12 @@ def test_a_pytorch_examples_checkpoint_imports_as_torchvisions_alexnet(tmp_path:
     torch.save({"arch": "resnet18", "state_dict": {"fc.weight": torch.ones(1)}}, tmp_path / "r.pth")
     assert main(["import-weights", str(tmp_path / "r.pth"), "--out", str(tmp_path / "r.safetensors")]) == 2
     assert "a pytorch/examples checkpoint of resnet18, not alexnet" in capsys.readouterr().err
+    # this package's own files need no import (both were "unknown format" / "neither a state_dict nor ...")
+    ours = tmp_path / "last.pt"
+    torch.save({"format": "alexnet-checkpoint/1", "model": net.state_dict(), "global_step": 3}, ours)
+    for given, says in ((out, "is a safetensors weights file, this package's own format: every command takes it"),
+                        (ours, "is a checkpoint of an alexnet run: every command takes it as it is")):  # fmt: skip
+        assert main(["import-weights", str(given), "--out", str(tmp_path / "again.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1
+    assert not (tmp_path / "again.safetensors").exists()

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 from .atomic import check_output
+from .checkpoint import foreign_kind
 from .errors import UserError
 from .foreign import read_caffemodel, read_mean_binaryproto, read_onnx, read_torchvision_state, to_loaded
 from .weights import save_safetensors
@@ -21,6 +22,9 @@ def run_import(source: str, out: str, mean: str | None = None, force: bool = Fal
     if dst.suffix != ".safetensors":
         raise UserError(f"--out must name a .safetensors file, got {dst}")
     check_output(dst, force)
+    if foreign_kind(src) == "safetensors":
+        raise UserError(f"{src} is a safetensors weights file, this package's own format: every command takes it as "
+                        f"it is (`alexnet predict {src} IMAGE`, `--weights {src}`)")  # fmt: skip
     readers = {".caffemodel": read_caffemodel, ".onnx": read_onnx}
     if src.suffix not in readers and zipfile.is_zipfile(src):  # torch.save's format: torchvision's layout
         if mean:

@@ -428,9 +428,12 @@ def test_files_mistaken_for_weights_are_named(digits_run: Path, val_digit_files:
     torch.save({"features.0.weight": torch.ones(1), "classifier.6.weight": torch.ones(1)}, tmp_path / "owt.pth")
     said = {"m.ts": "is a TorchScript archive", "m.pt2": "is a torch.export program (.pt2)",
             "bvlcalexnet-12.onnx": "is an ONNX model: convert it once with `alexnet import-weights",
-            image: "is an image, not weights", "owt.pth": "bare state_dict in torchvision's layout"}  # fmt: skip
+            image: "is an image, not weights", "owt.pth": "bare state_dict in torchvision's layout",
+            str(digits_run / "config.yaml"): f"is a file of the run {digits_run}, not its weights: pass the run "
+                                             "directory itself", "notes.txt": "is a text file, not weights"}  # fmt: skip
+    (tmp_path / "notes.txt").write_text("batch size 64\n")  # these two once said "corrupt or truncated checkpoint"
     for name, words in said.items():
-        path = name if name == image else str(tmp_path / name)
+        path = name if Path(name).is_absolute() else str(tmp_path / name)
         for cmd in (["predict", path, image], ["evaluate", path, "--data", str(tmp_path)], ["train", "--resume", path]):
             assert main(cmd) == 2, cmd
             err = capsys.readouterr().err
@@ -442,6 +445,11 @@ def test_files_mistaken_for_weights_are_named(digits_run: Path, val_digit_files:
     assert main(["predict", str(st), image, "--json"]) == 0 and len(_jsonl(capsys.readouterr().out)) == 1
     assert main(["train", "--resume", str(st)]) == 2
     assert "is a safetensors weights file, not a training checkpoint" in capsys.readouterr().err
+    other = tmp_path / "other-run"  # a checkpoint kept beside a run's files is still a checkpoint
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "metrics.jsonl").write_text("")
+    os.link(digits_run / "checkpoints" / "last.pt", other / "kept.pt")
+    assert main(["predict", str(other / "kept.pt"), image, "--json"]) == 0
 
 
 def test_export_takes_its_format_from_the_file_name(digits_run: Path, tmp_path: Path,

@@ -80,8 +80,13 @@ def foreign_kind(path: Path) -> str | None:
             return f"a torch.export program (.pt2), {_EXPORTED}"
         if any("/code/" in n for n in names):
             return f"a TorchScript archive (loading it would run its code), {_EXPORTED}"
-    elif len(head) > 8 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return None  # torch.save's archive (or another zip: load says so)
+    if len(head) > 8 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") < path.stat().st_size:
         return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    if (path.parent / "metrics.jsonl").is_file() and (path.parent / "checkpoints").is_dir():  # RUN/config.yaml...
+        return f"a file of the run {path.parent}, not its weights: pass the run directory itself, {path.parent}"
+    if head.startswith(b"\xef\xbb\xbf") or (head and all(32 <= b < 127 or b in b"\t\n\r" for b in head)):
+        return "a text file, not weights or a checkpoint"
     return None
 
 

@@ -353,12 +353,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-    def parse_args(self, args: Sequence[str] | None = None, namespace: None = None) -> argparse.Namespace:  # type: ignore[override]
-        known, extra = self.parse_known_args(args, namespace)
-        if extra:  # said by the subcommand's parser: its --help lists the options there are
-            commands = getattr(self, "commands", {})
-            commands.get(getattr(known, "command", None), self).error(f"unrecognized arguments: {' '.join(extra)}")
-        return known
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:  # fmt: skip
+        """No argument is left over: one that is, is said by the parser it was given to, so a subcommand's
+        mistake points to that subcommand's --help (argparse hands a subcommand's leftovers up to the top)."""
+        known, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return known, extra
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,7 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in COMMANDS:
         add(sub)
-    parser.commands = sub.choices
     return parser
 
 

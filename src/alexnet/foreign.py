@@ -215,11 +215,10 @@ def read_torchvision_state(path: Path) -> Loaded:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure: not a file this reads (weights_only refuses code)
         raise UserError(f"{path}: not a readable PyTorch weights file ({str(e).splitlines()[0][:200]})") from None
-    state = plain_state_dict(obj)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         raise UserError(f"{path} is a checkpoint of an alexnet run: every command takes it as it is (`alexnet predict "
                         f"{path} IMAGE`, `--weights {path}`); `alexnet export` makes a weights file of it")  # fmt: skip
-    if state is None:
+    if (state := plain_state_dict(obj)) is None:
         raise UserError(f"{path}: neither a state_dict nor a pytorch/examples checkpoint")
     if obj.get("arch", "alexnet") != "alexnet":
         raise UserError(f"{path}: a pytorch/examples checkpoint of {obj['arch']}, not alexnet")

@@ -73,9 +73,7 @@ def _epochs(done: int, planned: int, run_dir: Path) -> str:
 def to_markdown(blocks: list[tuple[str, object]]) -> str:
     out = []
     for kind, value in blocks:
-        if kind == "h1":
-            out.append(f"# {value}\n")
-        elif kind in ("h2", "h3"):
+        if kind in ("h1", "h2", "h3"):
             out.append(f"{'#' * int(kind[1])} {value}\n")
         elif kind == "p":
             out.append(f"{value}\n")

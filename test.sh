@@ -6,4 +6,5 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/setup.sh"
 ruff check src tests benchmarks
+ruff format --check src tests benchmarks
 python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -78,9 +78,29 @@ def timed(fn) -> float:  # noqa: ANN001
 
 def start_up(data: Path, out: Path, nproc: int) -> float:
     """Seconds from process start to the first training step's forward pass (the slowest rank)."""
-    args = ["train", "--data", str(data), "--out", str(out), "--model", "alexnet", "--epochs", "1", "--batch-size",
-            "8", "--set", "data.resize=72", "--set", "data.crop=67", "--set", "data.workers=0", "--set",
-            "train.amp=none", "--set", "data.normalize=channel"]  # fmt: skip  (ImageNet's colour statistics)
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        "alexnet",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--set",
+        "data.resize=72",
+        "--set",
+        "data.crop=67",
+        "--set",
+        "data.workers=0",
+        "--set",
+        "train.amp=none",
+        "--set",
+        "data.normalize=channel",
+    ]  # fmt: skip  (ImageNet's colour statistics)
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, T0=repr(time.time()), OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
     if nproc == 1:
@@ -132,11 +152,19 @@ def main() -> None:
         rows.append([f"train start to first step, {k} process(es): tiny folder", f"{starts[('tiny', k)]:.2f}", ""])
         rows.append(["  same on the tree (index cached): above the tiny start", f"{extra:.2f}", ""])
     one, two = (starts[("tree", k)] - starts[("tiny", k)] for k in (1, 2))
-    rows.append(["2 processes vs 1 (tree, above tiny)", f"{two:.2f} vs {one:.2f}", f"<= 1.3 x {one:.2f} + 1 = {1.3 * one + 1:.1f}"])
+    rows.append(
+        [
+            "2 processes vs 1 (tree, above tiny)",
+            f"{two:.2f} vs {one:.2f}",
+            f"<= 1.3 x {one:.2f} + 1 = {1.3 * one + 1:.1f}",
+        ]
+    )
     print(table(rows))
     per_file = cold / n
-    print(f"extrapolated to ImageNet's 1,281,167 files: cold index {per_file * 1_281_167:.0f}s once, warm "
-          f"{warm / n * 1_281_167:.1f}s per start (linear in files; measured on this machine's local disk)")
+    print(
+        f"extrapolated to ImageNet's 1,281,167 files: cold index {per_file * 1_281_167:.0f}s once, warm "
+        f"{warm / n * 1_281_167:.1f}s per start (linear in files; measured on this machine's local disk)"
+    )
 
 
 if __name__ == "__main__":

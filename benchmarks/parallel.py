@@ -156,14 +156,18 @@ def main() -> None:
                          "hybrid" if f["hybrid_wire"] < f["ddp_wire"] else "DDP"])  # fmt: skip
     print(table(rows))
     print(f"crossover: hybrid sends fewer bytes while the global batch is below {crossover():.0f} images, any world")
-    print("\nfc8 (4096 x 1000) in hybrid, wire MB per step and rank: replicated (its gradient in DDP's all-reduce) vs "
-          "sharded by class (fc7's output all-gathered and its gradient reduce-scattered, logits gathered and their "
-          "gradient scattered)")
+    print(
+        "\nfc8 (4096 x 1000) in hybrid, wire MB per step and rank: replicated (its gradient in DDP's all-reduce) vs "
+        "sharded by class (fc7's output all-gathered and its gradient reduce-scattered, logits gathered and their "
+        "gradient scattered)"
+    )
     rows = [["world", "batch/rank", "replicated", "sharded", "keep"]]
     for w in (2, 8, 64):
         for b in (32, 128, 512):
             rep, shard = fc8_wire(b, w)
-            rows.append([str(w), str(b), f"{rep / MB:.1f}", f"{shard / MB:.1f}", "replicated" if rep <= shard else "sharded"])
+            rows.append(
+                [str(w), str(b), f"{rep / MB:.1f}", f"{shard / MB:.1f}", "replicated" if rep <= shard else "sharded"]
+            )
     print(table(rows))
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "res.json")

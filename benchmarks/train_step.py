@@ -87,7 +87,9 @@ def main() -> None:
     path = tuning.resolve(TrainConfig(), dev)
     amp, cl = path.amp == "bf16", bool(path.channels_last)
     mode = f"{'bf16' if amp else 'fp32'}{' + channels_last' if cl else ''} + fused SGD"
-    results = [run("torchvision alexnet, fp32 eager (baseline)", "tv", "", 224, False, False, args)]  # before the allocator change
+    results = [
+        run("torchvision alexnet, fp32 eager (baseline)", "tv", "", 224, False, False, args)
+    ]  # before the allocator change
     kept = tuning.keep_freed_memory(dev)
     results += [
         run(f"ours alexnet_owt, {mode}", "alexnet_owt", "ours", 224, amp, cl, args),

@@ -145,7 +145,9 @@ def test_more_timed_crops_make_a_least_squares_fit() -> None:
     # weighted by the steps each time is from: a check's 40 steps at 163 px outweigh the probe's 3 per crop
     checked = Costs(noisy.step_s, 0, 0, 0, 0, timed={131: 3, 163: 40, 227: 3})
     b, a = np.polyfit([131**2, 163**2, 227**2], [2.0, 3.0, 6.0], 1, w=np.sqrt([3, 40, 3]))
-    assert checked.step(195) == pytest.approx(a + b * 195**2) and abs(checked.step(163) - 3.0) < abs(noisy.step(163) - 3.0)
+    assert checked.step(195) == pytest.approx(a + b * 195**2) and abs(checked.step(163) - 3.0) < abs(
+        noisy.step(163) - 3.0
+    )
 
 
 def _lrs(cfg: ScheduleConfig, total: int, steps: int, retarget: tuple[int, int] | None = None) -> list[float]:
@@ -171,7 +173,9 @@ def test_a_retargeted_schedule_goes_on_from_where_it_is(name: str) -> None:
     # the config (which checkpoints carry) replays it, from any step
     assert _lrs(ScheduleConfig(name=name, warmup_epochs=0.5, retargets=cfg.retargets), 60, 60) == pytest.approx(longer)
     inside = ScheduleConfig(name=name, warmup_epochs=0.5)
-    assert _lrs(inside, 40, 60, retarget=(3, 60)) == pytest.approx(_lrs(ScheduleConfig(name=name, warmup_epochs=0.5), 60, 60))
+    assert _lrs(inside, 40, 60, retarget=(3, 60)) == pytest.approx(
+        _lrs(ScheduleConfig(name=name, warmup_epochs=0.5), 60, 60)
+    )
 
 
 def test_checks_come_at_shares_of_the_plan_early_at_a_new_crop_and_not_at_an_epoch_end() -> None:
@@ -201,7 +205,9 @@ def test_the_ramp_can_end_below_the_test_crop(tiny_folder: Path, tmp_path: Path,
     assert budget.planned_sizes(cfg, 74, 740)[0] == 131 and max(budget.planned_sizes(cfg, 74, 740)) == 163
     assert budget.planned_sizes(_config(131), 74, 740)[-1] == 227
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), *_small_run(tiny_folder), "--epochs", "2", "--set", "data.res_end=67"]) == 0
+    assert (
+        main(["train", "--out", str(run), *_small_run(tiny_folder), "--epochs", "2", "--set", "data.res_end=67"]) == 0
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_size"] for r in rows] == [67, 67] and rows[-1]["val_n"] == 9
     cfg.data.res_end = 224  # between two sizes of the ladder: the next one down (as --set data.crop=224 gives)
@@ -298,7 +304,9 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     monkeypatch.setattr(budget, "probe", disturbed_probe)
     run = tmp_path / "budget"
     onecycle = ["--set", "schedule.name=onecycle", "--set", "schedule.warmup_epochs=1"]
-    assert main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "30s"]) == 0
+    assert (
+        main(["train", "--out", str(run), *_small_run(tiny_folder), *onecycle, "--epochs", "4", "--budget", "30s"]) == 0
+    )
     plan = json.loads((run / "plan.json").read_text())
     assert plan["predicted_s"] <= plan["budget_s"] and plan["max_steps"] >= 5
     # checked on real steps after every epoch's end (epochs of 5 steps: too short for a check mid-epoch), the
@@ -322,7 +330,10 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     assert main(["train", "--out", str(same), *_small_run(tiny_folder), *onecycle, "--epochs", str(plan["epochs"]), "--set",
                  f"train.max_steps={plan['max_steps']}", "--set", f"schedule.warmup_epochs={plan['warmup_epochs']}",
                  "--set", f"schedule.retargets={cfg['schedule']['retargets']}"]) == 0  # fmt: skip
-    a, b = ckpt_io.load(run / "checkpoints" / "last.pt")["model"], ckpt_io.load(same / "checkpoints" / "last.pt")["model"]
+    a, b = (
+        ckpt_io.load(run / "checkpoints" / "last.pt")["model"],
+        ckpt_io.load(same / "checkpoints" / "last.pt")["model"],
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [json.loads(r)["train_size"] for r in (same / "metrics.jsonl").read_text().splitlines()] == plan["sizes"]
     # a resumed budget run keeps its plan (config.yaml holds it): nothing is left to do

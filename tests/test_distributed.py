@@ -66,7 +66,10 @@ def test_ddp_two_processes_match_one(odd_folder: Path, tmp_path: Path, recipe: s
         _assert_same_weights(one / "checkpoints" / "last.pt", two / "checkpoints" / "last.pt", rtol=1e-5)
     else:  # BatchNorm amplifies summation-order differences: measured 5.8e-5 of a tensor's norm at worst; the
         # same one-process run with 1 thread instead of 2 (only the summation order changes) differs by 1.6e-4
-        wa, wb = ckpt_io.load(one / "checkpoints" / "last.pt")["model"], ckpt_io.load(two / "checkpoints" / "last.pt")["model"]
+        wa, wb = (
+            ckpt_io.load(one / "checkpoints" / "last.pt")["model"],
+            ckpt_io.load(two / "checkpoints" / "last.pt")["model"],
+        )
         for k in wa:
             if wa[k].is_floating_point():
                 assert (wa[k] - wb[k]).norm() <= 2e-4 * wa[k].norm() + 1e-7, k
@@ -210,7 +213,9 @@ def test_towers_keep_frozen_features_frozen(tiny_folder: Path, tmp_path: Path) -
     args = ["--data", str(tiny_folder), *COMMON, "--set", "model.freeze_features=true"]
     assert main(["train", *args, "--out", str(tmp_path / "towers"), "--towers", "cpu,cpu"]) == 0
     assert main(["train", *args, "--out", str(tmp_path / "plain")]) == 0
-    _assert_same_weights(tmp_path / "towers" / "checkpoints" / "last.pt", tmp_path / "plain" / "checkpoints" / "last.pt")
+    _assert_same_weights(
+        tmp_path / "towers" / "checkpoints" / "last.pt", tmp_path / "plain" / "checkpoints" / "last.pt"
+    )
 
 
 def test_ranks_agree_on_a_budget_plan(odd_folder: Path, tmp_path: Path) -> None:

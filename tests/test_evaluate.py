@@ -79,7 +79,11 @@ def test_a_run_whose_data_moved(trained_run: tuple[Path, Path], capsys: pytest.C
     moved = data.with_name("moved")
     data.rename(moved)
     try:
-        for cmd in (["evaluate", str(run)], ["figures", str(run), "--out", str(run.parent / "f")], ["report", str(run)]):
+        for cmd in (
+            ["evaluate", str(run)],
+            ["figures", str(run), "--out", str(run.parent / "f")],
+            ["report", str(run)],
+        ):
             assert main(cmd) == 2
             assert f"the run's data {data} is not there any more; pass --data DIR" in capsys.readouterr().err
         assert main(["evaluate", str(run), "--data", str(moved), "--json"]) == 0

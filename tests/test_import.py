@@ -65,7 +65,9 @@ def source() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     w: dict[str, np.ndarray] = {}
     for i, (o, c, k, *_) in enumerate(CONVS, 1):
-        w[f"conv{i}"] = rng.normal(0, (2 / (c * k * k)) ** 0.5 / (255 if i == 1 else 1), (o, c, k, k)).astype(np.float32)
+        w[f"conv{i}"] = rng.normal(0, (2 / (c * k * k)) ** 0.5 / (255 if i == 1 else 1), (o, c, k, k)).astype(
+            np.float32
+        )
         w[f"conv{i}_b"] = rng.normal(0, 0.1, o).astype(np.float32)
     for name, (o, i) in {"fc6": (4096, 9216), "fc7": (4096, 4096), "fc8": (CLASSES, 4096)}.items():
         w[name] = rng.normal(0, (2 / i) ** 0.5, (o, i)).astype(np.float32)
@@ -108,8 +110,13 @@ def write_caffemodel(w: dict[str, np.ndarray], path: Path, v1: bool, layers: lis
         if kind == "conv":
             i = int(name[-1]) - 1
             o, _, k, g, stride, pad = CONVS[i]
-            conv = _int(1, o) + (_int(3, pad) if pad else b"") + _int(4, k) + (_int(5, g) if g > 1 else b"") + (
-                _int(6, stride) if stride > 1 else b"")
+            conv = (
+                _int(1, o)
+                + (_int(3, pad) if pad else b"")
+                + _int(4, k)
+                + (_int(5, g) if g > 1 else b"")
+                + (_int(6, stride) if stride > 1 else b"")
+            )
             body += _len(10 if v1 else 106, conv)
         if kind == "norm":  # k left at Caffe's default (1)
             body += _len(18 if v1 else 118, _int(1, LRN["size"]) + _float(2, LRN["alpha"]) + _float(3, LRN["beta"]))
@@ -170,7 +177,10 @@ def test_mean_image_and_refusals(source: dict[str, np.ndarray], tmp_path: Path, 
     write_caffemodel(bad, tmp_path / "bad.caffemodel", v1=False)
     (tmp_path / "junk.caffemodel").write_bytes(b"\xff" * 64)
     for name, needle in [("caffenet", "layer order"), ("bad", "conv2"), ("junk", "not a Caffe model")]:
-        assert main(["import-weights", str(tmp_path / f"{name}.caffemodel"), "--out", str(tmp_path / "x.safetensors")]) == 2
+        assert (
+            main(["import-weights", str(tmp_path / f"{name}.caffemodel"), "--out", str(tmp_path / "x.safetensors")])
+            == 2
+        )
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.safetensors").exists()
@@ -202,7 +212,10 @@ def test_onnx_import_matches_onnxruntime(source: dict[str, np.ndarray], tmp_path
     nodes.append(helper.make_node("Flatten", [x], ["flat_1"]))
     x = "flat_1"
     for name in ("fc6", "fc7", "fc8"):
-        inits += [numpy_helper.from_array(source[name], f"{name}_w_0"), numpy_helper.from_array(source[name + "_b"], f"{name}_b_0")]
+        inits += [
+            numpy_helper.from_array(source[name], f"{name}_w_0"),
+            numpy_helper.from_array(source[name + "_b"], f"{name}_b_0"),
+        ]
         nodes.append(helper.make_node("Gemm", [x, f"{name}_w_0", f"{name}_b_0"], [f"{name}_1"], transB=1))
         x = f"{name}_1"
         if name != "fc8":
@@ -264,7 +277,9 @@ def test_a_pytorch_examples_checkpoint_imports_as_torchvisions_alexnet(tmp_path:
     wrapped.load_state_dict(net.state_dict())
     wrapped.features = torch.nn.DataParallel(wrapped.features)
     ckpt = tmp_path / "checkpoint.pth.tar"
-    torch.save({"epoch": 90, "arch": "alexnet", "state_dict": wrapped.state_dict(), "best_acc1": torch.tensor(56.5)}, ckpt)
+    torch.save(
+        {"epoch": 90, "arch": "alexnet", "state_dict": wrapped.state_dict(), "best_acc1": torch.tensor(56.5)}, ckpt
+    )
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
     assert main(["predict", str(ckpt), str(image)]) == 2

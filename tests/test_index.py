@@ -29,7 +29,9 @@ def _age(split: Path) -> None:
         os.utime(d, ns=(d.stat().st_atime_ns, d.stat().st_mtime_ns - 10_000_000_000))
 
 
-def test_cached_index_is_reused_and_rebuilt_when_the_folder_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_index_is_reused_and_rebuilt_when_the_folder_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     split = make_imagefolder(tmp_path / "d", classes=3, per_class=4) / "train"
     (split / "class_1" / "sub").mkdir()
     (split / "class_1" / "sub" / "deep.png").write_bytes((split / "class_1" / "img_0.png").read_bytes())

@@ -53,7 +53,15 @@ def test_training_steps_and_evaluation_make_no_float64(tiny_folder: Path, tmp_pa
     monkeypatch.setattr(alexnet.train, "end_of_epoch", _no_float64(alexnet.train.end_of_epoch))
     monkeypatch.setattr(alexnet.evaluate, "evaluate", _no_float64(alexnet.evaluate.evaluate))
     run = tmp_path / "mps-like"
-    args = [*FAST, "--set", "data.pca_noise=0.1", "--set", "optim.label_smoothing=0.1", "--set", "train.checkpoint_every=2"]
+    args = [
+        *FAST,
+        "--set",
+        "data.pca_noise=0.1",
+        "--set",
+        "optim.label_smoothing=0.1",
+        "--set",
+        "train.checkpoint_every=2",
+    ]
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *args]) == 0
     assert main(["evaluate", str(run), "--tta", "10crop", "--json"]) == 0
     with pytest.raises(AssertionError, match="float64"), NoFloat64():  # the mode itself does catch one
@@ -132,7 +140,9 @@ def test_windows_directory_open_refused_training_still_checkpoints(tiny_folder: 
 
     monkeypatch.setattr(os, "open", windows_open)
     run = tmp_path / "win"
-    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--set", "train.checkpoint_every=1"]) == 0
+    assert (
+        main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--set", "train.checkpoint_every=1"]) == 0
+    )
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["epoch"] == 1
     assert ckpt_io.load(run / "checkpoints" / "best.pt")["global_step"] == 3
 
@@ -184,7 +194,17 @@ def test_sigterm_to_the_whole_process_group_saves_and_exits(tiny_folder: Path, t
     """SLURM pre-emption: every process of the job, data-loader workers included, gets SIGTERM."""
     run = tmp_path / "group"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    args = [*FAST, "--epochs", "50", "--batch-size", "2", "--set", "data.workers=2", "--set", "train.checkpoint_every=1"]
+    args = [
+        *FAST,
+        "--epochs",
+        "50",
+        "--batch-size",
+        "2",
+        "--set",
+        "data.workers=2",
+        "--set",
+        "train.checkpoint_every=1",
+    ]
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_folder), "--out", str(run),
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # fmt: skip
@@ -248,7 +268,9 @@ def test_a_batch_in_which_every_image_fails_to_decode_is_skipped(tiny_folder: Pa
     run = tmp_path / "dirty"
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--set", "model.init=kaiming"]) == 0
     ck = ckpt_io.load(run / "checkpoints" / "last.pt")
-    assert ck["global_step"] == 3 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert ck["global_step"] == 3 and all(
+        torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point()
+    )
     torch.manual_seed(0)
     from alexnet import create_model
 
@@ -271,7 +293,9 @@ def test_jpegs_with_trailing_data_are_accepted_and_cut_ones_refused(tmp_path: Pa
     assert len(index.bad) == 1 and "cut.jpg" in index.bad[0]
 
 
-def test_a_crop_below_the_minimum_fails_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_crop_below_the_minimum_fails_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "never"
     assert main(["train", "--out", str(out), "--set", "data.resize=64", "--set", "data.crop=60"]) == 2
     err = capsys.readouterr().err
@@ -336,8 +360,10 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
     assert "KeyError" in err and "ALEXNET_DEBUG" in err and "Traceback" not in err
 
     def cpu_oom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202 - what the CPU allocator raises (e.g. --test-size 100000)
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 9481462518528 bytes. Error code 12 (Cannot allocate memory)")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 9481462518528 bytes. Error code 12 (Cannot allocate memory)"
+        )
 
     monkeypatch.setattr(alexnet.summary, "summarize", cpu_oom)
     assert main(["summary"]) == 2

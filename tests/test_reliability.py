@@ -215,7 +215,11 @@ def test_file_names_that_are_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixt
     from alexnet.data.loaders import open_split  # the same set either way: a run resumes on the store
 
     same = open_split(str(store), "train", 72).identity()
-    assert ckpt_io.load(run / "checkpoints" / "last.pt")["train_set"] == same == open_split(str(data), "train", 72).identity()
+    assert (
+        ckpt_io.load(run / "checkpoints" / "last.pt")["train_set"]
+        == same
+        == open_split(str(data), "train", 72).identity()
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

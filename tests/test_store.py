@@ -62,7 +62,9 @@ def test_jpeg_store_is_close(tiny_folder: Path, tmp_path: Path) -> None:
     ids = torch.arange(len(images))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        blobs = [torch.from_numpy(np.array(images.data[images.offsets[i] : images.offsets[i + 1]])) for i in ids.tolist()]
+        blobs = [
+            torch.from_numpy(np.array(images.data[images.offsets[i] : images.offsets[i + 1]])) for i in ids.tolist()
+        ]
         assert torch.equal(images[ids], torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB)))
     if sys.platform == "linux":  # a dependency there: it must be the decoder in use
         assert store_mod.jpeg_decoder().backend == "torchcodec"
@@ -118,7 +120,9 @@ def test_prepare_again_changes_nothing(tiny_folder: Path, tmp_path: Path, fmt: s
     with pytest.raises(UserError, match="every val label is 0 .3 classes.: written by an older `alexnet prepare`"):
         store_mod.open_store(out, "val")
     files = json.loads((out / "val.files.json").read_text())  # a val split that really holds the first class only
-    (out / "val.files.json").write_text(json.dumps([f.replace("class_1", "class_0").replace("class_2", "class_0") for f in files]))
+    (out / "val.files.json").write_text(
+        json.dumps([f.replace("class_1", "class_0").replace("class_2", "class_0") for f in files])
+    )
     assert store_mod.open_store(out, "val")[1].tolist() == [0] * 9
 
 
@@ -276,7 +280,9 @@ def test_a_store_trained_run_works_everywhere_a_folder_does(tiny_folder: Path, t
     assert main(["prepare", "--data", str(tiny_folder), "--out", str(store), "--size", "72", "--workers", "1"]) == 0
     assert "checking the complete store" in capsys.readouterr().err  # the same command again: the store, not other
     # files, and its labels as they were
-    assert store_mod.open_store(store, "train")[1].tolist() == [y for _, y in scan_folder(tiny_folder / "train").samples]
+    assert store_mod.open_store(store, "train")[1].tolist() == [
+        y for _, y in scan_folder(tiny_folder / "train").samples
+    ]
 
 
 def test_jpeg_decode_gpu_hands_the_store_batches_to_the_gpu_decoder(tiny_folder: Path, tmp_path: Path,

@@ -409,7 +409,10 @@ def test_a_file_that_is_not_a_checkpoint_gets_one_line(digits_run: Path, val_dig
             assert err.count("\n") == 1 and name in err and said[name] in err, err
     assert not (tmp_path / "w.safetensors").exists()
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err.strip() == f"alexnet train: error: no such run directory or checkpoint: {tmp_path / 'missing'}"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"alexnet train: error: no such run directory or checkpoint: {tmp_path / 'missing'}"
+    )
 
 
 def test_files_mistaken_for_weights_are_named(digits_run: Path, val_digit_files: list, tmp_path: Path,

@@ -26,7 +26,9 @@ def flat(tmp_path: Path) -> Path:
 
 
 def _csv(path: Path, n: int = len(TRUTH)) -> Path:
-    rows = [f"ILSVRC2012_val_{i:08d},{WNIDS[t - 1]} 10 20 30 40 {WNIDS[t - 1]} 1 2 3 4" for i, t in enumerate(TRUTH[:n], 1)]
+    rows = [
+        f"ILSVRC2012_val_{i:08d},{WNIDS[t - 1]} 10 20 30 40 {WNIDS[t - 1]} 1 2 3 4" for i, t in enumerate(TRUTH[:n], 1)
+    ]
     path.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
     return path
 
@@ -44,7 +46,10 @@ def _want() -> dict[str, list[str]]:
 
 def test_kaggle_csv_hard_links_into_another_folder(flat: Path, tmp_path: Path) -> None:
     out = tmp_path / "imagenet" / "val"
-    assert main(["prepare-val", str(flat), "--labels", str(_csv(tmp_path / "LOC_val_solution.csv")), "--out", str(out)]) == 0
+    assert (
+        main(["prepare-val", str(flat), "--labels", str(_csv(tmp_path / "LOC_val_solution.csv")), "--out", str(out)])
+        == 0
+    )
     assert _layout(out) == _want()
     a, b = flat / "ILSVRC2012_val_00000001.JPEG", out / WNIDS[1] / "ILSVRC2012_val_00000001.JPEG"
     assert os.path.samefile(a, b)  # a hard link: no copy of 6 GB

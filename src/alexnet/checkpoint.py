@@ -57,10 +57,14 @@ def publish(ckpt: dict[str, Any], ckpt_dir: Path, step: int, names: tuple[str, .
 # Files users give where weights are asked for, told apart by their first bytes (or a zip's member names)
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 _EXPORTED = "an export for other runtimes: pass the run or the .safetensors file it was exported from"
-_IMPORT = ("convert it once with `alexnet import-weights {path} --out NAME.safetensors`, or, if this package "
-           "exported it, pass the run it came from")
-_IMAGE = ("an image, not weights: WEIGHTS is a run directory, a checkpoint, a .safetensors file or 'torchvision' "
-          "(predict takes WEIGHTS first, then the images)")
+_IMPORT = (
+    "convert it once with `alexnet import-weights {path} --out NAME.safetensors`, or, if this package "
+    "exported it, pass the run it came from"
+)
+_IMAGE = (
+    "an image, not weights: WEIGHTS is a run directory, a checkpoint, a .safetensors file or 'torchvision' "
+    "(predict takes WEIGHTS first, then the images)"
+)
 
 
 def foreign_kind(path: Path) -> str | None:
@@ -92,8 +96,10 @@ def foreign_kind(path: Path) -> str | None:
 
 def _not_a_checkpoint(path: Path, kind: str | None, why: str) -> UserError:
     if kind == "safetensors":
-        return UserError(f"{path} is a safetensors weights file, not a training checkpoint (no optimizer or "
-                         f"schedule to resume): start a run from its weights with --weights {path}")
+        return UserError(
+            f"{path} is a safetensors weights file, not a training checkpoint (no optimizer or "
+            f"schedule to resume): start a run from its weights with --weights {path}"
+        )
     if kind:
         return UserError(f"{path} is {kind}")
     return UserError(f"{path}: corrupt or truncated checkpoint ({why})")
@@ -139,11 +145,15 @@ def _bare_state_dict(obj: Any) -> str:
     if state is None:
         return ""
     if "arch" in obj:
-        return (f"; it is a pytorch/examples imagenet checkpoint (arch {obj['arch']}): convert it once with "
-                "`alexnet import-weights FILE --out NAME.safetensors`")
+        return (
+            f"; it is a pytorch/examples imagenet checkpoint (arch {obj['arch']}): convert it once with "
+            "`alexnet import-weights FILE --out NAME.safetensors`"
+        )
     if "features.0.weight" in state and "classifier.6.weight" in state:  # torchvision's AlexNet
-        return ("; it is a bare state_dict in torchvision's layout: convert it once with `alexnet import-weights "
-                "FILE --out NAME.safetensors` (torchvision's own alexnet-owt-7be5be79.pth: pass 'torchvision')")
+        return (
+            "; it is a bare state_dict in torchvision's layout: convert it once with `alexnet import-weights "
+            "FILE --out NAME.safetensors` (torchvision's own alexnet-owt-7be5be79.pth: pass 'torchvision')"
+        )
     return "; it is a bare state_dict, without the variant, class names and preprocessing weights need here"
 
 

@@ -8,34 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .errors import describe
+from .options import add_amp, add_device, add_force, add_samples, add_tta, positive, quality, workers
 from .runlog import setup_logging
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def positive(text: str) -> int:
-    """argparse type of every count and size option: a whole number of at least 1."""
-    if (value := _whole(text)) < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def workers(text: str) -> int:
-    """argparse type of --workers: a count of processes, or -1 for one per core."""
-    if (value := _whole(text)) < -1:
-        raise argparse.ArgumentTypeError(f"must be 0 or more (or -1: one per core), got {value}")
-    return value
-
-
-def quality(text: str) -> int:
-    if (value := positive(text)) > 100:
-        raise argparse.ArgumentTypeError(f"JPEG quality is 1-100, got {value}")
-    return value
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -49,7 +23,9 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("summary", help="print the layer table measured from the live model")
     p.add_argument("--model", default="alexnet", choices=list_models())
-    p.add_argument("--input-size", type=positive, default=None, help="square input side (default: the model's native size)")
+    p.add_argument(
+        "--input-size", type=positive, default=None, help="square input side (default: the model's native size)"
+    )
     p.add_argument("--num-classes", type=positive, default=1000)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_summary)
@@ -102,8 +78,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--towers", metavar="DEV_A,DEV_B", help="the paper's two-device split, e.g. cuda:0,cuda:1 (cpu,cpu to test)"
     )
-    p.add_argument("--parallel", choices=["ddp", "hybrid"], help="under torchrun: ddp (default), or hybrid: "
-                   "convolutions data-parallel, fc6/fc7 sharded over the processes")
+    p.add_argument(
+        "--parallel",
+        choices=["ddp", "hybrid"],
+        help="under torchrun: ddp (default), or hybrid: convolutions data-parallel, fc6/fc7 sharded over the processes",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe value, e.g. optim.lr=0.02")
     p.set_defaults(func=_train)
 
@@ -120,18 +99,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("weights", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--data", help="ImageFolder root whose val/ is evaluated (default: the run's own data)")
     p.add_argument("--split-dir", help="evaluate this class-folder directory instead of DATA/val")
-    p.add_argument(
-        "--tta",
-        choices=["center", "flip", "10crop"],
-        default="center",
-        help="test-time views: centre crop, centre + mirror, or the paper's 10 crops",
-    )
+    add_tta(p)
     p.add_argument("--batch-size", type=positive)
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices (alexnet, alexnet_bn)")
-    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
-                   help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
+    add_amp(p)
     p.add_argument("--test-size", type=positive, metavar="PX", help="network input side at test time, the same view as "
                    "the crop enlarged (e.g. 259 for a 227 crop): testing above the training resolution")  # fmt: skip
     p.set_defaults(func=_evaluate)
@@ -154,7 +127,7 @@ def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=positive, default=256, help="images are resized to this square first (default 256)")
     p.add_argument("--max-images", type=positive, default=20000, help="use a random sample of at most this many")
     p.add_argument("--workers", type=workers, default=-1)
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_force(p)
     p.set_defaults(func=_pca_stats)
 
 
@@ -173,13 +146,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files, directories (recursive) or globs")
     p.add_argument("--topk", type=positive, default=5)
-    p.add_argument("--tta", choices=["center", "flip", "10crop"], default="center")
+    add_tta(p)
     p.add_argument("--batch-size", type=positive, default=32)
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
-                   help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
+    add_amp(p)
     p.set_defaults(func=_predict)
 
 
@@ -199,11 +171,10 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", metavar="PATH", nargs="+")
     p.add_argument("--out", required=True, help="output .npz: arrays 'features' (N, D), 'files' (N,), 'layer'")
     p.add_argument("--layer", default="fc7", help="fc7 (default, 4096-d), fc6, pool5, logits, or a module name")
-    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
-                   help="precision: auto = training's compute path for this device (bf16 where native, else fp32)")
+    add_amp(p)
     p.add_argument("--batch-size", type=positive, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_device(p)
+    add_force(p)
     p.set_defaults(func=_features)
 
 
@@ -222,7 +193,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx", "pt2", "safetensors", "torchscript"], help="default: the one --out's "
                    "suffix names; torchscript is deprecated by PyTorch (use pt2), kept while PyTorch ships it")  # fmt: skip
     p.add_argument("--out", required=True)
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_force(p)
     p.add_argument("--no-lrn-op", action="store_true", help="ONNX: write LRN as primitive operators, for runtimes "
                    "without ONNX's LRN (burn, candle, onnx2keras, ...)")  # fmt: skip
     p.set_defaults(func=_export)
@@ -240,14 +211,16 @@ def _add_import_weights(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--mean", metavar="BINARYPROTO", help="subtract Caffe's mean image (ilsvrc_2012_mean.binaryproto) "
                    "instead of the per-channel mean (104, 117, 123)")  # fmt: skip
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_force(p)
     p.set_defaults(func=_import_weights)
 
 
 def _explain(args: argparse.Namespace) -> int:
     from .explain import run_explain
 
-    return run_explain(args.weights, args.image, args.out, args.target, args.patch, args.stride, args.device, args.force)
+    return run_explain(
+        args.weights, args.image, args.out, args.target, args.patch, args.stride, args.device, args.force
+    )
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
@@ -258,8 +231,8 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", help="class index or name (default: the top class)")
     p.add_argument("--patch", type=positive, help="grey square side in pixels (default: crop / 5)")
     p.add_argument("--stride", type=positive, help="step between squares (default: about 28 x 28 positions)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_device(p)
+    add_force(p)
     p.set_defaults(func=_explain)
 
 
@@ -295,11 +268,12 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
     p.add_argument("weights", metavar="RUN_OR_WEIGHTS")
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--out", required=True, help="directory for the PNG files")
-    p.add_argument("--which", help="comma-separated (default: filters,predictions,neighbours,confusion, and curves of a run)")
-    p.add_argument("--max-val", type=positive, default=2000, help="validation images used (seeded sample)")
-    p.add_argument("--max-train", type=positive, default=5000, help="training images searched for neighbours")
+    p.add_argument(
+        "--which", help="comma-separated (default: filters,predictions,neighbours,confusion, and curves of a run)"
+    )
+    add_samples(p)
     p.add_argument("--workers", type=workers, default=0)
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.set_defaults(func=_figures)
 
 
@@ -316,9 +290,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--no-data-figures", action="store_true", help="only curves and filters (no data needed)")
-    p.add_argument("--max-val", type=positive, default=2000)
-    p.add_argument("--max-train", type=positive, default=5000)
-    p.add_argument("--device", default="auto")
+    add_samples(p)
+    add_device(p)
     p.set_defaults(func=_report)
 
 

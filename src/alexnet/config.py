@@ -30,6 +30,11 @@ def _rule(default: Any, **rule: Any) -> Any:
     return field(default=default, metadata={"rule": rule})
 
 
+# the names a recipe and the command line both take (one home: cli.py reads them from here)
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # auto: what the device runs natively (tuning.py)
+TTA_CHOICES = ("center", "flip", "10crop")  # test-time views (data/transforms.py TTA)
+
+
 def choice(default: Any, *allowed: Any) -> Any:
     return _rule(default, choices=allowed)
 
@@ -127,13 +132,13 @@ class TrainConfig:
     budget: str | None = None  # wall-clock budget, e.g. 15m, 2h, 1h30m: plans epochs, lr and sizes (engine/budget.py)
     max_steps: int | None = positive(None)  # end after this many optimizer steps (last epoch partial); set by --budget
     batch_size: int = positive(128)  # global batch, split across DDP ranks
-    amp: str = choice("auto", "auto", "none", "bf16", "fp16")  # auto: what the device runs natively (tuning.py)
+    amp: str = choice("auto", *AMP_CHOICES)  # auto: what the device runs natively (tuning.py)
     channels_last: bool | None = None  # None/auto: on for CUDA and CPU
     compile: bool | None = None  # None/auto: torch.compile on CUDA, for runs long enough to repay it
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = _rule(0, ge=0, le=2**32 - 1)  # numpy's seed range; above it the data order's generator overflowed
     deterministic: bool = False  # deterministic CUDA kernels and cuBLAS order (README Platforms); CPU ones are anyway
-    eval_tta: str = choice("center", "center", "flip", "10crop")  # used for the per-epoch val metrics
+    eval_tta: str = choice("center", *TTA_CHOICES)  # used for the per-epoch val metrics
     # an EMA of the weights, validated and saved in their place: its half-life as a fraction of the run's
     # optimizer steps (engine/ema.py); 0: off
     ema: float = fraction(0.0)
@@ -180,7 +185,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise UserError(f"{key} must be a list, got {value!r}")
         return [_coerce(key, v, args[0]) for v in value]
     if tp is bool:
-        words = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+        words = dict.fromkeys(("true", "yes", "1", "on"), True) | dict.fromkeys(("false", "no", "0", "off"), False)
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in words:
@@ -244,7 +249,9 @@ def check(cfg: Config) -> None:
     if r and (any(len(x) != 2 or x[1] < 1 for x in r) or r[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(r, r[1:]))):
         raise UserError(f"schedule.retargets must be [[0, total], [step, total], ...] with rising steps, got {r}")
     if len(d.res_ramp) != 2 or not 0 <= d.res_ramp[0] <= d.res_ramp[1] <= 1:
-        raise UserError(f"data.res_ramp must be two fractions [start, end] with 0 <= start <= end <= 1, got {d.res_ramp}")
+        raise UserError(
+            f"data.res_ramp must be two fractions [start, end] with 0 <= start <= end <= 1, got {d.res_ramp}"
+        )
     if d.crop is not None and d.crop > d.resize:
         raise UserError(f"data.crop ({d.crop}) cannot be larger than data.resize ({d.resize})")
     if cfg.model.weights == "torchvision" and (cfg.model.name, "torchvision") not in PRETRAINED:
@@ -377,8 +384,10 @@ def resume_overrides(saved: Config, overrides: list[str], recipe: str | None = N
         if key == "model.weights" and new not in (None, "torchvision"):
             new = str(Path(new).absolute())  # config.yaml holds it absolute
         if new != old:
-            raise UserError(f"{key}={new}: a resumed run keeps the network its checkpoint holds ({key}={old}); "
-                            "for other settings start a new run from its weights: alexnet train --weights RUN ...")
+            raise UserError(
+                f"{key}={new}: a resumed run keeps the network its checkpoint holds ({key}={old}); "
+                "for other settings start a new run from its weights: alexnet train --weights RUN ..."
+            )
     return cfg
 
 

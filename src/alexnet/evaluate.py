@@ -36,7 +36,9 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
         if test_size is not None and test_size < minimum:
             raise UserError(f"--test-size {test_size} is below {w.variant}'s minimum input of {minimum} px")
         if test_size is not None and w.preprocess.normalizer().mean_image is not None:
-            raise UserError("--test-size works with channel-mean normalisation only (these weights subtract a mean image)")
+            raise UserError(
+                "--test-size works with channel-mean normalisation only (these weights subtract a mean image)"
+            )
         res = evaluate(w.model, batches, w.preprocess.normalizer(), w.preprocess.crop, len(w.class_names),
                        dist.device, tta, path.amp, path.channels_last, test_size)  # fmt: skip
     finally:
@@ -44,7 +46,11 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
     if dist.is_main:
         imagenet = is_imagenet(w.class_names)
         published = w.published or (PAPER_ILSVRC2012_ACC if imagenet else None)
-        print(to_json(res, w.class_names, published) if as_json else format_report(res, w.class_names, published, w.source))
+        print(
+            to_json(res, w.class_names, published)
+            if as_json
+            else format_report(res, w.class_names, published, w.source)
+        )
     return 0
 
 

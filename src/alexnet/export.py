@@ -142,7 +142,13 @@ def export(loaded: Loaded, fmt: str, out: Path, lrn_op: bool = True) -> str:
         return f"wrote {out} (weights + metadata: {loaded.variant}, {len(loaded.class_names)} classes)"
     if fmt == "onnx":
         diff = export_onnx(loaded, out, lrn_op=lrn_op)
-        how = "" if not _has_lrn(loaded.model) else ", LRN as the LRN operator" if lrn_op else ", LRN as primitive operators"
+        how = (
+            ""
+            if not _has_lrn(loaded.model)
+            else ", LRN as the LRN operator"
+            if lrn_op
+            else ", LRN as primitive operators"
+        )
         return f"wrote {out}{how}; onnxruntime vs PyTorch max abs difference {diff:.2e}"
     if fmt == "pt2":
         diff = export_pt2(loaded, out)
@@ -155,4 +161,3 @@ def _has_lrn(model: torch.nn.Module) -> bool:
     from .models.lrn import GroupedLRN
 
     return any(isinstance(m, GroupedLRN) for m in model.modules())
-

@@ -35,7 +35,13 @@ from .weights import Loaded, model_from_state
 
 ORDER = "conv lrn pool conv lrn pool conv conv conv pool fc fc fc".split()
 # out, in / groups, kernel, groups, stride, padding
-CONVS = [(96, 3, 11, 1, 4, 0), (256, 48, 5, 2, 1, 2), (384, 256, 3, 1, 1, 1), (384, 192, 3, 2, 1, 1), (256, 192, 3, 2, 1, 1)]
+CONVS = [
+    (96, 3, 11, 1, 4, 0),
+    (256, 48, 5, 2, 1, 2),
+    (384, 256, 3, 1, 1, 1),
+    (384, 192, 3, 2, 1, 1),
+    (256, 192, 3, 2, 1, 1),
+]
 FCS = [(4096, 9216), (4096, 4096)]  # fc8: (classes, 4096)
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # Caffe's examples (classify.py, the model zoo's deploy notes)
 CAFFE_PUBLISHED = {"top1": 0.571, "top5": 0.802, "what": "Caffe bvlc_alexnet, ILSVRC-2012 val, centre crop"}
@@ -120,7 +126,9 @@ def read_caffemodel(path: Path) -> SourceNet:
         if kind == "conv":
             p = layer.convolution_param
             w = _reshape(blobs[0], shapes[0], path, layer.name)
-            out.convs.append((w, blobs[1], int(p.group), int(p.stride[0]) if p.stride else 1, int(p.pad[0]) if p.pad else 0))
+            out.convs.append(
+                (w, blobs[1], int(p.group), int(p.stride[0]) if p.stride else 1, int(p.pad[0]) if p.pad else 0)
+            )
         elif kind == "fc":  # weights (out, in); legacy files store them as (1, 1, out, in)
             w = _reshape(blobs[0], shapes[0], path, layer.name)
             out.fcs.append((w.reshape(w.shape[-2], w.shape[-1]) if w.ndim >= 2 else w, blobs[1]))

@@ -165,4 +165,3 @@ def overlay(image: torch.Tensor, m: OcclusionMap, title: str, out: Path, dpi: in
     fig.savefig(out, bbox_inches="tight", facecolor="white", dpi=dpi)
     plt.close(fig)
     return out
-

@@ -69,7 +69,12 @@ class Schedule:
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float, epochs: int, steps_per_epoch: int,
+        self,
+        optimizer: torch.optim.Optimizer,
+        cfg: ScheduleConfig,
+        base_lr: float,
+        epochs: int,
+        steps_per_epoch: int,
         total_steps: int | None = None,
     ):
         """``total_steps`` (train.max_steps): the per-step schedules end there instead of after ``epochs``;

@@ -272,15 +272,18 @@ def _pass(loaded: Loaded, src: _Source, idx: list[int], device: torch.device, wa
     crop = loaded.preprocess.crop
     path = compute_path(loaded.model, device)  # as `alexnet features` and `predict` run
     fc7 = feature_fn(loaded.model, crop, "fc7", path)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(src, idx), batch_size=64,
-                                         num_workers=default_workers(workers))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(src, idx), batch_size=64, num_workers=default_workers(workers)
+    )
     labels, feats, probs = [], [], []
     with torch.no_grad():
         for x, y, _ in loader:
             x = norm(x.to(device))
             feats.append(fc7(x).float().cpu())
             if want_probs:
-                probs.append(predict_probs(loaded.model, x, crop, "center", x.device, path.amp, path.channels_last).cpu())
+                probs.append(
+                    predict_probs(loaded.model, x, crop, "center", x.device, path.amp, path.channels_last).cpu()
+                )
             labels.append(y)
     return torch.cat(labels), torch.cat(feats), (torch.cat(probs) if probs else torch.empty(0))
 
@@ -342,7 +345,10 @@ def _look_inside(loaded: Loaded, val_src: _Source, out: Path, which: list[str], 
         pick = [val_src[i] for i in v_idx[:4]]
         off = (loaded.preprocess.resize - crop) // 2
         images = [img[:, off : off + crop, off : off + crop] for img, _, _ in pick]
-        maps = [occlusion_map(loaded.model, norm(img[None].to(device))[0], label) for img, (_, label, _) in zip(images, pick)]
+        maps = [
+            occlusion_map(loaded.model, norm(img[None].to(device))[0], label)
+            for img, (_, label, _) in zip(images, pick)
+        ]
         written.append(occlusion_figure(loaded, images, maps, out))
     if "units" in which:
         images = torch.stack([val_src[i][0] for i in v_idx])

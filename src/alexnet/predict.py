@@ -61,7 +61,7 @@ def _fit(text: str, width: int = 40, tail: bool = False) -> str:
     """A table cell: ``text`` padded to ``width``, or cut with "..." where it was cut (a path keeps its end)."""
     if len(text) <= width:
         return f"{text:{width}s}"
-    return "..." + text[3 - width:] if tail else text[: width - 3] + "..."
+    return "..." + text[3 - width :] if tail else text[: width - 3] + "..."
 
 
 def features(weights: str, paths: list[str], out: Path, layer: str = "fc7", batch_size: int = 32,

@@ -64,7 +64,7 @@ def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> li
 
 
 def _epochs(done: int, planned: int, run_dir: Path) -> str:
-    """"2 epochs", or, for a run that stopped before its plan, "2 of 5 epochs" and how to go on."""
+    """ "2 epochs", or, for a run that stopped before its plan, "2 of 5 epochs" and how to go on."""
     if done >= planned:
         return f"{done} epoch{'s' * (done != 1)}"
     return f"{done} of {planned} epochs (not finished: `alexnet train --resume {run_dir}` goes on)"

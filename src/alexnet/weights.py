@@ -35,7 +35,9 @@ class Loaded:
     published: dict[str, Any] | None = None  # the source's own published accuracy (imported weights)
 
 
-def model_from_state(variant: str, num_classes: int, state: dict[str, torch.Tensor], options: dict[str, Any]) -> nn.Module:
+def model_from_state(
+    variant: str, num_classes: int, state: dict[str, torch.Tensor], options: dict[str, Any]
+) -> nn.Module:
     get_model_info(variant)
     model = create_model(variant, num_classes, init="default", **options)
     try:

@@ -46,8 +46,10 @@ def _what_is_there(data: Path) -> str:
         return ""
     images = sum(e.is_file() and is_image_path(e.name) for e in entries)
     if images:
-        return (f"; {data} holds {images} images directly: sort them into class folders (ImageNet's flat val/: "
-                "`alexnet prepare-val`)")
+        return (
+            f"; {data} holds {images} images directly: sort them into class folders (ImageNet's flat val/: "
+            "`alexnet prepare-val`)"
+        )
     if any(e.is_dir() and any(is_image_path(f) for f in os.listdir(e.path)[:50]) for e in entries):
         return f"; {data} holds class folders without the split: move them into {data}/train and make a {data}/val"
     return ""
@@ -121,7 +123,11 @@ def scan_folder(split_dir: Path, classes: list[str] | None = None, check: bool =
     to_idx = {c: i for i, c in enumerate(classes)}
     # strings, not Paths: joining 1.28 M pathlib paths alone takes ~20 s (measured, 100k files: 1.8 s)
     samples = [(p + r, to_idx[c]) for c in found for p in [f"{split_dir}{os.sep}{c}{os.sep}"] for r in listing.files[c]]
-    bad = [f"{split_dir}{os.sep}{c}{os.sep}{r}: not an image file (extension)" for c in found for r in listing.not_images[c]]
+    bad = [
+        f"{split_dir}{os.sep}{c}{os.sep}{r}: not an image file (extension)"
+        for c in found
+        for r in listing.not_images[c]
+    ]
     if check and samples:
         with ThreadPoolExecutor(io_threads()) as ex:
             reasons = list(ex.map(_header_ok, [p for p, _ in samples], chunksize=64))

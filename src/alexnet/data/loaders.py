@@ -100,7 +100,9 @@ def open_split(path: str | None, split: str, resize: int, classes: list[str] | N
     if path is None:
         parts = digits.load_digits_split(resize, val_fraction, seed=0)
         x, y = parts[f"{split}_x"], parts[f"{split}_y"]
-        return SplitData(TensorSource(x, y), None, list(digits.CLASS_NAMES), [f"digits/{split}[{i}]" for i in range(len(y))])
+        return SplitData(
+            TensorSource(x, y), None, list(digits.CLASS_NAMES), [f"digits/{split}[{i}]" for i in range(len(y))]
+        )
     if is_store(path):
         images, labels, names = open_store(path, split)
         return SplitData(TensorSource(images, labels), None, names, images.files())
@@ -193,9 +195,9 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
     normalizer = pre.normalizer(stats)
     rrc = partial(random_resized_crop, min_scale=d.min_scale) if d.train_aug == "modern" and train.index else None
     workers = default_workers(d.workers)
+    train_set = train.dataset(d.crop if rrc else d.resize, rrc, t.seed)
     return DataBundle(
-        train=Batches(train.dataset(d.crop if rrc else d.resize, rrc, t.seed), per_rank, True, t.seed, rank, world,
-                      workers, pin_memory),
+        train=Batches(train_set, per_rank, True, t.seed, rank, world, workers, pin_memory),
         val=Batches(val.dataset(d.resize), per_rank, False, t.seed, rank, world, workers, pin_memory),
         class_names=train.class_names,
         preprocess=pre,
@@ -214,7 +216,9 @@ def _jpeg_stores(path: str | None, device: torch.device | None, *splits: SplitDa
     sources = [s.tensors.x if s.tensors is not None else None for s in splits]
     jpeg = [x for x in sources if isinstance(x, StoreImages) and x.format == "jpeg"]
     if len(jpeg) != len(splits):
-        raise UserError(f"data.jpeg_decode=gpu decodes JPEG stores (`alexnet prepare --format jpeg`); {path} is not one")
+        raise UserError(
+            f"data.jpeg_decode=gpu decodes JPEG stores (`alexnet prepare --format jpeg`); {path} is not one"
+        )
     return jpeg
 
 
@@ -224,7 +228,8 @@ def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], b
     """The validation batches of ``path`` (or ``split_dir``) for weights preprocessed as ``pre``, labelled in the
     weights' class order; its classes must be the weights' classes."""
     size = store_size(path) if path is not None and split_dir is None else None
-    if path is not None and size is None and split_dir is None and Path(path).is_dir() and not (Path(path) / "val").is_dir():
+    folder = Path(path) if path is not None and size is None and split_dir is None else None
+    if folder is not None and folder.is_dir() and not (folder / "val").is_dir():
         raise UserError(f"{Path(path) / 'val'}: no such directory; to evaluate the class folders in {path} "
                         f"themselves, use --split-dir {path}")  # fmt: skip
     if size not in (None, pre.resize):

@@ -82,7 +82,9 @@ def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int
         raise UserError(f"{dst} is a file; --out names the folder the store goes in")
     # never write among a user's files; a folder with a manifest is a store (checked against it below), and may
     # hold more (pca-stats writes alexnet-stats.npz there)
-    others = [f.name for f in dst.iterdir() if not _store_file(f)] if dst.is_dir() and not (dst / MANIFEST).is_file() else []
+    others = (
+        [f.name for f in dst.iterdir() if not _store_file(f)] if dst.is_dir() and not (dst / MANIFEST).is_file() else []
+    )
     if others:
         raise UserError(f"{dst} holds files that are not a store's (e.g. {others[0]}); choose a new or empty --out")
     train = scan_folder(src / "train", check=True)
@@ -332,7 +334,12 @@ def open_store(path: str | Path, split: str) -> tuple[StoreImages, torch.Tensor,
     if split not in manifest["splits"]:
         raise UserError(f"{root}: the store has no {split!r} split")
     labels = torch.from_numpy(np.load(root / f"{split}.labels.npy"))
-    if len(manifest["classes"]) > 1 and len(labels) > 1 and int(labels.max()) == 0 and _not_all_first(root, split, manifest):
+    if (
+        len(manifest["classes"]) > 1
+        and len(labels) > 1
+        and int(labels.max()) == 0
+        and _not_all_first(root, split, manifest)
+    ):
         # what a second prepare of a complete store wrote before it left finished splits alone (README "prepare")
         raise UserError(f"{root}: every {split} label is 0 ({len(manifest['classes'])} classes): written by an "
                         "older `alexnet prepare` run twice; prepare the store again into a new folder")  # fmt: skip
@@ -357,4 +364,3 @@ def _tiny_jpeg() -> torch.Tensor:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (90, 120, 150)).save(buf, format="JPEG")
     return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
-

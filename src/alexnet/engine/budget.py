@@ -248,7 +248,9 @@ def cost(steps: int, spe: int, cfg: Config, c: Costs, done: int = 0, current: in
     (train.eval_every's, and the last epoch's)."""
     t, sizes = cfg.train, planned_sizes(cfg, spe, steps, done, current)
     first, started = done // spe, -(-done // spe)  # the epoch of step done+1; the first epoch not yet started
-    train = sum((min(spe, steps - e * spe) - max(0, done - e * spe)) * c.step(sizes[e]) for e in range(first, len(sizes)))
+    train = sum(
+        (min(spe, steps - e * spe) - max(0, done - e * spe)) * c.step(sizes[e]) for e in range(first, len(sizes))
+    )
     new_sizes = len(set(sizes[first:]) - set(c.step_s))
     ends = range(first + 1, len(sizes) + 1)  # 1-based numbers of the epochs whose end is still to come
     saves = len(ends) + (steps // t.checkpoint_every - done // t.checkpoint_every if t.checkpoint_every else 0)

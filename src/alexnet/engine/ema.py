@@ -36,4 +36,3 @@ class Ema:
         for a, b in pairs:
             if not a.is_floating_point():
                 a.copy_(b)
-

@@ -170,7 +170,9 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
     if st.step_in_epoch == 0:
         st.partial = EpochSums()
     sums, t0 = StepSums.zeros(s.device), time.perf_counter()
-    label = f"epoch {st.epoch + 1}/{t.epochs}" + (f" {size}px" if s.cfg.data.res_start or size != s.cfg.data.crop else "")
+    label = f"epoch {st.epoch + 1}/{t.epochs}" + (
+        f" {size}px" if s.cfg.data.res_start or size != s.cfg.data.crop else ""
+    )
     progress = Progress(n_steps, label, s.main and s.verbose, t.log_every, initial=st.step_in_epoch)
     s.model.train()
     assert s.data.train is not None

@@ -69,7 +69,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)  # fp32 for bf16/fp16 inputs, float64 stays float64
 
 
-def _forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(
+    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, d): the output in x's dtype and the normaliser base d = k + alpha/n * window sum of squares."""
     xf = _grouped(x, groups).to(_compute_dtype(x))
     d = _window_sum(xf * xf, size // 2, (size - 1) // 2).mul_(alpha / size).add_(k)
@@ -150,4 +152,3 @@ class LRNOp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lrn_op(x, self.size, self.alpha, self.beta, self.k, self.groups)
-

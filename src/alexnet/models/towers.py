@@ -37,6 +37,7 @@ def check_towers(variant: str, spec: str, what: str = "--towers") -> list[str]:
         raise UserError(f"{what} must name two devices like cuda:0,cuda:1, got {spec!r}")
     return names
 
+
 # grouped-model key -> (tower slicing rule). "out": rows split in halves; "all": only on tower A.
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 BNS = ("bn1", "bn2", "bn3", "bn4", "bn5")
@@ -106,8 +107,10 @@ class TowerAlexNet(nn.Module):
     def from_grouped(cls, model: AlexNet, devices: tuple[Any, Any]) -> TowerAlexNet:
         lrn = {}
         if model.norm == "lrn" and model.features.norm1.groups != 2:
-            raise UserError("the two-tower split needs the paper's per-tower LRN (lrn_groups=2); these weights "
-                            "normalise across both towers (lrn_groups=1, e.g. Caffe's bvlc_alexnet)")
+            raise UserError(
+                "the two-tower split needs the paper's per-tower LRN (lrn_groups=2); these weights "
+                "normalise across both towers (lrn_groups=1, e.g. Caffe's bvlc_alexnet)"
+            )
         if model.norm == "lrn":
             m = model.features.norm1
             lrn = {"size": m.size, "alpha": m.alpha, "beta": m.beta, "k": m.k}

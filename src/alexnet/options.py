@@ -1,0 +1,68 @@
+"""argparse types and the options several subcommands share (cli.py builds the parsers from them)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive(text: str) -> int:
+    """argparse type of every count and size option: a whole number of at least 1."""
+    if (value := _whole(text)) < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def workers(text: str) -> int:
+    """argparse type of --workers: a count of processes, or -1 for one per core."""
+    if (value := _whole(text)) < -1:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (or -1: one per core), got {value}")
+    return value
+
+
+def quality(text: str) -> int:
+    if (value := positive(text)) > 100:
+        raise argparse.ArgumentTypeError(f"JPEG quality is 1-100, got {value}")
+    return value
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
+
+
+def add_amp(p: argparse.ArgumentParser) -> None:
+    from .config import AMP_CHOICES
+
+    p.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        default="auto",
+        help="precision: auto = training's compute path for this device (bf16 where native, else fp32)",
+    )
+
+
+def add_tta(p: argparse.ArgumentParser) -> None:
+    from .config import TTA_CHOICES
+
+    p.add_argument(
+        "--tta",
+        choices=TTA_CHOICES,
+        default="center",
+        help="test-time views: centre crop, centre + mirror, or the paper's 10 crops",
+    )
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+
+def add_samples(p: argparse.ArgumentParser) -> None:
+    """The data figures' sample sizes (figures, report)."""
+    p.add_argument("--max-val", type=positive, default=2000, help="validation images used (seeded sample)")
+    p.add_argument("--max-train", type=positive, default=5000, help="training images searched for neighbours")

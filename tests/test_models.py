@@ -134,6 +134,30 @@ def test_torchvision_state_dict_round_trip() -> None:
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in tv.state_dict().items()}
 
 
+def test_a_network_built_from_its_weights() -> None:
+    """model_from_state (every command that reads weights) builds without initialising: the same network as
+    copying the weights in, fp32 and contiguous whatever the file stores, trainable, a misfit named by its
+    tensor."""
+    from alexnet.errors import UserError
+    from alexnet.weights import model_from_state
+
+    torch.manual_seed(0)
+    ref = create_model("alexnet_bn", 10, init="kaiming")
+    ref(torch.randn(4, 3, 67, 67)).sum().backward()  # BatchNorm's running statistics move off their defaults
+    ref.to(memory_format=torch.channels_last)  # as a run's checkpoint holds its conv weights
+    half = {k: v.half() if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+    copied = create_model("alexnet_bn", 10)
+    copied.load_state_dict(half)
+    built = model_from_state("alexnet_bn", 10, half, {})
+    assert {p.dtype for p in built.state_dict().values() if p.is_floating_point()} == {torch.float32}
+    assert all(p.requires_grad and p.is_contiguous() and not p.is_meta for p in built.parameters())
+    x = torch.randn(3, 3, 67, 67)
+    with torch.no_grad():
+        assert torch.equal(built.eval()(x), copied.eval()(x))
+    with pytest.raises(UserError, match=r"10 classes: size mismatch for classifier\.fc8\.weight"):
+        model_from_state("alexnet_bn", 10, create_model("alexnet_bn", 12).state_dict(), {})
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_min_input_size(name: str) -> None:
     model = create_model(name, num_classes=3).eval()

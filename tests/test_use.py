@@ -525,3 +525,30 @@ def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: 
         ink = torch.from_numpy(img > img.mean())  # the strokes: brighter than the image's mean
         drops.append(float(m.heat[~ink].mean() - m.heat[ink].mean()))
     assert sum(d > 0 for d in drops) >= 5, drops  # strokes matter more than the background, for nearly every digit
+
+
+def test_files_are_decoded_ahead_in_order_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict's decoding threads keep the given order (failures in place), and stay at most ``ahead`` files in
+    front of the reader, so a folder of any size never sits decoded in memory."""
+    from alexnet import imagefiles
+    from alexnet.data.preprocess import Preprocess
+
+    for i in range(40):
+        Image.new("RGB", (20 + i, 30), (i, 0, 0)).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / "17.png").write_bytes(b"not a png")
+    started: list[str] = []
+    real = imagefiles.load_rgb
+
+    def load(path):  # records how far decoding has gone
+        started.append(path)
+        return real(path)
+
+    monkeypatch.setattr(imagefiles, "load_rgb", load)
+    items = imagefiles.collect_files([str(tmp_path)])
+    seen = []
+    for item in imagefiles.decoded(items, Preprocess.imagenet(resize=32, crop=28), threads=3, ahead=5):
+        assert len(started) <= len(seen) + 1 + 5  # this item and at most 5 beyond it
+        seen.append(item)
+    assert [Path(i.file).name for i in seen] == [f"{i:02d}.png" for i in range(40)]
+    assert [i.error is not None for i in seen] == [i == 17 for i in range(40)]
+    assert seen[3].image.shape == (3, 32, 32) and int(seen[3].image[0].float().mean()) == 3

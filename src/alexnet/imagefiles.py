@@ -4,12 +4,15 @@ preprocessing them as the weights say, batching, and turning every bad file into
 from __future__ import annotations
 
 import glob
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .data.folder import default_workers
 from .data.images import ImageError, is_image_path, load_rgb
 from .data.preprocess import Preprocess
 from .data.transforms import resize_square
@@ -45,16 +48,35 @@ def collect_files(specs: list[str]) -> list[Item]:
     return out
 
 
-def batches(items: list[Item], pre: Preprocess, batch_size: int) -> Iterator[list[Item]]:
-    """Decode and resize lazily, ``batch_size`` good images at a time; failures ride along."""
+def _decode(item: Item, resize: Callable) -> Item:
+    if item.error is None:
+        try:
+            item.image = resize(load_rgb(item.file))
+        except ImageError as e:
+            item.error = str(e)
+    return item
+
+
+def decoded(items: list[Item], pre: Preprocess, threads: int, ahead: int) -> Iterator[Item]:
+    """``items`` in order, decoded and resized by ``threads`` threads at most ``ahead`` images ahead of the
+    reader (Pillow decodes and resizes without the GIL), so decoding overlaps the network and memory stays
+    bounded for any number of files."""
     resize = resize_square(pre.resize)
+    todo = iter(items)
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[Item]] = deque()
+        while True:
+            while len(pending) < ahead and (item := next(todo, None)) is not None:
+                pending.append(pool.submit(_decode, item, resize))
+            if not pending:
+                return
+            yield pending.popleft().result()
+
+
+def batches(items: list[Item], pre: Preprocess, batch_size: int, threads: int | None = None) -> Iterator[list[Item]]:
+    """``batch_size`` good images at a time, decoded ahead in threads (one per core); failures ride along."""
     batch: list[Item] = []
-    for item in items:
-        if item.error is None:
-            try:
-                item.image = resize(load_rgb(item.file))
-            except ImageError as e:
-                item.error = str(e)
+    for item in decoded(items, pre, threads or default_workers(-1), 2 * batch_size):
         batch.append(item)
         if sum(i.image is not None for i in batch) >= batch_size:
             yield batch

@@ -70,21 +70,7 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 
 # Small, fast settings for real training runs in tests: the paper network at 67x67 crops.
-FAST = [
-    "--model",
-    "alexnet",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "6",
-    "--set",
-    "data.resize=72",
-    "--set",
-    "data.crop=67",
-    "--set",
-    "data.workers=0",
-    "--set",
-    "train.amp=none",
-    "--set",
-    "train.log_every=1",
-]
+FAST = (
+    "--model alexnet --epochs 1 --batch-size 6 --set data.resize=72 --set data.crop=67 --set data.workers=0"
+    " --set train.amp=none --set train.log_every=1"
+).split()

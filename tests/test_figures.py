@@ -24,20 +24,8 @@ def folder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("figs")
     data = make_imagefolder(root / "data", classes=4, per_class=10, val_per_class=4)
     run = root / "run"
-    args = [
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
-        *FAST,
-        "--epochs",
-        "2",
-        "--set",
-        "data.normalize=channel",
-        "--set",
-        "optim.lr=0.002",
-    ]
+    args = ["train", "--data", str(data), "--out", str(run), *FAST]
+    args += "--epochs 2 --set data.normalize=channel --set optim.lr=0.002".split()
     assert main(args) == 0
     return run, data
 

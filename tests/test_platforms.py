@@ -53,15 +53,7 @@ def test_training_steps_and_evaluation_make_no_float64(tiny_folder: Path, tmp_pa
     monkeypatch.setattr(alexnet.train, "end_of_epoch", _no_float64(alexnet.train.end_of_epoch))
     monkeypatch.setattr(alexnet.evaluate, "evaluate", _no_float64(alexnet.evaluate.evaluate))
     run = tmp_path / "mps-like"
-    args = [
-        *FAST,
-        "--set",
-        "data.pca_noise=0.1",
-        "--set",
-        "optim.label_smoothing=0.1",
-        "--set",
-        "train.checkpoint_every=2",
-    ]
+    args = [*FAST, *"--set data.pca_noise=0.1 --set optim.label_smoothing=0.1 --set train.checkpoint_every=2".split()]
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *args]) == 0
     assert main(["evaluate", str(run), "--tta", "10crop", "--json"]) == 0
     with pytest.raises(AssertionError, match="float64"), NoFloat64():  # the mode itself does catch one
@@ -194,17 +186,7 @@ def test_sigterm_to_the_whole_process_group_saves_and_exits(tiny_folder: Path, t
     """SLURM pre-emption: every process of the job, data-loader workers included, gets SIGTERM."""
     run = tmp_path / "group"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    args = [
-        *FAST,
-        "--epochs",
-        "50",
-        "--batch-size",
-        "2",
-        "--set",
-        "data.workers=2",
-        "--set",
-        "train.checkpoint_every=1",
-    ]
+    args = [*FAST, *"--epochs 50 --batch-size 2 --set data.workers=2 --set train.checkpoint_every=1".split()]
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_folder), "--out", str(run),
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # fmt: skip

@@ -157,23 +157,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    common = [
-        "--data",
-        str(tiny_folder),
-        *FAST,
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--set",
-        "optim.lr=0.002",
-        "--set",
-        "train.checkpoint_every=2",
-        "--set",
-        "train.keep_last=2",
-        "--set",
-        "data.pca_noise=0.1",
-    ]
+    flags = "--epochs 2 --batch-size 4 --set optim.lr=0.002 --set train.checkpoint_every=2 --set train.keep_last=2"
+    common = ["--data", str(tiny_folder), *FAST, *flags.split(), "--set", "data.pca_noise=0.1"]
     full = tmp_path / "full"
     assert main(["train", "--out", str(full), *common]) == 0  # 5 steps an epoch, 10 in all
     # Pretend the run died after step 8 (mid-epoch 2): resume from that checkpoint in a copy.

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import struct
+import time
 import warnings
 import zipfile
 import zlib
@@ -552,3 +553,10 @@ def test_files_are_decoded_ahead_in_order_and_bounded(tmp_path: Path, monkeypatc
     assert [Path(i.file).name for i in seen] == [f"{i:02d}.png" for i in range(40)]
     assert [i.error is not None for i in seen] == [i == 17 for i in range(40)]
     assert seen[3].image.shape == (3, 32, 32) and int(seen[3].image[0].float().mean()) == 3
+    # a reader that stops early (Ctrl-C, `| head`) does not wait for the files queued ahead to be decoded
+    started.clear()
+    monkeypatch.setattr(imagefiles, "load_rgb", lambda path: time.sleep(0.2) or load(path))
+    ahead = imagefiles.decoded(items, Preprocess.imagenet(resize=32, crop=28), threads=1, ahead=20)
+    next(ahead)
+    ahead.close()
+    assert len(started) <= 3, started  # the first, and the one being decoded when the reader left

@@ -63,14 +63,17 @@ def decoded(items: list[Item], pre: Preprocess, threads: int, ahead: int) -> Ite
     bounded for any number of files."""
     resize = resize_square(pre.resize)
     todo = iter(items)
-    with ThreadPoolExecutor(threads) as pool:
-        pending: deque[Future[Item]] = deque()
+    pool = ThreadPoolExecutor(threads)
+    pending: deque[Future[Item]] = deque()
+    try:
         while True:
             while len(pending) < ahead and (item := next(todo, None)) is not None:
                 pending.append(pool.submit(_decode, item, resize))
             if not pending:
                 return
             yield pending.popleft().result()
+    finally:  # a reader that stops (Ctrl-C, `| head`) waits for the files being decoded, not for the queue
+        pool.shutdown(cancel_futures=True)
 
 
 def batches(items: list[Item], pre: Preprocess, batch_size: int, threads: int | None = None) -> Iterator[list[Item]]:

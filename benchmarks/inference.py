@@ -103,8 +103,8 @@ def examples_loop(files: list[tuple[str, int]], num_classes: int, batch: int, wo
     from PIL import Image
     from torchvision import transforms as T
 
-    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(Preprocess.imagenet().mean,
-                                                                                 Preprocess.imagenet().std)])  # fmt: skip
+    pre = Preprocess.imagenet()
+    tf = T.Compose([T.Resize(pre.resize), T.CenterCrop(pre.crop), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
     class Files(torch.utils.data.Dataset):
         def __len__(self) -> int:

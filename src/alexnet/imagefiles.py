@@ -76,14 +76,16 @@ def decoded(items: list[Item], pre: Preprocess, threads: int, ahead: int) -> Ite
         pool.shutdown(cancel_futures=True)
 
 
-def batches(items: list[Item], pre: Preprocess, batch_size: int, threads: int | None = None) -> Iterator[list[Item]]:
+def batches(items: list[Item], pre: Preprocess, batch_size: int) -> Iterator[list[Item]]:
     """``batch_size`` good images at a time, decoded ahead in threads (one per core); failures ride along."""
     batch: list[Item] = []
-    for item in decoded(items, pre, threads or default_workers(-1), 2 * batch_size):
+    good = 0
+    for item in decoded(items, pre, default_workers(-1), 2 * batch_size):
         batch.append(item)
-        if sum(i.image is not None for i in batch) >= batch_size:
+        good += item.image is not None
+        if good >= batch_size:
             yield batch
-            batch = []
+            batch, good = [], 0
     if batch:
         yield batch
 

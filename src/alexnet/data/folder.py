@@ -42,15 +42,16 @@ def _what_is_there(data: Path) -> str:
     class folders without the train/val split."""
     try:
         entries = list(os.scandir(data)) if data.is_dir() else []
-    except OSError:
+        images = sum(e.is_file() and is_image_path(e.name) for e in entries)
+        classes = any(e.is_dir() and any(is_image_path(f) for f in os.listdir(e.path)[:50]) for e in entries)
+    except OSError:  # an unreadable folder: the error without the guess
         return ""
-    images = sum(e.is_file() and is_image_path(e.name) for e in entries)
     if images:
         return (
             f"; {data} holds {images} images directly: sort them into class folders (ImageNet's flat val/: "
             "`alexnet prepare-val`)"
         )
-    if any(e.is_dir() and any(is_image_path(f) for f in os.listdir(e.path)[:50]) for e in entries):
+    if classes:
         return f"; {data} holds class folders without the split: move them into {data}/train and make a {data}/val"
     return ""
 

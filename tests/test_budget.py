@@ -133,6 +133,11 @@ def test_the_plan_is_the_longest_run_that_fits() -> None:
     # after an epoch at 227 px, the rest of a progressive run costs what the fixed run's does: crops never step
     # down (a check that lengthened the run would otherwise plan 131 px again), and 227 needs no new warm-up
     assert cost(740, 74, s, costs, done=148, current=227) == pytest.approx(cost(740, 74, fixed, costs, done=148))
+    # train.bn_recalibrate: its pass comes once, at the last epoch's end, whenever that is still to come
+    recal = replace(costs, recal_s=15.0)
+    assert cost(222, 74, fixed, recal) == pytest.approx(cost(222, 74, fixed, costs) + 15.0)
+    assert cost(222, 74, fixed, recal, done=100) == pytest.approx(cost(222, 74, fixed, costs, done=100) + 15.0)
+    assert cost(222, 74, fixed, recal, done=222) == cost(222, 74, fixed, costs, done=222) == 0.0
     assert rising([131, 163, 131, 131, 227], floor=163) == [163, 163, 163, 163, 227]
 
 

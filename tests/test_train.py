@@ -366,3 +366,35 @@ def test_runs_started_in_the_same_second_never_share_a_directory(tiny_folder: Pa
     assert (tmp_path / "runs" / f"{taken.name}-2" / "checkpoints" / "last.pt").is_file()
     assert main(["train", "--data", str(tmp_path / "missing"), *FAST]) == 2  # a failed start leaves no directory
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [taken.name, f"{taken.name}-2"]
+
+
+def test_batchnorm_statistics_recalibrated_at_the_test_view(tiny_folder: Path, tmp_path: Path) -> None:
+    """train.bn_recalibrate: before the last validation, BatchNorm's statistics are recomputed with the final
+    weights over training images in the validation's view (here 99 px centre crops, after training at 67 px):
+    the same weights as a run without it, statistics that describe that view, and the validation of the saved
+    network (what `evaluate` reports)."""
+    from alexnet.data.loaders import build_eval_data
+    from alexnet.data.transforms import tta_center
+    from alexnet.inference import evaluate
+    from alexnet.weights import load_weights
+
+    common = ["--data", str(tiny_folder), *FAST, "--model", "alexnet_bn", "--epochs", "2", "--batch-size", "18",
+              "--set", "data.resize=104", "--set", "data.crop=99", "--set", "data.res_start=67", "--set",
+              "data.res_end=67", "--set", "model.init=kaiming", "--set", "optim.lr=0.002"]  # fmt: skip
+    runs = {n: tmp_path / f"recal-{n}" for n in (0, 18)}  # 18: every training image, one batch
+    for n, run in runs.items():
+        assert main(["train", "--out", str(run), *common, "--set", f"train.bn_recalibrate={n}"]) == 0
+    plain, recal = (ckpt_io.load(runs[n] / "checkpoints" / "last.pt")["model"] for n in (0, 18))
+    assert all(torch.equal(plain[k], recal[k]) for k in plain if "running" not in k and "num_batches" not in k)
+    w = load_weights(str(runs[18] / "checkpoints" / "last.pt"))
+    train = build_eval_data(None, w.preprocess, w.class_names, 18, 0, split_dir=str(tiny_folder / "train"))
+    ((x, _, _),) = list(train.epoch(0))  # the 18 training images, as validation crops them
+    with torch.no_grad():
+        out = w.model.features.conv1(tta_center(w.preprocess.normalizer()(x), 99)[0])
+    var = out.transpose(0, 1).flatten(1).var(1)  # what BatchNorm keeps: the unbiased variance per channel
+    torch.testing.assert_close(recal["features.bn1.running_var"], var, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(plain["features.bn1.running_var"], var, rtol=0.05)
+    row = [json.loads(line) for line in (runs[18] / "metrics.jsonl").read_text().splitlines()][-1]
+    val = build_eval_data(str(tiny_folder), w.preprocess, w.class_names, 6, 0)
+    res = evaluate(w.model, val, w.preprocess.normalizer(), 99, 3, torch.device("cpu"))
+    assert (row["val_top1"], row["val_loss"]) == pytest.approx((res.top1, res.loss))

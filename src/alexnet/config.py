@@ -142,6 +142,9 @@ class TrainConfig:
     # an EMA of the weights, validated and saved in their place: its half-life as a fraction of the run's
     # optimizer steps (engine/ema.py); 0: off
     ema: float = fraction(0.0)
+    # BatchNorm statistics recomputed before the last validation over this many training images in the
+    # validation's view, with the final weights (engine/precise_bn.py); 0: off
+    bn_recalibrate: int = non_negative(0)
     eval_every: int = non_negative(1)  # validate after every N epochs and always after the last (0: the last only)
     checkpoint_every: int = non_negative(0)  # also save every N optimizer steps (0: only at epoch ends)
     keep_last: int = positive(3)  # step checkpoints kept besides last.pt / best.pt

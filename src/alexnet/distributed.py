@@ -114,7 +114,7 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
     Works on Gloo (CPU) and NCCL alike (PyTorch's SyncBatchNorm is GPU-only)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1 and self.momentum is not None):
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
@@ -128,10 +128,10 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         with torch.no_grad():
-            m = self.momentum
+            self.num_batches_tracked.add_(1)  # momentum None: a cumulative average (engine/precise_bn.py)
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
             self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
-            self.num_batches_tracked.add_(1)
         return y.to(x.dtype)
 
 

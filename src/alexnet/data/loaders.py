@@ -173,6 +173,7 @@ class DataBundle:
     stats: ColourStats
     skipped: list[str]
     train_set: str  # SplitData.identity() of the training split
+    recalibration: Batches | None = None  # training images in the validation's view (train.bn_recalibrate)
 
 
 def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = False,
@@ -206,6 +207,9 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
         stats=stats,
         skipped=skipped,
         train_set=train.identity(),
+        recalibration=Batches(train.dataset(d.resize), per_rank, True, t.seed, rank, world, workers, pin_memory)
+        if t.bn_recalibrate
+        else None,
     )
 
 

@@ -5,7 +5,9 @@ crop of its resolution schedule (the model, optimizer and scaler are restored af
 trace), two validation batches, and one checkpoint write. A step's cost is fitted as ``a + b * side**2``
 (the convolutions scale with the area, fc6-fc8 do not; on this repo's 2-core CPU the fit from 131 and 227 px
 predicts the measured 163 and 195 px steps within 8 %). From these it picks the largest number of optimizer
-steps whose epochs, validations and checkpoints fit in what is left of the budget (less a 2 % margin), and
+steps whose epochs, validations and checkpoints (and the last validation's BatchNorm recalibration,
+``train.bn_recalibrate``, priced at the validation's pace per image) fit in what is left of the budget (less a
+2 % margin), and
 scales the recipe's schedule to that length: the lr warm-up keeps its length, up to 30 % of the run (never
 cut off; ``warmup_for``), the resolution ramp its fractions, and the last epoch may be partial
 (``train.max_steps``).
@@ -101,7 +103,9 @@ class Plan:
                 f"{sizes}), "
                 f"lr warm-up {self.warmup_epochs:.2f} epochs; predicted end at {m(self.predicted_s)} "
                 f"(start-up and probe {m(self.elapsed_s)}, validation {m(self.costs.val_s)} and checkpoint "
-                f"{self.costs.save_s:.1f}s per epoch)")  # fmt: skip
+                f"{self.costs.save_s:.1f}s per epoch"
+                + (f", BatchNorm recalibration {self.costs.recal_s:.0f}s at the end" if self.costs.recal_s else "")
+                + ")")  # fmt: skip
 
 
 def _runs(sizes: list[int]) -> Iterator[tuple[int, int]]:
@@ -176,7 +180,8 @@ def check_plan(s: Session, st: TrainState, b: BudgetRun, end_s: float | None = N
     per_step, end, elapsed = distributed.all_reduce_max(got).tolist()
     c = old.costs
     step_s, timed = c.step_s | ({size: per_step} if pace else {}), c.timed | ({size: b.timed} if pace else {})
-    costs = Costs(step_s, c.warm_s, c.epoch_s, max(end - c.save_s, 0.0) if validated else c.val_s, c.save_s, timed)
+    costs = Costs(step_s, c.warm_s, c.epoch_s, max(end - c.save_s, 0.0) if validated else c.val_s, c.save_s, timed,
+                  c.recal_s)  # fmt: skip
     steps = best_steps(old.budget_s - elapsed, spe, s.cfg, costs, k, size, validated)
     record = {"step": k, "size": size, "step_s": per_step if pace is not None else None,
               "estimated_step_s": c.step(size), "planned_steps": old.max_steps, "steps": steps}  # fmt: skip
@@ -245,7 +250,7 @@ def cost(steps: int, spe: int, cfg: Config, c: Costs, done: int = 0, current: in
     epoch's end is done too; ``current``: the crop of step ``done``'s epoch, planned before, which later crops
     never go below): its epochs' steps at their crops, one warm-up per crop not yet timed, per epoch started its
     fixed cost, per epoch ended a checkpoint (plus train.checkpoint_every's) and the validations
-    (train.eval_every's, and the last epoch's)."""
+    (train.eval_every's, and the last epoch's, with its BatchNorm recalibration)."""
     t, sizes = cfg.train, planned_sizes(cfg, spe, steps, done, current)
     first, started = done // spe, -(-done // spe)  # the epoch of step done+1; the first epoch not yet started
     train = sum(
@@ -255,7 +260,8 @@ def cost(steps: int, spe: int, cfg: Config, c: Costs, done: int = 0, current: in
     ends = range(first + 1, len(sizes) + 1)  # 1-based numbers of the epochs whose end is still to come
     saves = len(ends) + (steps // t.checkpoint_every - done // t.checkpoint_every if t.checkpoint_every else 0)
     vals = sum(1 for e in ends if e == len(sizes) or (t.eval_every and e % t.eval_every == 0))
-    return train + new_sizes * c.warm_s + (len(sizes) - started) * c.epoch_s + vals * c.val_s + saves * c.save_s
+    fixed = new_sizes * c.warm_s + (len(sizes) - started) * c.epoch_s + vals * c.val_s + saves * c.save_s
+    return train + fixed + (c.recal_s if ends else 0.0)  # the last epoch's end recalibrates BatchNorm
 
 
 def best_steps(left: float, spe: int, cfg: Config, c: Costs, done: int = 0, current: int | None = None,

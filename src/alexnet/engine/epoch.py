@@ -29,6 +29,7 @@ from ..models.layers import set_dropout_keys
 from ..optim import total_at
 from ..progress import Progress
 from ..signals import StopFlag
+from . import precise_bn
 from .ema import decay_for
 from .setup import Session
 from .state import EpochSums, TrainState
@@ -222,6 +223,8 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
     last = st.epoch + 1 >= t.epochs or st.global_step >= total_steps(s)
     res = None
     if last or (t.eval_every and (st.epoch + 1) % t.eval_every == 0):
+        if last:
+            precise_bn.recalibrate(s, st.ema.model if st.ema is not None else st.model)
         if isinstance(st.model, HybridAlexNet):
             assemble(st.model, getattr(s.eval_model, "_orig_mod", s.eval_model))
         model = st.ema.model if st.ema is not None else s.eval_model

@@ -17,6 +17,7 @@ from .. import checkpoint as ckpt_io
 from .. import distributed
 from ..inference import evaluate
 from .epoch import forward
+from .precise_bn import batch_norms, recalibration_batches
 from .setup import Session
 from .state import TrainState
 
@@ -31,6 +32,7 @@ class Costs:
     val_s: float  # one validation pass
     save_s: float  # one checkpoint
     timed: dict[int, int] = field(default_factory=dict)  # how many steps each crop's time is from (default 1)
+    recal_s: float = 0.0  # train.bn_recalibrate before the last validation (its images at a validation's pace)
 
     def step(self, size: int) -> float:
         """Seconds per step at ``size``: ``a + b * size**2``, least squares through the timed crops, each
@@ -65,9 +67,9 @@ def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
     first_excess = [f - step_s[z] for f, z in zip(firsts, sizes)]
     numbers = [*step_s.values(), max(first_excess[0], 0.0), max(first_excess[-1], 0.0), val_s, save_s]
     agreed = distributed.all_reduce_max(torch.tensor(numbers, device=s.device)).tolist()  # float32: MPS has no float64
-    k = len(sizes)
+    k, recal = len(sizes), recalibration_batches(s) * s.data.val.batch_size * s.dist.world * bool(batch_norms(st.model))
     return Costs(dict(zip(sizes, agreed[:k])), agreed[k], agreed[k + 1], agreed[k + 2], agreed[k + 3],
-                 dict.fromkeys(sizes, timed))  # fmt: skip
+                 dict.fromkeys(sizes, timed), agreed[k + 2] * recal / max(s.data.val.num_samples, 1))  # fmt: skip
 
 
 def _sync(s: Session) -> None:

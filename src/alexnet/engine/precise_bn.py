@@ -35,11 +35,20 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
-def recalibration_batches(s: Session) -> int:
-    """How many of its batches each rank runs: train.bn_recalibrate images over the global batch, rounded up, and
-    only whole global batches (the same images on 1 and N processes; every batch weighs the same), at least one."""
+def recalibration_batches(s: Session, model: nn.Module) -> int:
+    """How many of its batches each rank runs for ``model``: train.bn_recalibrate images over the global batch,
+    rounded up, and only whole global batches (the same images on 1 and N processes; every batch weighs the same),
+    at least one; 0 when it is off or ``model`` has no BatchNorm."""
     n, r = s.cfg.train.bn_recalibrate, s.data.recalibration
-    return batches_for(n, r.batch_size * s.dist.world, r.num_samples) if n and r is not None else 0
+    if not n or r is None or not batch_norms(model):
+        return 0
+    return batches_for(n, r.batch_size * s.dist.world, r.num_samples)
+
+
+def recalibration_images(s: Session, model: nn.Module) -> int:
+    """The images all ranks together recompute ``model``'s statistics on (what ``--budget`` prices)."""
+    k = recalibration_batches(s, model)
+    return k * s.data.recalibration.batch_size * s.dist.world if k and s.data.recalibration is not None else 0
 
 
 def batches_for(images: int, global_batch: int, available: int) -> int:
@@ -49,7 +58,7 @@ def batches_for(images: int, global_batch: int, available: int) -> int:
 def recalibrate(s: Session, model: nn.Module) -> int:
     """Recompute ``model``'s BatchNorm running statistics as train.bn_recalibrate asks (see the module's text);
     returns the images this rank used (0: nothing to do: no BatchNorm, or train.bn_recalibrate 0)."""
-    k = recalibration_batches(s) if batch_norms(model) else 0
+    k = recalibration_batches(s, model)
     if not k:
         return 0
     assert s.data.recalibration is not None and s.data.preprocess.crop is not None

@@ -17,7 +17,7 @@ from .. import checkpoint as ckpt_io
 from .. import distributed
 from ..inference import evaluate
 from .epoch import forward
-from .precise_bn import batch_norms, recalibration_batches
+from .precise_bn import recalibration_images
 from .setup import Session
 from .state import TrainState
 
@@ -67,7 +67,7 @@ def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
     first_excess = [f - step_s[z] for f, z in zip(firsts, sizes)]
     numbers = [*step_s.values(), max(first_excess[0], 0.0), max(first_excess[-1], 0.0), val_s, save_s]
     agreed = distributed.all_reduce_max(torch.tensor(numbers, device=s.device)).tolist()  # float32: MPS has no float64
-    k, recal = len(sizes), recalibration_batches(s) * s.data.val.batch_size * s.dist.world * bool(batch_norms(st.model))
+    k, recal = len(sizes), recalibration_images(s, st.model)
     return Costs(dict(zip(sizes, agreed[:k])), agreed[k], agreed[k + 1], agreed[k + 2], agreed[k + 3],
                  dict.fromkeys(sizes, timed), agreed[k + 2] * recal / max(s.data.val.num_samples, 1))  # fmt: skip
 

@@ -106,7 +106,8 @@ def describe(name: str, r: dict) -> list[str]:
             f"{100 * r['top5']:.1f}", " ".join(f"{s}px {100 * t:.1f}" for s, t in r["tested"].items()) or "-"]  # fmt: skip
 
 
-def figure(results: list[dict], path: Path, before: list[dict] | None = None, label: str = "before") -> None:
+def figure(results: list[dict], path: Path, before: list[dict] | None = None, label: str = "before",
+           machine: str = "2-core AVX2 CPU, fp32") -> None:
     """Val top-1 against wall-clock minutes, one line per run; ``before`` (runs of an earlier recipe) dashed."""
     import matplotlib
 
@@ -122,7 +123,7 @@ def figure(results: list[dict], path: Path, before: list[dict] | None = None, la
             ax.plot(*zip(*points), style, label=f"--budget {r['budget']}{tag}", alpha=1.0 if not tag else 0.6)
     ax.set_xlabel("wall-clock minutes from the start of `alexnet train`")
     ax.set_ylabel("Imagenette val top-1 (%)")
-    ax.set_title("alexnet train --recipe fast --budget B (2-core AVX2 CPU, fp32)")
+    ax.set_title(f"alexnet train --recipe fast --budget B ({machine})")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -142,11 +143,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/budget-runs"))
     ap.add_argument("--base", default="", help="arguments added to every run (before a lever's own)")
     ap.add_argument("--figure", type=Path)
+    ap.add_argument("--machine", default="2-core AVX2 CPU, fp32", help="the machine, for the figure's title")
     ap.add_argument("--test-sizes", type=int, nargs="*", default=[], help="also evaluate every run at these sizes")
     a = ap.parse_args()
     if a.plot:
         figure([finished_run(p) for p in a.plot], a.figure or Path("budget.png"), [finished_run(p) for p in a.before],
-               a.before_label)  # fmt: skip
+               a.before_label, a.machine)  # fmt: skip
         return
     if a.store is None:
         ap.error("--store is required (or --plot)")
@@ -171,7 +173,7 @@ def main() -> None:
         delta = 100 * (r["top1"] - results[a.lever_budget]["top1"])
         print(table(rows), f"\n{lever}: {delta:+.1f} points top-1 against fast at {a.lever_budget}", flush=True)
     if a.figure:
-        figure([results[b] for b in a.budgets], a.figure)
+        figure([results[b] for b in a.budgets], a.figure, machine=a.machine)
         print(f"wrote {a.figure}")
 
 

@@ -106,8 +106,13 @@ def describe(name: str, r: dict) -> list[str]:
             f"{100 * r['top5']:.1f}", " ".join(f"{s}px {100 * t:.1f}" for s, t in r["tested"].items()) or "-"]  # fmt: skip
 
 
-def figure(results: list[dict], path: Path, before: list[dict] | None = None, label: str = "before",
-           machine: str = "2-core AVX2 CPU, fp32") -> None:
+def figure(
+    results: list[dict],
+    path: Path,
+    before: list[dict] | None = None,
+    label: str = "before",
+    machine: str = "2-core AVX2 CPU, fp32",
+) -> None:
     """Val top-1 against wall-clock minutes, one line per run; ``before`` (runs of an earlier recipe) dashed."""
     import matplotlib
 

@@ -20,7 +20,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = make_imagefolder(root / "data", classes=3, per_class=8, val_per_class=5)
     run = root / "run"
     args = ["train", "--data", str(data), "--out", str(run), *FAST, "--epochs", "2", "--set", "data.normalize=channel"]
-    assert main([*args, "--set", "optim.lr=0.002"]) == 0
+    # lr 0.0002: at 0.002 the loss climbed to ~18 and, on a 2-core AVX-512 BF16/AMX CPU, the network died (the same
+    # output for every image, so a 72 px view scored as the 67 px one); at 0.0002 train loss 2.48 -> 2.09
+    assert main([*args, "--set", "optim.lr=0.0002"]) == 0
     return run, data
 
 
@@ -42,7 +44,8 @@ def test_evaluate_matches_training_metrics(trained_run: tuple[Path, Path], capsy
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     best = max(rows, key=lambda r: r["val_top1"])
     capsys.readouterr()
-    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--json"]) == 0
+    # training validated in fp32 (FAST: train.amp=none); evaluate's auto is bf16 where the CPU has it natively
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--amp", "none", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["top1"] == best["val_top1"]
     assert d["loss"] == pytest.approx(best["val_loss"], rel=1e-5)

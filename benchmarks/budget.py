@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
 
+AVX2 = "2-core AVX2 CPU, fp32"  # the machine of the earlier sessions' runs, for the figure's title
+
 LEVERS = {  # one recipe value changed against `fast` (see README "Time to accuracy")
     "fixed_res": ["--set", "data.res_start=none"],  # no progressive resizing: every epoch at 227 px
     "eval_last": ["--set", "train.eval_every=0"],  # validate after the last epoch only
@@ -111,7 +113,7 @@ def figure(
     path: Path,
     before: list[dict] | None = None,
     label: str = "before",
-    machine: str = "2-core AVX2 CPU, fp32",
+    machine: str = AVX2,
 ) -> None:
     """Val top-1 against wall-clock minutes, one line per run; ``before`` (runs of an earlier recipe) dashed."""
     import matplotlib
@@ -148,7 +150,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/budget-runs"))
     ap.add_argument("--base", default="", help="arguments added to every run (before a lever's own)")
     ap.add_argument("--figure", type=Path)
-    ap.add_argument("--machine", default="2-core AVX2 CPU, fp32", help="the machine, for the figure's title")
+    ap.add_argument("--machine", default=AVX2, help="the machine, for the figure's title")
     ap.add_argument("--test-sizes", type=int, nargs="*", default=[], help="also evaluate every run at these sizes")
     a = ap.parse_args()
     if a.plot:

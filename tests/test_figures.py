@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.plots import DEFAULT_FIGURES, filters_figure, nearest
+from alexnet.plots import BATCH, DEFAULT_FIGURES, filters_figure, nearest
 from alexnet.weights import load_weights
 
 from .conftest import FAST, make_imagefolder
@@ -122,8 +122,8 @@ def test_neighbours_use_the_features_command_vectors(folder_run: tuple[Path, Pat
     out = tmp_path / "figs"
     assert main(["figures", str(run), "--out", str(out), "--which", "neighbours"]) == 0
     record = json.loads((out / "neighbours.json").read_text())
-    # the figure's batches of 64: in bf16 (auto, where the CPU has it natively) a vector can depend on its batch
-    one = ["--batch-size", "64"]
+    # the figure's batches: in bf16 (auto, where the CPU has it natively) a vector can depend on its batch
+    one = ["--batch-size", str(BATCH)]
     assert main(["features", str(run), str(data / "train"), "--out", str(tmp_path / "train.npz"), *one]) == 0
     assert main(["features", str(run), str(data / "val"), "--out", str(tmp_path / "val.npz"), *one]) == 0
     tr, va = np.load(tmp_path / "train.npz"), np.load(tmp_path / "val.npz")

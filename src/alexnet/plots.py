@@ -31,6 +31,7 @@ from .weights import Loaded  # noqa: E402
 DEFAULT_FIGURES = ("filters", "predictions", "neighbours", "curves", "confusion")  # `figures` and `report`
 FIGURES = (*DEFAULT_FIGURES, "occlusion", "units")  # a look inside: on request (seconds per image on a CPU)
 DPI = 100
+BATCH = 64  # images per forward pass of the figures that run the network
 
 
 @dataclass
@@ -273,7 +274,7 @@ def _pass(loaded: Loaded, src: _Source, idx: list[int], device: torch.device, wa
     path = compute_path(loaded.model, device)  # as `alexnet features` and `predict` run
     fc7 = feature_fn(loaded.model, crop, "fc7", path)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(src, idx), batch_size=64, num_workers=default_workers(workers)
+        torch.utils.data.Subset(src, idx), batch_size=BATCH, num_workers=default_workers(workers)
     )
     labels, feats, probs = [], [], []
     with torch.no_grad():

@@ -204,6 +204,7 @@ def test_resume_mid_run_equals_uninterrupted(tiny_folder: Path, tmp_path: Path, 
 def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     cfg = apply_overrides(load_recipe("paper"), ["optim.lr=0.05", "train.amp=bf16", "data.mean=[0.1,0.2,0.3]"])
     assert cfg.optim.lr == 0.05 and cfg.train.amp == "bf16" and cfg.data.mean == [0.1, 0.2, 0.3]
+    assert apply_overrides(load_recipe("paper"), ["model.lrn_k=0", "model.lrn_beta=0"]).model.lrn_k == 0  # x / 1
     cases = {
         "optim.lrr=0.1": "unknown config key 'optim.lrr'",
         "foo.bar=1": "no section 'foo'",
@@ -219,6 +220,8 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
         "train.seed=-1": "train.seed must be between 0 and 4294967295, got -1",
         "data.crop=300": "data.crop (300) cannot be larger than data.resize (256)",
         "model.name=vgg": "unknown model 'vgg'",
+        # NaN on every all-zero window (common after ReLU): (0 + alpha/n * 0)^-beta; with beta 0 it is 1
+        "model.lrn_k=0": "model.lrn_k must be > 0 when model.lrn_beta is not 0, got lrn_k=0 with lrn_beta=0.75",
     }
     for override, message in cases.items():
         with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):

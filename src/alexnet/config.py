@@ -241,6 +241,10 @@ def check(cfg: Config) -> None:
         check_towers(cfg.model.name, cfg.train.towers, "train.towers")
         if cfg.train.parallel == "hybrid":
             raise UserError("train.towers and train.parallel=hybrid are two different splits; choose one")
+    m = cfg.model  # the LRN divides by (k + alpha/n * sum a^2)^beta: an all-zero window leaves k^beta
+    if m.lrn_k <= 0 and m.lrn_beta != 0:
+        raise UserError(f"model.lrn_k must be > 0 when model.lrn_beta is not 0, got lrn_k={m.lrn_k:g} with lrn_beta="
+                        f"{m.lrn_beta:g}: an all-zero window (common after ReLU) would give NaN")  # fmt: skip
     if cfg.train.ema and cfg.train.parallel == "hybrid":
         raise UserError("train.ema is not available with train.parallel=hybrid (the head is sharded); use ddp")
     d = cfg.data

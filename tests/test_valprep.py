@@ -134,3 +134,35 @@ def test_a_sort_stopped_half_way_finishes_when_run_again(flat: Path, tmp_path: P
     else:
         for wnid, names in _want().items():
             assert all((out / wnid / n).read_bytes() == (flat / n).read_bytes() for n in names)
+
+
+def test_label_and_synsets_files_that_are_wrong_name_themselves(flat: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Each was once a riddle: 'utf-8' codec can't decode byte 0xff, invalid literal for int(), 'no such label
+    file' for a folder, 'no such file' for an --out the file system refuses; a CSV saved with a byte-order mark
+    (Excel's "CSV UTF-8") was an unknown label format."""
+    gt, synsets, binary = tmp_path / "gt.txt", tmp_path / "synsets.txt", tmp_path / "meta.bin"
+    gt.write_text("2\n1\nabc\n")
+    synsets.write_text("\n".join(WNIDS) + "\n")
+    binary.write_bytes(b"\xff\xfe\x00\x01 not text")
+    before = sorted(p.name for p in flat.iterdir())
+    cases = [
+        (["--labels", str(gt), "--synsets", str(binary)], f"{binary}: not a text synsets file (byte 0xff at offset 0"),
+        (["--labels", str(gt), "--synsets", str(synsets)], f"{gt}, line 3: 'abc' is not a class number 1..3"),
+        (["--labels", str(binary)], f"{binary}: not a text label file"),
+        (["--labels", str(tmp_path)], f"{tmp_path} is a directory, not a label file"),
+        (["--labels", str(_csv(tmp_path / "ok.csv")), "--out", "/proc/nope"], "cannot create the folder /proc/nope"),
+        (["--labels", str(tmp_path / "ok.csv"), "--out", str(gt)], f"--out {gt} is a file"),
+    ]
+    for args, says in cases:
+        if "/proc/nope" in args and not Path("/proc/self").is_dir():
+            continue  # only Linux has a /proc that takes no new folders
+        assert main(["prepare-val", str(flat), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in flat.iterdir()) == before
+    bom = tmp_path / "LOC_val_solution.csv"  # what Excel's "CSV UTF-8" writes
+    bom.write_bytes(b"\xef\xbb\xbf" + _csv(tmp_path / "plain.csv").read_bytes())
+    out = tmp_path / "sorted"
+    assert main(["prepare-val", str(flat), "--labels", str(bom), "--out", str(out)]) == 0
+    assert _layout(out) == _want()

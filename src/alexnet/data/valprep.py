@@ -16,6 +16,7 @@ and change nothing. Run again after a stop, it places only what an earlier run l
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -29,49 +30,65 @@ log = logging.getLogger("alexnet")
 WNID = re.compile(r"^n\d{8}$")
 
 
+def _text(path: Path, what: str) -> str:
+    """A label or synsets file's text (UTF-8; a byte-order mark, as Excel writes one, is dropped), or one line
+    naming the file for a directory, a missing file or one that is not text."""
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a {what}")
+    if not path.is_file():
+        raise UserError(f"no such {what}: {path}")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text {what} (byte {e.object[e.start]:#04x} at offset {e.start} is not "
+                        "UTF-8)") from None  # fmt: skip
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what} ({e.strerror})") from None
+
+
 def read_labels(labels: Path, synsets: Path | None) -> dict[str, str]:
     """file stem (``ILSVRC2012_val_00000001``) -> wnid."""
-    if not labels.is_file():
-        raise UserError(f"no such label file: {labels}")
-    head = labels.read_text(errors="replace")[:200]
-    if head.startswith("ImageId,PredictionString"):
-        with labels.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        out = {r["ImageId"]: (r["PredictionString"] or "").split(" ")[0] for r in rows}
-    elif re.match(r"^\d+\s*\n", head):
+    text = _text(labels, "label file")
+    if text.startswith("ImageId,PredictionString"):
+        out = {}
+        reader = csv.reader(io.StringIO(text, newline=""))
+        next(reader)
+        for row in filter(None, reader):  # (a blank line is an empty row)
+            wnid = (row[1] if len(row) > 1 else "").split(" ")[0]
+            if not WNID.match(wnid):
+                raise UserError(f"{labels}, line {reader.line_num}: {wnid!r} is not a WordNet id like n01440764")
+            out[row[0]] = wnid
+    elif re.match(r"^\d+\s*\n", text):
         if synsets is None:
             raise UserError(f"{labels} holds class numbers: pass --synsets (the devkit's meta.mat, or a text file of "
                             "the 1000 wnids in ILSVRC2012_ID order)")  # fmt: skip
         order = read_synsets(synsets)
-        ids = [int(x) for x in labels.read_text().split()]
-        bad = [i for i in ids if not 1 <= i <= len(order)]
-        if bad:
-            raise UserError(f"{labels}: class number {bad[0]} outside 1..{len(order)}")
+        ids = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not (re.fullmatch(r"[0-9]+", line.strip()) and 1 <= int(line) <= len(order)):
+                raise UserError(f"{labels}, line {n}: {line.strip()[:40]!r} is not a class number 1..{len(order)}")
+            ids += [int(line)] if line.strip() else []
         out = {f"ILSVRC2012_val_{n:08d}": order[i - 1] for n, i in enumerate(ids, 1)}
     else:
         raise UserError(f"{labels}: unknown label format (expected Kaggle's LOC_val_solution.csv or the devkit's "
                         "ILSVRC2012_validation_ground_truth.txt)")  # fmt: skip
-    wrong = next((w for w in out.values() if not WNID.match(w)), None)
-    if wrong is not None:
-        raise UserError(f"{labels}: {wrong!r} is not a WordNet id like n01440764")
     return out
 
 
 def read_synsets(path: Path) -> list[str]:
     """The devkit's class order: meta.mat's synsets (ILSVRC2012_ID 1..1000 are the leaves), or a wnid per line."""
-    if not path.is_file():
-        raise UserError(f"no such synsets file: {path}")
-    if path.suffix == ".mat":
+    if path.suffix == ".mat" and path.is_file():
         from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
 
         try:
             syn = loadmat(str(path), squeeze_me=True)["synsets"]
             pairs = sorted((int(s["ILSVRC2012_ID"]), str(s["WNID"])) for s in syn)
-        except (KeyError, ValueError, TypeError, IndexError, NotImplementedError) as e:
+        except (KeyError, ValueError, TypeError, IndexError, NotImplementedError, MatReadError) as e:
             raise UserError(f"{path}: not the devkit's meta.mat ({e})") from None
         order = [w for i, w in pairs if 1 <= i <= 1000]
     else:
-        order = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        order = [line.split()[0] for line in _text(path, "synsets file").splitlines() if line.strip()]
     if not order or not all(WNID.match(w) for w in order) or len(set(order)) != len(order):
         raise UserError(f"{path}: expected distinct wnids (n01440764, ...), one per class in ILSVRC2012_ID order")
     return order
@@ -85,6 +102,8 @@ def prepare_val(val: str, labels: str, out: str | None = None, synsets: str | No
     if not src.is_dir():
         raise UserError(f"no such directory: {src}")
     dst = Path(out) if out else src
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"--out {dst} is a file; it names the folder the class folders go in")
     mode = mode or ("move" if dst.resolve() == src.resolve() else "link")
     images = sorted(p.name for p in src.iterdir() if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     table = read_labels(Path(labels), Path(synsets) if synsets else None)
@@ -101,10 +120,11 @@ def prepare_val(val: str, labels: str, out: str | None = None, synsets: str | No
     clash = next((dst / table[s] / n for s, n in todo.items() if (dst / table[s] / n).exists()), None)
     if clash is not None:
         raise UserError(f"{clash} exists and is not {src / stems[clash.stem]}; the output must not hold other files")
+    _mkdir(dst)
     if mode == "link" and todo:
         _probe_link(src / next(iter(todo.values())), dst)
     for wnid in sorted(set(table.values())):
-        (dst / wnid).mkdir(parents=True, exist_ok=True)
+        _mkdir(dst / wnid)
         for stale in (dst / wnid).glob(TEMP_GLOB):  # a copy a stopped run left half-written
             stale.unlink()
     for stem, name in todo.items():
@@ -129,9 +149,19 @@ def _placed(dst: Path, table: dict[str, str], stems: dict[str, str], src: Path, 
     return out
 
 
+def _mkdir(folder: Path) -> None:
+    """``folder`` and its parents, or one line naming the one that cannot be made (mkdir in /proc or /sys says
+    ENOENT, "no such file", about a folder whose parent is there)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        made = Path(e.filename or folder)
+        why = "the file system there takes no new folders" if made.parent.is_dir() and not made.exists() else e.strerror
+        raise UserError(f"cannot create the folder {made} ({why}): choose another --out") from None
+
+
 def _probe_link(a: Path, dst: Path) -> None:
     """Hard links work from ``a``'s disk into ``dst``, or one clear line before any file is placed."""
-    dst.mkdir(parents=True, exist_ok=True)
     probe = dst / ".alexnet-link-probe"
     try:
         probe.unlink(missing_ok=True)

@@ -241,8 +241,7 @@ def check(cfg: Config) -> None:
         check_towers(cfg.model.name, cfg.train.towers, "train.towers")
         if cfg.train.parallel == "hybrid":
             raise UserError("train.towers and train.parallel=hybrid are two different splits; choose one")
-    m = cfg.model  # the LRN divides by (k + alpha/n * sum a^2)^beta: an all-zero window leaves k^beta
-    if m.lrn_k <= 0 and m.lrn_beta != 0:
+    if (m := cfg.model).lrn_k <= 0 and m.lrn_beta != 0:  # LRN divides by (k + alpha/n * sum a^2)^beta
         raise UserError(f"model.lrn_k must be > 0 when model.lrn_beta is not 0, got lrn_k={m.lrn_k:g} with lrn_beta="
                         f"{m.lrn_beta:g}: an all-zero window (common after ReLU) would give NaN")  # fmt: skip
     if cfg.train.ema and cfg.train.parallel == "hybrid":
@@ -256,9 +255,8 @@ def check(cfg: Config) -> None:
     if r and (any(len(x) != 2 or x[1] < 1 for x in r) or r[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(r, r[1:]))):
         raise UserError(f"schedule.retargets must be [[0, total], [step, total], ...] with rising steps, got {r}")
     if len(d.res_ramp) != 2 or not 0 <= d.res_ramp[0] <= d.res_ramp[1] <= 1:
-        raise UserError(
-            f"data.res_ramp must be two fractions [start, end] with 0 <= start <= end <= 1, got {d.res_ramp}"
-        )
+        raise UserError(f"data.res_ramp must be two fractions [start, end] with 0 <= start <= end <= 1, got "
+                        f"{d.res_ramp}")  # fmt: skip
     if d.crop is not None and d.crop > d.resize:
         raise UserError(f"data.crop ({d.crop}) cannot be larger than data.resize ({d.resize})")
     if cfg.model.weights == "torchvision" and (cfg.model.name, "torchvision") not in PRETRAINED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -150,6 +151,83 @@ def test_full_disk_on_save_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch:
         ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "v": 2}, path)
     assert ckpt_io.load(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def _record_durability(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """Every fsync (the file or directory it reached, by inode), rename (the name and the inode it now names) and
+    unlink, in order: what a power cut may lose is what was not fsynced, directory included, before it."""
+    events: list[tuple[str, object]] = []
+    fsync, replace, unlink = os.fsync, os.replace, Path.unlink
+
+    def record_fsync(fd: int) -> None:
+        fsync(fd)
+        events.append(("fsync", _inode(fd)))
+
+    def record_replace(a: str | Path, b: str | Path, **kw: object) -> None:
+        replace(a, b, **kw)
+        events.append(("replace", (Path(b).name, _inode(b))))
+
+    def record_unlink(self: Path, missing_ok: bool = False) -> None:
+        unlink(self, missing_ok=missing_ok)
+        events.append(("unlink", self.name))
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    monkeypatch.setattr(Path, "unlink", record_unlink)
+    return events
+
+
+def _inode(f: int | str | Path) -> tuple[int, int]:
+    st = os.fstat(f) if isinstance(f, int) else os.stat(f)
+    return st.st_dev, st.st_ino
+
+
+def _durable_name(events: list[tuple[str, object]], folder: Path, name: str) -> int:
+    """The index of the directory fsync that makes the last rename onto ``name`` durable; its bytes were fsynced
+    before that rename."""
+    renames = [i for i, (kind, what) in enumerate(events) if kind == "replace" and what[0] == name]
+    assert renames, f"{name}: written in place, never fsynced and renamed onto its name"
+    at = renames[-1]
+    assert ("fsync", events[at][1][1]) in events[:at], f"{name}: renamed before its bytes were fsynced"
+    assert ("fsync", _inode(folder)) in events[at:], f"{name}: its rename was never made durable"
+    return events.index(("fsync", _inode(folder)), at)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows cannot open a directory to fsync it (nor needs to)")
+def test_a_published_checkpoint_survives_a_power_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before publish returns, the step file's bytes and every name swapped onto it are on disk (a rename lives in
+    its directory, which the hard-link swap never fsynced)."""
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    ckpt_io.publish({"format": ckpt_io.FORMAT, "v": 1}, ck, 1, ("last", "best"), 3)  # names to swap
+    events = _record_durability(monkeypatch)
+    ckpt_io.publish({"format": ckpt_io.FORMAT, "v": 2}, ck, 2, ("last", "best"), 3)
+    assert ckpt_io.load(ck / "last.pt")["v"] == 2 == ckpt_io.load(ck / "best.pt")["v"]
+    for name in ("step-00000002.pt", "last.pt", "best.pt"):
+        _durable_name(events, ck, name)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows cannot open a directory to fsync it (nor needs to)")
+def test_a_finished_store_survives_a_power_cut(tiny_folder: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Each split's images, labels, offsets and file list are fsynced and named in a fsynced directory before its
+    progress file goes, and that removal is durable before the manifest says complete: after a power cut a
+    "complete" store holds every file it lists."""
+    from alexnet.data import store
+
+    out = tmp_path / "store"
+    events = _record_durability(monkeypatch)
+    store.prepare(str(tiny_folder), str(out), size=32, fmt="jpeg", workers=1, chunk=4, progress=False)
+    _durable_name(events, out, "manifest.json")
+    complete = max(i for i, (kind, what) in enumerate(events) if kind == "replace" and what[0] == "manifest.json")
+    for split in ("train", "val"):
+        gone = events.index(("unlink", f".{split}.progress.npz"))
+        data = max(i for i, e in enumerate(events[:gone]) if e == ("fsync", _inode(out / f"{split}.jpeg")))
+        assert data < events.index(("fsync", _inode(out)), data) < gone
+        for name in ("labels.npy", "offsets.npy", "files.json"):
+            assert _durable_name(events, out, f"{split}.{name}") < gone, name
+        assert events.index(("fsync", _inode(out)), gone) < complete
+    assert json.loads((out / "manifest.json").read_text())["complete"]
 
 
 def _hostile_folder(root: Path) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write, temp_name
+from .atomic import atomic_write, fsync_dir, temp_name
 from .errors import UserError
 
 log = logging.getLogger("alexnet")
@@ -48,6 +48,7 @@ def publish(ckpt: dict[str, Any], ckpt_dir: Path, step: int, names: tuple[str, .
         except OSError:  # no hard links on this filesystem: write a copy
             tmp.unlink(missing_ok=True)
             atomic_save(ckpt, target)
+    fsync_dir(ckpt_dir)  # the swapped names survive a power cut (the step file's bytes already did)
     steps = sorted(ckpt_dir.glob("step-*.pt"))
     for old in steps[: max(0, len(steps) - keep_last)]:
         old.unlink(missing_ok=True)

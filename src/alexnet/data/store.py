@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write, atomic_write_text
+from ..atomic import atomic_write, atomic_write_text, fsync_dir
 from ..errors import UserError
 from ..locks import LOCK_NAME, lock_dir, unlock_dir
 from ..progress import Progress
@@ -205,14 +205,17 @@ def _write_split(pool: Any, dst: Path, split: str, index: FolderIndex, manifest:
             _save_manifest(dst, manifest)
             bar.update(images=f"{min(start + chunk_size, n)}/{n}")
         bar.close()
-    np.save(dst / f"{split}.labels.npy", labels[:written])
+    # what the finished split is, durable (each file fsynced, then the directory: atomic_write) before the progress
+    # file goes, and its removal durable before the manifest can say complete: a power cut leaves one or the other
+    atomic_write(dst / f"{split}.labels.npy", functools.partial(np.save, arr=labels[:written]))
     if fmt == "jpeg":
-        np.save(dst / f"{split}.offsets.npy", offsets[: written + 1])
+        atomic_write(dst / f"{split}.offsets.npy", functools.partial(np.save, arr=offsets[: written + 1]))
     failed = set(info.get("failed_paths", []))
     good = [p for p, _ in index.samples if p not in failed]  # written in sample order, failures skipped
-    (dst / f"{split}.files.json").write_text(json.dumps(good))
+    atomic_write_text(dst / f"{split}.files.json", json.dumps(good))
     info["count_written"] = written
     partial.unlink(missing_ok=True)
+    fsync_dir(dst)
     if info["failed"]:
         log.warning(
             "%s: %d unreadable images left out:\n  %s", split, len(info["failed"]), "\n  ".join(info["failed"][:20])

@@ -25,8 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
     pytest-xdist worker. Most tests train a real AlexNet, and its checkpoints (~0.45 GB each, model +
     momentum) dominate their time on a disk:
     a 15-checkpoint run took 34 s on disk (write 12 s, fsync 11 s, unlink 4 s) and 14 s in /dev/shm on the
-    2-core machine. What the tests check (atomic replace, kills, resume) is the same on either; durability
-    across power loss (the fsyncs) no test can check. One directory per checkout: pytest empties it when a
+    2-core machine. What the tests check (atomic replace, kills, resume, the order of fsyncs, renames and
+    removals a power cut depends on) is the same on either; the power cut itself no test can make. One directory
+    per checkout: pytest empties it when a
     session starts, and it is removed when every test passed."""
     workers = getattr(config.option, "numprocesses", None)  # pytest-xdist's -n; each worker needs its own room
     need = RAM_DIR_MIN_FREE * (workers if isinstance(workers, int) and workers > 1 else 1)

@@ -321,9 +321,13 @@ def test_a_run_stopped_before_its_first_save_can_be_started_again(tiny_folder: P
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err  # now it has something to lose
 
 
-def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.MonkeyPatch,
+def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    import tempfile
+
     import alexnet.summary
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a command without a run writes a traceback
 
     def oom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -339,7 +343,18 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
     monkeypatch.setattr(alexnet.summary, "summarize", broken)
     assert main(["summary"]) == 1
     err = capsys.readouterr().err
-    assert "KeyError" in err and "ALEXNET_DEBUG" in err and "Traceback" not in err
+    (log,) = tmp_path.glob("alexnet-crash-*.log")
+    assert (
+        err
+        == f"alexnet summary: internal error: KeyError: 'preprocess'; traceback written to {log} (please report it)\n"
+    )
+    text = log.read_text()
+    assert text.startswith("--- ") and "alexnet summary [alexnet " in text.splitlines()[0]
+    assert "Traceback (most recent call last)" in text and "in broken" in text and "KeyError: 'preprocess'" in text
+    monkeypatch.setenv("ALEXNET_DEBUG", "1")
+    with pytest.raises(KeyError, match="preprocess"):  # the traceback on the terminal instead
+        main(["summary"])
+    monkeypatch.delenv("ALEXNET_DEBUG")
 
     def cpu_oom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202 - what the CPU allocator raises (e.g. --test-size 100000)
         raise RuntimeError(
@@ -352,6 +367,84 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
     err = capsys.readouterr().err
     assert "out of memory on the device (8830.3 GiB asked for); lower --batch-size" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_our_bugs_are_internal_errors_and_the_users_paths_their_errors(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Every ValueError and OSError was once the user's (exit 2, "error: ..."), so a bug of ours, met in a library
+    call, read as the user's mistake. Now a train run's bug is an internal error whose traceback is in the run's
+    crash.log, and an OS error on a path the command line gave (or one inside it) is still the user's."""
+    import tempfile
+
+    import torch.nn.functional as F
+
+    def bug(*_a, **_k):  # noqa: ANN002, ANN003, ANN202 - what a wrong target shape makes cross_entropy say
+        raise ValueError("Expected input batch_size (64) to match target batch_size (63).")
+
+    monkeypatch.setattr(F, "cross_entropy", bug)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--epochs", "1", "--set", "data.workers=0"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (after the run's log lines)
+    assert last == ("alexnet train: internal error: ValueError: Expected input batch_size (64) to match target "
+                    f"batch_size (63).; traceback written to {run / 'crash.log'} (please report it)")  # fmt: skip
+    text = (run / "crash.log").read_text()
+    assert f"alexnet train --out {run} --epochs 1" in text.splitlines()[0]
+    assert "in train_one_epoch" in text and text.rstrip().endswith("ValueError: Expected input batch_size (64) to "
+                                                                   "match target batch_size (63).")  # fmt: skip
+    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    val, labels = tmp_path / "val", tmp_path / "labels.csv"
+    val.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(val / "ILSVRC2012_val_00000001.JPEG")
+    labels.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n")
+    out = tmp_path / "sorted"
+    for where, code, says in [(out / "n01440764" / "x", 2, f"error: {out / 'n01440764' / 'x'}: Permission denied"),
+                              (tmp_path / "elsewhere", 1, "internal error: PermissionError: [Errno 13] Permission denied")]:  # fmt: skip
+
+        def denied(*_a, where: Path = where, **_k) -> None:  # noqa: ANN002, ANN003
+            raise PermissionError(13, "Permission denied", str(where))
+
+        monkeypatch.setattr("shutil.copy2", denied)
+        assert main(["prepare-val", str(val), "--labels", str(labels), "--out", str(out), "--mode", "copy"]) == code
+        err = capsys.readouterr().err
+        assert err.startswith(f"alexnet prepare-val: {says}") and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("filename, argv, code", [
+    ("/data/imagenet/train/n01/x.JPEG", ["train", "--data", "/data/imagenet"], 2),  # inside a folder given
+    ("/data/imagenet/train/n01/x.JPEG", ["train", "--set", "data.path=/data/imagenet/"], 2),
+    ("/runs/a/checkpoints/last.pt", ["train", "--out=/runs/a"], 2),
+    ("/photos/2024/a.jpg", ["predict", "run", "/photos/*/a.jpg"], 2),  # a glob's folder
+    ("/data/imagenet-old/x.JPEG", ["train", "--data", "/data/imagenet"], 1),  # a neighbour, not inside
+    ("/usr/lib/python3/site-packages/torch/x.so", ["train", "--data", "/data"], 1),
+])  # fmt: skip
+def test_an_os_error_is_the_users_on_the_paths_they_gave(filename: str, argv: list[str], code: int,
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import tempfile
+
+    from alexnet.errors import describe
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    said, got = describe(PermissionError(13, "Permission denied", filename), argv)
+    assert got == code and (said == f"error: {filename}: Permission denied" if code == 2 else "internal error" in said)
+    full = OSError(28, "No space left on device", "/somewhere/else")  # a full disk is the machine's, anywhere
+    assert describe(full, argv) == ("error: /somewhere/else: No space left on device", 2)
+
+
+def test_a_user_error_raised_in_a_data_loader_worker_is_its_own_line() -> None:
+    """torch re-raises a worker's exception with the worker's traceback as its message."""
+    from torch._utils import ExceptionWrapper
+
+    from alexnet.errors import UserError, describe
+
+    try:
+        raise UserError("/data/train/x.jpg: the image went away")
+    except UserError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(UserError) as e:
+        wrapped.reraise()
+    assert str(e.value).startswith("Caught UserError in DataLoader worker process 0")
+    assert describe(e.value) == ("error: /data/train/x.jpg: the image went away", 2)
 
 
 @pytest.mark.parametrize("args, says", [

@@ -223,6 +223,33 @@ def test_prepare_never_writes_among_other_files(tiny_folder: Path, tmp_path: Pat
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"
 
 
+def test_a_damaged_store_is_named(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A manifest that is not JSON (or lacks its fields), a cut image file, a labels file that is not one: one line
+    naming the store (the first was "Expecting value: line 1 column 1" naming nothing, the others internal errors)."""
+    good = tmp_path / "store"
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(good), "--size", "72", "--workers", "1"]) == 0
+    damage = {
+        "manifest.json": (b"{not json", "manifest.json: damaged store manifest (Expecting property name"),
+        "train.u8": (b"\x00" * 1000, "damaged store (ValueError: mmap length is greater than file size)"),
+        "train.labels.npy": (b"garbage", "damaged store (ValueError"),
+    }
+    capsys.readouterr()
+    for name, (data, says) in damage.items():
+        bad = tmp_path / name
+        shutil.copytree(good, bad)
+        (bad / name).write_bytes(data)
+        for cmd in (
+            ["train", "--data", str(bad), "--out", str(tmp_path / "run"), *FAST],
+            ["pca-stats", "--data", str(bad)],
+        ):
+            assert main(cmd) == 2, cmd
+            err = capsys.readouterr().err.strip()
+            assert says in err and str(bad) in err and len(err.splitlines()) == 1, err
+    (good / "manifest.json").write_text('{"complete": true}')
+    with pytest.raises(UserError, match="damaged store manifest \\(not a store manifest's fields\\)"):
+        store_mod.open_store(good, "train")
+
+
 def test_store_reads_agree_and_prefetch_keeps_order(tiny_folder: Path, tmp_path: Path) -> None:
     from alexnet.data.batches import prefetch
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -209,6 +210,8 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
         "optim.lrr=0.1": "unknown config key 'optim.lrr'",
         "foo.bar=1": "no section 'foo'",
         "optim.lr=abc": "optim.lr must be a number",
+        "optim.lr=[": "optim.lr must be a number, got '['",  # not YAML: was a ParserError as an unexpected failure
+        "data.mean=[1,2": "data.mean must be a list, got '[1,2'",
         "optim.lr=0": "optim.lr must be > 0",
         "optim.lr=.inf": "optim.lr must be a finite number, got inf",  # was taken: the loss became nan
         "train.epochs=.inf": "train.epochs must be a finite number, got inf",  # was an OverflowError
@@ -224,7 +227,7 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
         "model.lrn_k=0": "model.lrn_k must be > 0 when model.lrn_beta is not 0, got lrn_k=0 with lrn_beta=0.75",
     }
     for override, message in cases.items():
-        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(UserError, match=re.escape(message)):
             apply_overrides(load_recipe("paper"), [override])
         out = tmp_path / "never"
         assert main(["train", "--out", str(out), "--set", override]) == 2
@@ -241,12 +244,13 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
     ("model: alexnet\n", "section 'model' must be a mapping"),
     ("modell:\n  name: alexnet\n", "unknown section 'modell'"),
     (None, "recipe file not found"),
+    (b"\xff\xfe\x00\x01", "not valid YAML"),  # not text: was "'utf-8' codec can't decode", without the file
 ])  # fmt: skip
-def test_a_recipe_file_that_is_not_a_recipe_is_one_line(text: str | None, says: str, tmp_path: Path,
+def test_a_recipe_file_that_is_not_a_recipe_is_one_line(text: str | bytes | None, says: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     recipe, out = tmp_path / "mine.yaml", tmp_path / "run"
     if text is not None:
-        recipe.write_text(text)
+        recipe.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["train", "--recipe", str(recipe), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and str(recipe) in err and len(err.splitlines()) == 1 and not out.exists()

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from .errors import describe
+from .errors import crash_log_at, describe
 from .options import add_amp, add_device, add_force, add_samples, add_tta, positive, quality, workers
 from .runlog import setup_logging
 
@@ -353,19 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):  # a bare `alexnet`: what it can do, as pip and git say it
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # a bare `alexnet`: what it can do, as pip and git say it
         parser.print_help()
         return 0
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # a mistake in the arguments (said in one line), --help or --version
         return e.code if isinstance(e.code, int) else 2
+    crash_log_at(None)  # until a command names its own (train: the run's crash.log)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader that left (`| head`) is met here, not by the interpreter's last flush
         return code
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure is one line (errors.describe)
-        said = describe(e)
+        said = describe(e, argv)
         if said is None:  # ALEXNET_DEBUG=1: the traceback of an unexpected failure
             raise
         if said[0]:

@@ -7,6 +7,7 @@ typo or an impossible value fails before any work starts, with one line naming t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -182,8 +183,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if bool in args and isinstance(value, str) and value.lower() == "auto":
             return None  # an optional switch: None means "decide for the device" (tuning.py)
         return _coerce(key, value, next(a for a in args if a is not type(None)))
-    if origin is list:
-        value = yaml.safe_load(value) if isinstance(value, str) else value
+    if origin is list:  # (a string was read as YAML by set_value)
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list, got {value!r}")
         return [_coerce(key, v, args[0]) for v in value]
@@ -307,11 +307,9 @@ def from_dict(d: dict[str, Any], where: str = "config") -> Config:
             continue
         if section not in SECTIONS:
             raise UserError(f"{where}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}, recipe")
-        if values is None:
-            continue
-        if not isinstance(values, dict):
+        if not isinstance(values, dict | None):
             raise UserError(f"{where}: section {section!r} must be a mapping")
-        for k, v in values.items():
+        for k, v in (values or {}).items():
             set_value(cfg, f"{section}.{k}", v)
     check(cfg)
     return cfg
@@ -329,7 +327,8 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
     if name not in hints:
         raise UserError(f"unknown config key {key!r}; {section} has: {', '.join(hints)}")
     if isinstance(value, str) and hints[name] not in (str, str | None) and value.strip():
-        value = yaml.safe_load(value)
+        with contextlib.suppress(yaml.YAMLError):  # not YAML (optim.lr=[): the type's check names the text
+            value = yaml.safe_load(value)
     setattr(obj, name, _coerce(key, value, hints[name]))
 
 
@@ -344,7 +343,7 @@ def load_recipe(name_or_path: str) -> Config:
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise UserError(f"recipe file not found: {name_or_path}")
-        text, where = path.read_text(), str(path)
+        text, where = path.read_text(encoding="utf-8", errors="replace"), str(path)  # not text: not valid YAML
     else:
         if name_or_path not in list_recipes():
             raise UserError(

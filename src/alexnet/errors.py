@@ -1,42 +1,131 @@
-"""The one exception type for user mistakes, and how any failure reaches the user: one line, no traceback."""
+"""The one exception type for user mistakes, and how any failure reaches the user: one line, no traceback.
+
+A failure is the user's (exit 2, "error: ...") when it was raised on purpose (``UserError``), or is an OS error
+on a path the command line gave or one inside it (``--data DIR``'s images, ``--out RUN``'s checkpoints: no
+permission, a file gone, a folder where a file goes), or a full disk anywhere. Paths are told apart here, by
+comparing the error's file names with the arguments, rather than by converting at every place that opens a
+user's path: those are dozens, inside PIL, numpy, torch, safetensors and the standard library, and a place
+missed would be either a user's mistake reported as our bug or our bug reported as theirs. The price: a bug
+of ours that opens a wrong file inside a folder the user named still reads as theirs (its message names the
+file). A path the user gave only indirectly (the data folder a run's config.yaml records) reads as ours.
+
+Anything else is an internal error (exit 1): one line saying so, and the traceback written to a file the line
+names: the run directory's ``crash.log`` once ``train`` knows its run (``crash_log_at``), else a temporary
+``alexnet-crash-*.log``. ``ALEXNET_DEBUG=1`` re-raises it instead, traceback and all.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import select
+import shlex
 import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
 
 
 class UserError(Exception):
     """Bad input from the user (paths, options, files). ``str(e)`` is the whole message."""
 
 
-def describe(e: BaseException) -> tuple[str, int] | None:
-    """The line printed after "alexnet COMMAND: " for a failure, and the exit code; None for an unexpected one
-    under ``ALEXNET_DEBUG=1`` (the caller re-raises it, traceback and all)."""
+class UserValueError(UserError, ValueError):
+    """A value a library function refuses (a model's input size, an unknown model or layer name): a UserError to
+    the command line, and to Python callers the ValueError that torch's and torchvision's own checks raise."""
+
+
+_crash_log: str | None = None  # where the next internal error's traceback goes; None: a temporary file
+_DISK_FULL = (
+    errno.ENOSPC,
+    getattr(errno, "EDQUOT", errno.ENOSPC),
+)  # the machine's state wherever it is met, never the code's
+
+
+def crash_log_at(path: str | os.PathLike[str] | None) -> None:
+    """Write the next internal error's traceback to ``path`` (appended; used while its folder exists), e.g. a
+    run directory's crash.log; None: to a temporary file. The command line resets it before each command."""
+    global _crash_log
+    _crash_log = None if path is None else os.fspath(path)
+
+
+def describe(e: BaseException, argv: Sequence[str] = ()) -> tuple[str, int] | None:
+    """The line printed after "alexnet COMMAND: " for a failure of the command run with ``argv``, and the exit
+    code; None for an internal error under ``ALEXNET_DEBUG=1`` (the caller re-raises it, traceback and all)."""
     first = str(e).splitlines()[0] if str(e) else ""
     if isinstance(e, BrokenPipeError) and _stdout_gone():  # `alexnet predict ... | head`: the reader has left
         return "", 141  # nothing to say, as a shell's own tools (128 + SIGPIPE)
     if isinstance(e, UserError):
-        return f"error: {e}", 2
+        return f"error: {_worker_message(str(e))}", 2
     if isinstance(e, KeyboardInterrupt):
         return "interrupted", 130
-    if isinstance(e, ValueError):  # the first line: one raised in a data-loader worker carries its traceback
-        return f"error: {first or type(e).__name__}", 2
-    if isinstance(e, FileNotFoundError):
-        return f"error: no such file: {e.filename or e}", 2
-    if isinstance(e, OSError):  # a path the command cannot use (a file where a folder goes, no permission, disk full)
+    if isinstance(e, OSError) and (e.errno in _DISK_FULL or _on_given_path(e, argv)):
+        if isinstance(e, FileNotFoundError):
+            return f"error: no such file: {e.filename}", 2
         return f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", 2
     if isinstance(e, _torch_oom()) or "can't allocate memory" in first:  # CUDA/MPS; the CPU allocator's RuntimeError
         asked = re.search(r"allocate (\d+) bytes", first)  # the CPU allocator says how much it was asked for
         what = f"{int(asked[1]) / 2**30:.1f} GiB asked for" if asked else first[:120]
         return (f"error: out of memory on the device ({what}); lower --batch-size (or the image size), or use "
                 "train.amp=bf16/fp16 where the device has it", 2)  # fmt: skip
+    if "out of shared memory" in first:  # torch's DataLoader: a worker's bus error (a container's small /dev/shm)
+        return ("error: the data-loader workers ran out of shared memory (/dev/shm, small in containers): give it "
+                "more (docker --shm-size) or use fewer workers (--set data.workers=0)", 2)  # fmt: skip
     if os.environ.get("ALEXNET_DEBUG"):
         return None
-    return (f"error: {type(e).__name__}: {first[:300]} (an unexpected failure: rerun with ALEXNET_DEBUG=1 for "
-            "the traceback)", 1)  # fmt: skip
+    where = _write_traceback(e, argv)
+    said = (
+        f"traceback written to {where}" if where else "the traceback could not be written: rerun with ALEXNET_DEBUG=1"
+    )
+    return f"internal error: {type(e).__name__}: {first[:300]}; {said} (please report it)", 1
+
+
+def _worker_message(text: str) -> str:
+    """A UserError's own message; one re-raised from a data-loader worker (torch's ExceptionWrapper: "Caught
+    UserError in DataLoader worker process 0", then the worker's traceback) has it on the traceback's last line."""
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        return text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def _on_given_path(e: OSError, argv: Sequence[str]) -> bool:
+    """Whether the OS error's file is an argument (``--out X``, ``--out=X``, ``--set data.path=X``, a glob's
+    folder) or lies inside one."""
+    names = [os.path.abspath(os.fsdecode(n)) for n in (e.filename, e.filename2) if isinstance(n, (str, bytes)) and n]
+    given = set()
+    for arg in argv:
+        for text in {arg, arg.split("=", 1)[-1]}:
+            cut = min((text.index(c) for c in "*?[" if c in text), default=None)  # a glob: the folder it is in
+            text = text if cut is None else os.path.dirname(text[:cut]) or "."
+            if text:
+                given |= {os.path.abspath(text), os.path.realpath(text)}
+    return any(n == g or n.startswith(g.rstrip(os.sep) + os.sep) for n in names for g in given)
+
+
+def _write_traceback(e: BaseException, argv: Sequence[str]) -> str | None:
+    """Append the traceback, under a line saying when, which command and which versions, to the crash log (while
+    its folder exists), else to a new temporary file; the file written, or None when neither could be."""
+    versions = [f"{m} {getattr(sys.modules.get(m), '__version__', '')}".strip() for m in ("alexnet", "torch")
+                if m in sys.modules] + [f"python {sys.version.split()[0]}", sys.platform]  # fmt: skip
+    rank = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
+    text = (f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}{rank} alexnet {shlex.join(argv)} [{', '.join(versions)}]\n"
+            + "".join(traceback.format_exception(type(e), e, e.__traceback__)))  # fmt: skip
+    if _crash_log is not None and os.path.isdir(os.path.dirname(_crash_log) or "."):
+        try:
+            with open(_crash_log, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(text)
+            return _crash_log
+        except OSError:
+            pass
+    try:
+        fd, path = tempfile.mkstemp(prefix="alexnet-crash-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return None
 
 
 def _stdout_gone() -> bool:

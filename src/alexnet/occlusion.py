@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import UserValueError
 from .inference import autocast
 
 GRID = 28  # ~28 x 28 patch positions per image: 784 forward passes, batched (seconds on a CPU for 227 px)
@@ -43,7 +44,7 @@ def occlusion_map(model: nn.Module, x: torch.Tensor, target: int | None = None, 
     patch = patch or max(1, s // 5)
     stride = stride or max(1, (s - patch) // (GRID - 1))
     if not 0 < patch <= s:
-        raise ValueError(f"the occluding square must be 1 to {s} px (the crop), got {patch}")
+        raise UserValueError(f"the occluding square must be 1 to {s} px (the crop), got {patch}")
     with autocast(x.device, amp):
         base = model(x[None]).float().softmax(-1)[0]
     target = int(base.argmax()) if target is None else target
@@ -79,7 +80,7 @@ def receptive_field(model: nn.Module, layer: str = "conv5") -> tuple[int, int, f
             jump *= s
         if name == layer:
             return rf, jump, start
-    raise ValueError(f"no layer {layer!r} in model.features")
+    raise UserValueError(f"no layer {layer!r} in model.features")
 
 
 def _pair(v: int | tuple[int, ...]) -> int:
@@ -136,7 +137,7 @@ def resolve_layer(model: nn.Module, layer: str) -> str:
     convs = [n for n, m in model.features.named_children() if isinstance(m, nn.Conv2d)]
     if layer == "conv5" and len(convs) == 5:
         return convs[-1]
-    raise ValueError(f"no layer {layer!r} in model.features (have {', '.join(names)})")
+    raise UserValueError(f"no layer {layer!r} in model.features (have {', '.join(names)})")
 
 
 def _relu_after(model: nn.Module, layer: str) -> str:

@@ -22,7 +22,7 @@ from .engine.budget import check_plan, command_age, plan_run
 from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup, write_run_files
 from .engine.state import TrainState
-from .errors import UserError
+from .errors import UserError, crash_log_at
 from .locks import lock_dir, unlock_dir
 from .rundir import claim_run_dir, remove_if_empty
 from .runlog import setup_logging
@@ -110,6 +110,7 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
         if resume:
             is_file = Path(resume).is_file()
             run_dir = ckpt_io.run_dir_of(Path(resume)) if is_file else Path(resume)
+            crash_log_at(run_dir / "crash.log")
             if distributed.launch_rank() == 0 and run_dir.is_dir():  # before its checkpoint is read: no other
                 lock_dir(run_dir, "training into")  # process can replace it while this one starts (make_run_dir)
             ck, path = ckpt_io.load_for_resume(Path(resume) if is_file else run_dir)
@@ -124,6 +125,7 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             name = f"{cfg.recipe}-{cfg.model.name}-{stamp}"
             run_dir, made = (Path(out), False) if out else claim_run_dir(Path("runs"), name)
+            crash_log_at(run_dir / "crash.log")  # an internal error's traceback, once the directory exists
         result = train(cfg, run_dir, ck, started=started)
     except BaseException:
         if made:  # the directory claimed above, if nothing was written into it

@@ -8,7 +8,6 @@ The config reaching here is resolved (``engine.setup.resolve_config``): ``data.c
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from .classes import is_imagenet
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
 from .preprocess import Preprocess
 from .stats import STATS_FILENAME, ColourStats, compute_stats
-from .store import MANIFEST, StoreImages, is_store, open_store
+from .store import StoreImages, is_store, open_store, read_manifest
 from .transforms import BatchAugment, Normalizer, random_resized_crop, resize_square
 
 log = logging.getLogger("alexnet")
@@ -71,7 +70,7 @@ class SplitData:
 
 def store_size(path: str) -> int | None:
     """The side of a prepared store's images (from its manifest alone), or None when ``path`` is not a store."""
-    return int(json.loads((Path(path) / MANIFEST).read_text())["size"]) if is_store(path) else None
+    return int(read_manifest(Path(path))["size"]) if is_store(path) else None
 
 
 def data_of(given: str | None, cfg: Config | None, what: str) -> str | None:

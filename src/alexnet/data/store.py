@@ -46,6 +46,17 @@ def is_store(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def read_manifest(root: Path, advice: str = "prepare the store again into a new folder") -> dict[str, Any]:
+    """A store's manifest, or one line naming it when it is damaged (not JSON, not a manifest's fields)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        if not isinstance(manifest, dict) or {"size", "format", "classes", "splits"} - manifest.keys():
+            raise ValueError("not a store manifest's fields")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{root / MANIFEST}: damaged store manifest ({e}); {advice}") from None
+    return manifest
+
+
 def _encode(args: tuple[str, int, str, int]) -> tuple[bytes | None, str | None]:
     path, size, fmt, quality = args
     try:
@@ -103,10 +114,7 @@ def _prepare_locked(src: Path, dst: Path, indexes: dict[str, FolderIndex], size:
     mpath = dst / MANIFEST
     manifest: dict[str, Any]
     if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except ValueError:
-            raise UserError(f"{mpath}: unreadable store manifest; choose another --out or remove it") from None
+        manifest = read_manifest(dst, "choose another --out or remove it")
         if (manifest["size"], manifest["format"], manifest["classes"]) != (size, fmt, train.classes):
             raise UserError(f"{dst} holds a store with other settings; choose another --out or remove it")
         if manifest.get("source", str(src.resolve())) != str(src.resolve()):  # (a resume would mix two folders)
@@ -328,15 +336,22 @@ def _not_all_first(root: Path, split: str, manifest: dict[str, Any]) -> bool:
 
 
 def open_store(path: str | Path, split: str) -> tuple[StoreImages, torch.Tensor, list[str]]:
+    """A split's images, labels and class names; a damaged store (a file cut, removed or not its kind) is named."""
     root = Path(path)
-    manifest = json.loads((root / MANIFEST).read_text())
+    manifest = read_manifest(root)
     if not manifest.get("complete"):
         raise UserError(
             f"{root}: the store is incomplete; run `alexnet prepare` again with the same arguments to finish it"
         )
     if split not in manifest["splits"]:
         raise UserError(f"{root}: the store has no {split!r} split")
-    labels = torch.from_numpy(np.load(root / f"{split}.labels.npy"))
+    try:
+        labels = torch.from_numpy(np.load(root / f"{split}.labels.npy"))
+        images = StoreImages(root, split, manifest)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(
+            f"{root}: damaged store ({type(e).__name__}: {e}); prepare it again into a new folder"
+        ) from None
     if (
         len(manifest["classes"]) > 1
         and len(labels) > 1
@@ -346,13 +361,13 @@ def open_store(path: str | Path, split: str) -> tuple[StoreImages, torch.Tensor,
         # what a second prepare of a complete store wrote before it left finished splits alone (README "prepare")
         raise UserError(f"{root}: every {split} label is 0 ({len(manifest['classes'])} classes): written by an "
                         "older `alexnet prepare` run twice; prepare the store again into a new folder")  # fmt: skip
-    return StoreImages(root, split, manifest), labels, manifest["classes"]
+    return images, labels, manifest["classes"]
 
 
 def verify(path: str | Path) -> list[str]:
     """Files whose sha256 differs from the manifest's (empty list: the store is intact)."""
     root = Path(path)
-    manifest = json.loads((root / MANIFEST).read_text())
+    manifest = read_manifest(root)
     bad = []
     for info in manifest["splits"].values():
         for f, digest in info.get("sha256", {}).items():

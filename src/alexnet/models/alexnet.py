@@ -12,6 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..errors import UserValueError
 from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size, pool_to_grid
 from .lrn import PAPER_LRN, GroupedLRN
 
@@ -49,7 +50,7 @@ class AlexNet(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in ("lrn", "bn"):
-            raise ValueError(f"norm must be 'lrn' or 'bn', got {norm!r}")
+            raise UserValueError(f"norm must be 'lrn' or 'bn', got {norm!r}")
         self.num_classes = num_classes
         self.norm = norm
         bn = norm == "bn"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import UserValueError
+
 INIT_SCHEMES = ("paper", "kaiming", "default")
 
 # 1-based positions among the convolutions / linear layers whose bias the paper sets to 1.
@@ -22,7 +24,7 @@ PAPER_BIAS_ONE_FC = (6, 7)  # fc6, fc7 are the 1st and 2nd linear layers
 
 def init_weights(model: nn.Module, scheme: str) -> None:
     if scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
+        raise UserValueError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             nn.init.ones_(m.weight)

@@ -8,17 +8,18 @@ import torch
 from torch import nn
 
 from .. import keyed_random
+from ..errors import UserValueError
 
 DROPOUT_STREAMS = {"fc6": 106, "fc7": 107}  # keyed_random streams of the two dropout layers
 
 
 def check_input_size(x: torch.Tensor, minimum: int, name: str) -> None:
-    """Raise a ValueError naming the minimum when an input is too small for the network."""
+    """Raise a UserValueError (a ValueError) naming the minimum when an input is too small for the network."""
     if x.dim() != 4:
-        raise ValueError(f"{name} expects a 4-d batch (B, 3, H, W), got shape {tuple(x.shape)}")
+        raise UserValueError(f"{name} expects a 4-d batch (B, 3, H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
     if h < minimum or w < minimum:
-        raise ValueError(f"{name} needs inputs of at least {minimum}x{minimum} pixels, got {h}x{w}")
+        raise UserValueError(f"{name} needs inputs of at least {minimum}x{minimum} pixels, got {h}x{w}")
 
 
 def pool_to_grid(x: torch.Tensor, pool: nn.AdaptiveAvgPool2d) -> torch.Tensor:

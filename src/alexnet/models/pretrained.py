@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, UserValueError
 
 PRETRAINED = {("alexnet_owt", "torchvision")}
 
@@ -17,7 +17,7 @@ PRETRAINED = {("alexnet_owt", "torchvision")}
 def load_pretrained(model: nn.Module, name: str, weights: str) -> None:
     if (name, weights) not in PRETRAINED:
         have = ", ".join(f"{m} weights={w!r}" for m, w in sorted(PRETRAINED))
-        raise ValueError(f"no pretrained weights {weights!r} for {name}; available: {have}")
+        raise UserValueError(f"no pretrained weights {weights!r} for {name}; available: {have}")
     from torchvision.models import AlexNet_Weights
 
     try:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserValueError
 from .alexnet import AlexNet
 from .init import init_weights
 from .owt import AlexNetOWT
@@ -73,7 +74,7 @@ def list_models() -> list[str]:
 
 def get_model_info(name: str) -> ModelInfo:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        raise UserValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name]
 
 
@@ -105,13 +106,13 @@ def create_model(
     """
     info = get_model_info(name)
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise UserValueError(f"num_classes must be at least 1, got {num_classes}")
     if seed is not None:
         torch.manual_seed(seed)
     try:
         model = info.builder(num_classes=num_classes, **options)
     except TypeError as e:
-        raise ValueError(f"bad option for {name}: {e}") from None
+        raise UserValueError(f"bad option for {name}: {e}") from None
     init_weights(model, init or info.default_init)
     if weights is not None:
         from .pretrained import load_pretrained

@@ -38,10 +38,8 @@ class UserValueError(UserError, ValueError):
 
 
 _crash_log: str | None = None  # where the next internal error's traceback goes; None: a temporary file
-_DISK_FULL = (
-    errno.ENOSPC,
-    getattr(errno, "EDQUOT", errno.ENOSPC),
-)  # the machine's state wherever it is met, never the code's
+# a full disk (or quota): the machine's state wherever it is met, never the code's
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def crash_log_at(path: str | os.PathLike[str] | None) -> None:
@@ -55,8 +53,9 @@ def describe(e: BaseException, argv: Sequence[str] = ()) -> tuple[str, int] | No
     """The line printed after "alexnet COMMAND: " for a failure of the command run with ``argv``, and the exit
     code; None for an internal error under ``ALEXNET_DEBUG=1`` (the caller re-raises it, traceback and all)."""
     first = str(e).splitlines()[0] if str(e) else ""
-    if isinstance(e, BrokenPipeError) and _stdout_gone():  # `alexnet predict ... | head`: the reader has left
-        return "", 141  # nothing to say, as a shell's own tools (128 + SIGPIPE)
+    if isinstance(e, BrokenPipeError):  # `alexnet predict ... | head`: the reader has left
+        # nothing to say, as a shell's own tools (128 + SIGPIPE); where that cannot be told (no poll: Windows), a line
+        return ("", 141) if _stdout_gone() else ("error: the output's reader left before the end (Broken pipe)", 2)
     if isinstance(e, UserError):
         return f"error: {_worker_message(str(e))}", 2
     if isinstance(e, KeyboardInterrupt):

@@ -17,11 +17,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.foreign import CAFFE_MEAN_BGR, CONVS
 from alexnet.weights import load_weights
 
 CLASSES = 10
-LRN = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
+# The reference network's layout, written out from Caffe's models/bvlc_alexnet/deploy.prototxt (BVLC, the model
+# zoo's bvlc_alexnet), not from the code under test: convolution_param num_output, kernel_size, group, stride and
+# pad per layer; the input channels a group sees are the previous layer's outputs divided by its group (3, 96/2,
+# 256, 384/2, 384/2). Krizhevsky et al. 2012 Fig. 2 has the same maps and kernels (5 convolutions, two towers).
+CONVS = [  # (num_output, input channels per group, kernel_size, group, stride, pad)
+    (96, 3, 11, 1, 4, 0),  # conv1
+    (256, 48, 5, 2, 1, 2),  # conv2
+    (384, 256, 3, 1, 1, 1),  # conv3
+    (384, 192, 3, 2, 1, 1),  # conv4
+    (256, 192, 3, 2, 1, 1),  # conv5
+]
+LRN = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}  # deploy.prototxt's lrn_param; k is Caffe's default
+# BGR mean pixel: ilsvrc_2012_mean.npy averaged per channel is (104.007, 116.669, 122.679), printed by Caffe's
+# examples/00-classification.ipynb; Caffe's examples round it to mean_value 104, 117, 123
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 
 
 # --- protobuf wire format, by hand -------------------------------------------------------------------------

@@ -314,24 +314,61 @@ def test_transforms_accept_any_size_and_mode(tmp_path: Path, w: int, h: int, mod
     assert random_resized_crop(24, 0.08)(rgb).shape == (3, 24, 24)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(min_size=0, max_size=2000), ext=st.sampled_from([".jpg", ".png", ".gif", ".bmp", ".webp"]))
-def test_random_bytes_only_raise_image_error(tmp_path: Path, data: bytes, ext: str) -> None:
-    path = tmp_path / f"blob{ext}"
-    path.write_bytes(data)
-    try:
-        load_rgb(path)
-    except ImageError as e:
-        assert str(path) in str(e)
+def _refused_naming(e: ImageError, path: Path) -> None:
+    """What a user reads of a bad file: one line that starts with the file's name and says why."""
+    said = str(e)
+    assert said.startswith(f"{path}: ") and len(said) > len(f"{path}: ") and "\n" not in said, said
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=0, max_size=2000), ext=st.sampled_from([".jpg", ".png", ".gif", ".bmp", ".webp"]))
+def test_random_bytes_are_refused_naming_the_file(tmp_path: Path, data: bytes, ext: str) -> None:
+    path = tmp_path / f"blob{ext}"
+    path.write_bytes(data)
+    try:
+        rgb = load_rgb(path)
+    except ImageError as e:
+        _refused_naming(e, path)
+    else:  # bytes that happen to be an image: then an RGB one, as any image
+        assert rgb.mode == "RGB" and min(rgb.size) >= 1
+
+
+IMAGE_FORMATS = {".jpg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP", ".webp": "WEBP"}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ext=st.sampled_from(sorted(IMAGE_FORMATS)), w=st.integers(1, 48), h=st.integers(1, 48),
+       cut=st.floats(0, 1), tail=st.binary(max_size=300))  # fmt: skip
+def test_a_damaged_image_is_refused_naming_the_file_or_decodes_whole(tmp_path: Path, ext: str, w: int, h: int,
+                                                                    cut: float, tail: bytes) -> None:  # fmt: skip
+    """A valid image of each format, followed by junk (cameras and editors append data), decodes to its own size
+    and pixels; cut anywhere, it is refused naming the file, or (its pixels all there) decodes at its own size."""
+    pixels = np.random.default_rng(w * 100 + h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path = tmp_path / f"image{ext}"
+    Image.fromarray(pixels).save(path, IMAGE_FORMATS[ext])
+    good = path.read_bytes()
+    want = np.asarray(load_rgb(path))
+    assert want.shape == (h, w, 3) and (ext not in (".png", ".bmp") or np.array_equal(want, pixels))  # lossless
+    path.write_bytes(good + tail)
+    assert np.array_equal(np.asarray(load_rgb(path)), want)
+    path.write_bytes(good[: int(len(good) * cut)])
+    try:
+        rgb = load_rgb(path)
+    except ImageError as e:
+        _refused_naming(e, path)
+    else:
+        assert rgb.mode == "RGB" and rgb.size == (w, h)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prefix=st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM"]),
        tail=st.binary(min_size=0, max_size=500))  # fmt: skip
-def test_corrupt_headers_only_raise_image_error(tmp_path: Path, prefix: bytes, tail: bytes) -> None:
+def test_corrupt_headers_are_refused_naming_the_file(tmp_path: Path, prefix: bytes, tail: bytes) -> None:
     path = tmp_path / "blob.img"
     path.write_bytes(prefix + tail)
     try:
-        load_rgb(path)
-    except ImageError:
-        pass
+        rgb = load_rgb(path)
+    except ImageError as e:
+        _refused_naming(e, path)
+    else:
+        assert rgb.mode == "RGB" and min(rgb.size) >= 1

@@ -4,7 +4,11 @@ the previous format still loading."""
 from __future__ import annotations
 
 import ast
+import json
+import os
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -98,54 +102,125 @@ def test_functions_and_modules_fit_on_a_screen() -> None:
     assert not long_functions and not long_modules, long_functions + long_modules
 
 
-def _v1_checkpoint(tmp_path: Path) -> Path:
-    """A checkpoint dict exactly as version 0.1 wrote it (train.make_checkpoint before the engine split)."""
-    from alexnet import create_model
-    from alexnet.config import Config
-    from alexnet.optim import Schedule
+V0_1 = json.loads((Path(__file__).parent / "data" / "v0.1.0-checkpoints.json").read_text())
 
-    cfg = Config()
-    cfg.model.name, cfg.model.init = "alexnet_owt", "kaiming"
-    cfg.data.path, cfg.data.resize, cfg.data.crop = None, 72, 67
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.amp, cfg.train.channels_last = 2, 64, "none", False
-    cfg.optim.lr = 0.002
-    cfg.train.compile, cfg.schedule.name = False, "constant"
-    torch.manual_seed(0)
-    model = create_model("alexnet_owt", 10, init="kaiming")
-    opt = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
-    model(torch.randn(2, 3, 67, 67)).sum().backward()
-    opt.step()
-    sched = Schedule(opt, cfg.schedule, 0.002, 2, 23)
-    ck = {
-        "format": "alexnet-checkpoint/1", "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "schedule": sched.state_dict(), "scaler": None, "epoch": 1, "step_in_epoch": 0, "global_step": 10,
-        "best": {"val_top1": 0.5, "val_top5": 0.9, "epoch": 1},
-        "partial": {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0},
-        "rng": {"torch": torch.get_rng_state(), "python": [1, 2, 3]}, "config": cfg.to_dict(),
-        "variant": "alexnet_owt", "class_names": [str(d) for d in range(10)],
-        "preprocess": {"resize": 72, "crop": 67, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-                       "mean_image": None, "builtin_digits": True},
-        "world_size": 1,
-    }  # fmt: skip
-    path = tmp_path / "run" / "checkpoints" / "last.pt"
-    path.parent.mkdir(parents=True)
+
+def _made(desc: Any, g: torch.Generator, data: Path, key: str = "") -> Any:
+    """A value of the structure 0.1.0 wrote (tests/data/v0.1.0-checkpoints.json): tensors of its dtypes and
+    shapes, made here (seeded; weights at the paper's init scale), a valid RNG state where it saved one."""
+    if isinstance(desc, list):
+        return [_made(v, g, data, key) for v in desc]
+    if isinstance(desc, str):
+        return desc.replace("DATA", str(data))
+    if not isinstance(desc, dict):
+        return desc
+    if "__tensor__" in desc:
+        dtype, shape = getattr(torch, desc["__tensor__"]), desc["shape"]
+        if key == ".rng.torch":  # the generator's own state: made by a generator
+            state = torch.Generator().manual_seed(1).get_state()
+            assert (state.dtype, list(state.shape)) == (dtype, shape)
+            return state
+        return (
+            (torch.randn(shape, generator=g) * 0.01).to(dtype)
+            if dtype.is_floating_point
+            else torch.zeros(shape, dtype=dtype)
+        )
+    if "__ints__" in desc:  # Python's Mersenne Twister state
+        state = list(random.Random(1).getstate()[1])
+        assert len(state) == desc["__ints__"]
+        return state
+    if "__int_keys__" in desc:
+        return {int(k): _made(v, g, data, f"{key}.{k}") for k, v in desc["__int_keys__"].items()}
+    return {k: _made(v, g, data, f"{key}.{k}") for k, v in desc.items()}
+
+
+def _v0_1_run(name: str, root: Path) -> tuple[Path, dict[str, Any], Path]:
+    """The run directory 0.1.0 left (checkpoint, metrics.jsonl, stats.npz), its data folder, and the checkpoint."""
+    import numpy as np
+
+    from .conftest import make_imagefolder
+
+    rec, data = V0_1["runs"][name], make_imagefolder(root / "data")  # DATA as 0.1.0's run had it
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ck = _made(rec["contents"], torch.Generator().manual_seed(0), data)
+    path = run / rec["checkpoint"]
     torch.save(ck, path)
-    return path
+    if path.name != "last.pt":  # 0.1.0's publish: last.pt is a hard link to the newest step file
+        os.link(path, run / "checkpoints" / "last.pt")
+    (run / "metrics.jsonl").write_text("".join(row + "\n" for row in rec["metrics.jsonl"]))
+    stats = {k: np.asarray(a["values"], dtype=a["dtype"]) if "values" in a else
+             np.asarray(ck["preprocess"]["mean_image"], dtype=a["dtype"]) for k, a in rec["stats.npz"].items()}  # fmt: skip
+    assert list(stats["mean_image"].shape) == rec["stats.npz"]["mean_image"]["shape"]
+    np.savez(run / "stats.npz", **{k: np.char.replace(v, "DATA", str(data)) if v.dtype.kind == "U" else v
+                                   for k, v in stats.items()})  # fmt: skip
+    return run, ck, path
 
 
-def test_checkpoints_of_version_0_1_still_load_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("name", sorted(V0_1["runs"]))
+def test_runs_of_version_0_1_still_load_predict_and_resume(name: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """What 0.1.0's own code wrote (keys, nesting, dtypes, shapes and values of its checkpoints; a mid-epoch
+    step checkpoint of the paper's network and an epoch-end one of a --towers cpu,cpu run, whose optimizer
+    state is in the tower form) loads with its weights, classes and preprocessing, predicts, and resumes."""
+    from alexnet import checkpoint as ckpt_io
     from alexnet.cli import main
     from alexnet.weights import load_weights
 
-    path = _v1_checkpoint(tmp_path)
+    run, ck, path = _v0_1_run(name, tmp_path)
     w = load_weights(str(path))
-    assert w.variant == "alexnet_owt" and w.preprocess.crop == 67 and w.preprocess.mean == (0.5, 0.5, 0.5)
-    x = torch.randn(1, 3, 67, 67)
-    with torch.no_grad():
-        assert torch.equal(w.model(x), w.model(x)) and w.model(x).shape == (1, 10)
-    assert main(["evaluate", str(path), "--json"]) == 0
-    assert '"n": 359' in capsys.readouterr().out
-    assert main(["train", "--resume", str(path.parents[1]), "--set", "data.workers=0"]) == 0  # epoch 2 of 2
-    from alexnet import checkpoint as ckpt_io
+    assert w.variant == "alexnet" and w.class_names == ["class_0", "class_1", "class_2"]
+    pre = ck["preprocess"]
+    assert (w.preprocess.resize, w.preprocess.crop) == (72, 67) and w.preprocess.mean == tuple(pre["mean"])
+    assert torch.equal(w.preprocess.mean_image, pre["mean_image"])  # what predict subtracts (normalize: pixel)
+    state = w.model.state_dict()
+    assert sorted(state) == sorted(ck["model"]) and all(torch.equal(state[k], v) for k, v in ck["model"].items())
+    image = str(tmp_path / "data" / "val" / "class_1" / "img_0.png")
+    assert main(["predict", str(path), image, "--json", "--topk", "3"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (
+        sorted(c["class"] for c in row["top"]) == w.class_names and abs(sum(c["prob"] for c in row["top"]) - 1) < 1e-4
+    )
+    assert main(["evaluate", str(run), "--json"]) == 0 and json.loads(capsys.readouterr().out)["n"] == 9
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0  # mid-epoch 2 of 2, or epoch 1 of 1 -> 2
+    done = ckpt_io.load(run / "checkpoints" / "last.pt")
+    assert (done["epoch"], done["step_in_epoch"], done["global_step"]) == (2, 0, 6)  # 3 steps an epoch
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
 
-    assert ckpt_io.load(path.parent / "last.pt")["epoch"] == 2
+
+def test_one_version_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`alexnet --version`, alexnet.__version__, the metadata a wheel or an editable install of this checkout
+    gets (setuptools reads the version from the package: its one home), the installed package's when it was
+    installed from this checkout, and CHANGELOG.md's latest release agree."""
+    import contextlib
+    import importlib.metadata
+    import io
+    import re
+    import shutil
+
+    from setuptools import build_meta
+
+    import alexnet
+    from alexnet.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"alexnet {alexnet.__version__}\n"
+    copy = tmp_path / "checkout"  # (metadata is built beside the sources: not in the checkout itself)
+    shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, copy / name)
+    (copy / "out").mkdir()
+    monkeypatch.chdir(copy)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        info = build_meta.prepare_metadata_for_build_wheel(str(copy / "out"))
+    assert (
+        re.search(r"^Version: (\S+)$", (copy / "out" / info / "METADATA").read_text(), re.M)[1] == alexnet.__version__
+    )
+    installed = importlib.metadata.distribution("alexnet")
+    if Path(alexnet.__file__).resolve().is_relative_to(root) and root.as_uri() in (
+        installed.read_text("direct_url.json") or ""
+    ):
+        assert installed.version == alexnet.__version__  # (a venv installed from another checkout says its own)
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d\d-\d\d$", (root / "CHANGELOG.md").read_text(), re.M)
+    assert releases[0] == alexnet.__version__ and f"[{alexnet.__version__}]: " in (root / "CHANGELOG.md").read_text()

@@ -2,5 +2,5 @@
 
 from .models import create_model, list_models
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one home of the version: pyproject.toml reads it (CHANGELOG.md)
 __all__ = ["create_model", "list_models", "__version__"]

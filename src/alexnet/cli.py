@@ -71,9 +71,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its last checkpoint")
     p.add_argument("--seed", type=int)
-    p.add_argument("--weights", metavar="torchvision|FILE", help="start from pretrained weights: torchvision "
-                   "(alexnet_owt), or a .safetensors file / run (e.g. from import-weights); fc8 is re-initialised "
-                   "when the classes differ")  # fmt: skip
+    p.add_argument("--weights", metavar="torchvision|FILE|hf-hub:ORG/NAME", help="start from pretrained weights: "
+                   "torchvision (alexnet_owt), a .safetensors file / run (e.g. from import-weights), or a Hub repository "
+                   "of them (hf-hub:ORG/NAME[@REV]); fc8 is re-initialised when the classes differ")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="fail on unreadable training images instead of skipping them")
     p.add_argument(
         "--towers", metavar="DEV_A,DEV_B", help="the paper's two-device split, e.g. cuda:0,cuda:1 (cpu,cpu to test)"
@@ -96,7 +96,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy of a trained network on a validation set")
-    p.add_argument("weights", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("weights", metavar="WEIGHTS", help="run, checkpoint, .safetensors, hf-hub:ORG/NAME, or an "
+                   ".onnx file this package exported (run in onnxruntime with the preprocessing it carries)")  # fmt: skip
     p.add_argument("--data", help="ImageFolder root whose val/ is evaluated (default: the run's own data)")
     p.add_argument("--split-dir", help="evaluate this class-folder directory instead of DATA/val")
     add_tta(p)
@@ -141,9 +142,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k classes for image files, folders or globs")
-    p.add_argument(
-        "weights", metavar="WEIGHTS", help="run directory, checkpoint .pt, exported .safetensors, or 'torchvision'"
-    )
+    p.add_argument("weights", metavar="WEIGHTS", help="run directory, checkpoint .pt, exported .safetensors, "
+                   "hf-hub:ORG/NAME, 'torchvision', or an .onnx file this package exported (run in onnxruntime)")  # fmt: skip
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files, directories (recursive) or globs")
     p.add_argument("--topk", type=positive, default=5)
     add_tta(p)

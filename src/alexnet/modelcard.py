@@ -69,7 +69,8 @@ def train_command(cfg: dict[str, Any]) -> str:
             name = f"{section}.{key}"
             if name in _RUN_SET or (budget and name in _PLANNED) or name == "train.budget":
                 continue
-            if base.get(section, {}).get(key, object()) != value:
+            recipe_value = base.get(section, {}).get(key, object())
+            if recipe_value != value and recipe_value != "auto":  # "auto": what the run's machine resolved
                 args += ["--set", f"{name}={_flow(value)}"]
     return " ".join(shlex.quote(a) for a in args)
 
@@ -91,7 +92,8 @@ def _dataset(loaded: Loaded, cfg: dict[str, Any] | None) -> tuple[str, str] | No
 
 def front_matter(loaded: Loaded, name: str, license: str, results: dict | None, dataset: tuple | None) -> str:
     meta: dict[str, Any] = {"library_name": "alexnet", "license": license, "pipeline_tag": "image-classification",
-                            "tags": ["image-classification", "alexnet", loaded.variant, "safetensors"]}  # fmt: skip
+                            "tags": list(dict.fromkeys(["image-classification", "alexnet", loaded.variant,
+                                                        "safetensors"]))}  # fmt: skip
     if dataset:
         meta["datasets"] = [dataset[1]]
     if results and dataset:

@@ -3,8 +3,9 @@ metadata (export_meta.py) gives the classes and the preprocessing, mean images a
 (``export --with-preprocess``) included, so the output is the PyTorch path's, in its format. ONNX files from
 elsewhere (the model zoo's bvlcalexnet) carry no such metadata: they are converted once with import-weights.
 
-``OnnxModel`` stands in for the network: a module whose forward runs the session (float32; no autocast, no
-channels_last). A graph that normalises inside takes the uint8 pixels, so its callers skip the normaliser."""
+``OnnxModel`` stands in for the network: a module whose forward runs the graph in onnxruntime (float32; no
+autocast, no channels_last). A graph that normalises inside takes the uint8 pixels: its callers skip the
+normaliser."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .weights import Loaded, load_weights
 
 
 class OnnxModel(nn.Module):
-    """An onnxruntime session as a module: (B, 3, H, W) in (normalised float, or uint8 for a graph that
+    """An onnxruntime InferenceSession as a module: (B, 3, H, W) in (normalised float, or uint8 for a graph that
     normalises inside), logits (B, classes) out on the input's device."""
 
     def __init__(self, session: Any, meta: dict[str, Any]) -> None:
@@ -64,7 +65,7 @@ def _session(path: Path, device: torch.device) -> Any:
 
 
 def load_for_inference(spec: str, device: torch.device, towers: str | None = None) -> Loaded:
-    """``load_weights``, or for an ONNX file this package exported, its onnxruntime session as the model."""
+    """``load_weights``, or for an ONNX file this package exported, the file in onnxruntime as the model."""
     path = Path(spec)
     if path.suffix.lower() != ".onnx" or not path.is_file():
         return load_weights(spec, device, towers)

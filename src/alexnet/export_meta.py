@@ -3,7 +3,8 @@ package exported and how to read its output, with nothing but that document.
 
 Where it lives: an ONNX file's ``metadata_props`` entry ``alexnet`` (onnxruntime:
 ``json.loads(session.get_modelmeta().custom_metadata_map["alexnet"])``); a ``.pt2`` program's
-``extra_files["alexnet.json"]``; a Hub folder's ``config.json`` (beside ``model.safetensors``). Keys:
+``extra_files["alexnet.json"]``; a Hub folder's ``config.json`` (beside ``model.safetensors``, which its key
+``weights`` names; its ``input`` is the PyTorch network's). Keys:
 
 - ``alexnet_format``: ``"alexnet-export/1"``. A reader refuses other values; a change a reader must know of
   gets a new number.
@@ -22,7 +23,8 @@ Where it lives: an ONNX file's ``metadata_props`` entry ``alexnet`` (onnxruntime
   (only for a file identified by its checksum: foreign.py).
 
 What the consumer does, in order (``alexnet predict`` does the same):
-1. decode the image to 8-bit RGB (EXIF orientation applied; greyscale and CMYK converted to RGB, not BGR);
+1. decode the image to 8-bit RGB, not BGR (EXIF orientation applied; greyscale, CMYK and palette images converted,
+   transparency composited on white);
 2. resize it so the shorter side is ``resize`` px (bilinear with antialiasing, as PIL's ``BILINEAR``; the longer
    side ``int(resize * long / short)``), then keep the centre ``resize`` x ``resize`` square (top offset
    ``int(round((h - resize) / 2))``, likewise left);

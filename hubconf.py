@@ -4,11 +4,13 @@
     model = torch.hub.load(repo, "alexnet", weights="imported.safetensors")  # `alexnet import-weights` output
     model = torch.hub.load(repo, "alexnet_owt", weights="torchvision")       # torchvision's IMAGENET1K_V1
     model = torch.hub.load(repo, "alexnet_bn", weights="runs/fast")          # a training run or checkpoint
+    model = torch.hub.load(repo, "alexnet", weights="hf-hub:ORG/NAME")       # a Hub repository (`alexnet[hub]`)
 
 With ``weights``, the model comes in eval mode with the classes and preprocessing it was trained with as
 attributes ``class_names`` and ``preprocess`` (an ``alexnet.data.preprocess.Preprocess``); ``num_classes``
 (default 1000 without weights) must then match them, and other options are refused. Nothing is downloaded
-except torchvision's weights when asked for by name.
+except torchvision's weights and Hub repositories when asked for by name (the Hub's through huggingface_hub's
+cache: ``HF_HUB_OFFLINE=1`` works once they are there).
 """
 
 import os
@@ -39,8 +41,10 @@ def _build(variant, weights=None, num_classes=None, **options):
     if loaded.variant != variant:
         raise ValueError(f"{weights} holds {loaded.variant} weights, not {variant}")
     if num_classes not in (None, len(loaded.class_names)):  # torchvision raises here too, never a silent mismatch
-        raise ValueError(f"num_classes={num_classes}, but {weights} has {len(loaded.class_names)} classes (to "
-                         "train it on other classes: alexnet train --weights ...)")
+        raise ValueError(
+            f"num_classes={num_classes}, but {weights} has {len(loaded.class_names)} classes (to "
+            "train it on other classes: alexnet train --weights ...)"
+        )
     model = loaded.model
     model.class_names, model.preprocess = loaded.class_names, loaded.preprocess
     return model

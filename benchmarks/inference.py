@@ -1,6 +1,7 @@
 """Inference images/s: the network at batch 1 and 64 (ours on the commands' `auto` compute path, and ONNX Runtime,
-against torchvision fp32 eager), then `alexnet evaluate` and `alexnet predict` as a user runs them, against a
-pytorch/examples-style loop over the same images in the same invocation.
+against torchvision fp32 eager), then `alexnet evaluate` and `alexnet predict` as a user runs them, on the weights
+file (PyTorch) and on its ONNX export (onnxruntime), against a pytorch/examples-style loop over the same images
+in the same invocation.
 
 python benchmarks/inference.py [--iters 10] [--data ../shared/data] [--max-val 500]
 
@@ -133,9 +134,14 @@ def command_rows(data: Path, per_class: int, batch: int) -> list[list[str]]:
     val, samples = data / "imagenette2-224" / "val", data / "imagenet-samples"
     n_val = subset(val, per_class, tmp / "val")
     classes = sorted(p.name for p in val.iterdir() if p.is_dir())
+    from alexnet.export import export_onnx
+
     for n, names in ((10, classes), (1000, [str(i) for i in range(1000)])):
         model = create_model("alexnet_owt", n)
-        save_safetensors(Loaded(model, "alexnet_owt", names, Preprocess.imagenet(), None, "bench"), tmp / f"w{n}.st")
+        loaded = Loaded(model, "alexnet_owt", names, Preprocess.imagenet(), None, "bench")
+        save_safetensors(loaded, tmp / f"w{n}.st")
+        with contextlib.redirect_stdout(io.StringIO()):
+            export_onnx(loaded, tmp / f"w{n}.onnx")
     val_files = [(str(f), i) for i, c in enumerate(classes) for f in sorted((tmp / "val" / c).iterdir())]
     jpegs = sorted(str(f) for f in samples.iterdir())
     workers = default_workers(-1)
@@ -145,16 +151,19 @@ def command_rows(data: Path, per_class: int, batch: int) -> list[list[str]]:
     for what, n_img, base_fn, ours_fn in (
         (f"alexnet evaluate (Imagenette val, {n_val} images of 224 px)", n_val,
          lambda: examples_loop(val_files, 10, batch, workers),
-         lambda: alexnet(["evaluate", str(tmp / "w10.st"), "--split-dir", str(tmp / "val"), *b, "--json"])),
+         lambda w: alexnet(["evaluate", str(tmp / f"w10.{w}"), "--split-dir", str(tmp / "val"), *b, "--json"])),
         (f"alexnet predict (ImageNet samples, {len(jpegs)} full-size JPEGs)", len(jpegs),
          lambda: examples_loop([(f, 0) for f in jpegs], 1000, batch, workers),
-         lambda: alexnet(["predict", str(tmp / "w1000.st"), str(samples), *b, "--json"])),
+         lambda w: alexnet(["predict", str(tmp / f"w1000.{w}"), str(samples), *b, "--json"])),
     ):  # fmt: skip
-        timed(ours_fn)  # a first call pays the page cache and one-off lazy imports, for both
+        for w in ("st", "onnx"):  # a first call pays the page cache and one-off lazy imports, for both
+            timed(lambda: ours_fn(w))
         base = n_img / timed(base_fn)
-        ours = n_img / timed(ours_fn)
         rows.append([f"{what}: pytorch/examples loop, {workers} workers (baseline)", f"{base:.1f}", "1.00x"])
-        rows.append([f"{what}: the command, as shipped", f"{ours:.1f}", f"{ours / base:.2f}x"])
+        for w, how in (("st", "the command, as shipped (PyTorch, weights file)"),
+                       ("onnx", "the command on the ONNX export (onnxruntime fp32)")):  # fmt: skip
+            ours = n_img / timed(lambda: ours_fn(w))
+            rows.append([f"{what}: {how}", f"{ours:.1f}", f"{ours / base:.2f}x"])
     return rows
 
 

@@ -62,6 +62,7 @@ _IMPORT = (
     "convert it once with `alexnet import-weights {path} --out NAME.safetensors`, or, if this package "
     "exported it, pass the run it came from"
 )
+_OUR_ONNX = "; `alexnet predict` and `alexnet evaluate` run this package's ONNX exports as they are"
 _IMAGE = (
     "an image, not weights: WEIGHTS is a run directory, a checkpoint, a .safetensors file or 'torchvision' "
     "(predict takes WEIGHTS first, then the images)"
@@ -74,8 +75,9 @@ def foreign_kind(path: Path) -> str | None:
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix.lower() in (".onnx", ".caffemodel"):  # protobuf has no signature: the name is all there is
-        kind = "an ONNX model" if path.suffix.lower() == ".onnx" else "a Caffe model"
-        return f"{kind}: {_IMPORT.format(path=path)}"
+        if path.suffix.lower() == ".onnx":
+            return f"an ONNX model: {_IMPORT.format(path=path)}{_OUR_ONNX}"
+        return f"a Caffe model: {_IMPORT.format(path=path)}"
     if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return _IMAGE
     if zipfile.is_zipfile(path):

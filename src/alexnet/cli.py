@@ -71,9 +71,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its last checkpoint")
     p.add_argument("--seed", type=int)
-    p.add_argument("--weights", metavar="torchvision|FILE", help="start from pretrained weights: torchvision "
-                   "(alexnet_owt), or a .safetensors file / run (e.g. from import-weights); fc8 is re-initialised "
-                   "when the classes differ")  # fmt: skip
+    p.add_argument("--weights", metavar="torchvision|FILE|hf-hub:ORG/NAME", help="start from pretrained weights: "
+                   "torchvision (alexnet_owt), a .safetensors file / run (e.g. from import-weights), or a Hub repository "
+                   "of them (hf-hub:ORG/NAME[@REV]); fc8 is re-initialised when the classes differ")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="fail on unreadable training images instead of skipping them")
     p.add_argument(
         "--towers", metavar="DEV_A,DEV_B", help="the paper's two-device split, e.g. cuda:0,cuda:1 (cpu,cpu to test)"
@@ -96,7 +96,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy of a trained network on a validation set")
-    p.add_argument("weights", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("weights", metavar="WEIGHTS", help="run, checkpoint, .safetensors, hf-hub:ORG/NAME, or an "
+                   ".onnx file this package exported (run in onnxruntime with the preprocessing it carries)")  # fmt: skip
     p.add_argument("--data", help="ImageFolder root whose val/ is evaluated (default: the run's own data)")
     p.add_argument("--split-dir", help="evaluate this class-folder directory instead of DATA/val")
     add_tta(p)
@@ -141,9 +142,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k classes for image files, folders or globs")
-    p.add_argument(
-        "weights", metavar="WEIGHTS", help="run directory, checkpoint .pt, exported .safetensors, or 'torchvision'"
-    )
+    p.add_argument("weights", metavar="WEIGHTS", help="run directory, checkpoint .pt, exported .safetensors, "
+                   "hf-hub:ORG/NAME, 'torchvision', or an .onnx file this package exported (run in onnxruntime)")  # fmt: skip
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files, directories (recursive) or globs")
     p.add_argument("--topk", type=positive, default=5)
     add_tta(p)
@@ -184,18 +184,37 @@ def _export(args: argparse.Namespace) -> int:
     from .export import run_export
 
     setup_logging(verbose=False)
-    return run_export(args.weights, args.format, Path(args.out), args.force, not args.no_lrn_op)
+    return run_export(args.weights, args.format, Path(args.out), args.force, not args.no_lrn_op, args.with_preprocess,
+                      Path(args.results) if args.results else None, args.license)  # fmt: skip
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write ONNX, a torch.export program (.pt2), safetensors or TorchScript")
+    p = sub.add_parser(
+        "export",
+        help="write ONNX, a torch.export program (.pt2), safetensors, TorchScript or a Hugging Face Hub folder",
+        description="ONNX and .pt2 files carry their preprocessing as metadata (format alexnet-export/1: the ONNX "
+        "metadata entry 'alexnet', the .pt2 extra file alexnet.json): resize, crop, mean/std or the mean image, "
+        "class names. The consumer's job, always: decode to RGB (not BGR), resize the shorter side to 'resize', keep "
+        "the centre square, cut the centre 'crop' window; for the default float NCHW export also scale pixels to "
+        "[0, 1] and normalise (x - mean) / std, or subtract the mean image's same window. --with-preprocess moves "
+        "that scaling and normalisation into the graph.",
+    )
     p.add_argument("weights", metavar="WEIGHTS")
-    p.add_argument("--format", choices=["onnx", "pt2", "safetensors", "torchscript"], help="default: the one --out's "
-                   "suffix names; torchscript is deprecated by PyTorch (use pt2), kept while PyTorch ships it")  # fmt: skip
-    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["onnx", "pt2", "safetensors", "torchscript", "hub"], help="default: the one "
+                   "--out's suffix names; torchscript is deprecated by PyTorch (use pt2), kept while PyTorch ships it; "
+                   "hub: a folder holding model.safetensors, config.json and a model card README.md, to upload with "
+                   "`hf upload ORG/NAME DIR`")  # fmt: skip
+    p.add_argument("--out", required=True, help="the file to write (a folder for --format hub)")
     add_force(p)
     p.add_argument("--no-lrn-op", action="store_true", help="ONNX: write LRN as primitive operators, for runtimes "
                    "without ONNX's LRN (burn, candle, onnx2keras, ...)")  # fmt: skip
+    p.add_argument("--with-preprocess", action="store_true", help="ONNX, pt2: the graph takes uint8 RGB crops "
+                   "(N, crop, crop, 3) and scales and normalises them inside (mean/std or the mean image's centre "
+                   "window); resizing and cropping stay the consumer's job")  # fmt: skip
+    p.add_argument("--results", metavar="EVAL_JSON", help="hub: the model card's results from this `alexnet "
+                   "evaluate --json` output (default: the run's best validated epoch in metrics.jsonl)")  # fmt: skip
+    p.add_argument("--license", default="unknown", help="hub: the weights' license, as the Hub names licenses "
+                   "(e.g. mit, apache-2.0, cc-by-nc-4.0; default unknown)")  # fmt: skip
     p.set_defaults(func=_export)
 
 

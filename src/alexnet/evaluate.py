@@ -10,28 +10,29 @@ from .config import Config
 from .data.classes import display_name, is_imagenet
 from .data.loaders import build_eval_data, data_of
 from .errors import UserError
-from .inference import EvalResult, compute_path, evaluate
+from .inference import EvalResult, evaluate
 from .models import PAPER_ILSVRC2012, get_model_info
+from .onnx_runtime import inference_path, load_for_inference, takes_uint8
 from .runlog import setup_logging
-from .weights import load_weights
 
 
 def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = None, tta: str = "center",
                  batch_size: int | None = None, device: str = "auto", towers: str | None = None,
                  as_json: bool = False, amp: str = "auto", test_size: int | None = None) -> int:  # fmt: skip
-    """Evaluate ``weights`` (a run or checkpoint) on ``data``'s val split (default: the run's own data)."""
+    """Evaluate ``weights`` (a run, checkpoint, weights file, or an ONNX file this package exported) on ``data``'s
+    val split (default: the run's own data)."""
     setup_logging(verbose=not as_json)
     dist = distributed.setup(device)  # under torchrun: each rank evaluates its shard, rank 0 prints the sums
     try:
         if data and split_dir:  # (one would be ignored)
             raise UserError("--split-dir is evaluated instead of DATA/val: give --data or --split-dir, not both")
-        w = load_weights(weights, dist.device, towers)
+        w = load_for_inference(weights, dist.device, towers)
         data_path = None if split_dir else data_of(data, w.config, weights)  # --split-dir: any weights, no dataset
         cfg = w.config or Config()
         batches = build_eval_data(data_path, w.preprocess, w.class_names,
                                   (batch_size or cfg.train.batch_size) // dist.world or 1, cfg.data.workers,
                                   split_dir, cfg.data.val_fraction, dist.rank, dist.world)  # fmt: skip
-        path = compute_path(w.model, dist.device, amp)
+        path = inference_path(w.model, dist.device, amp, tta, test_size)
         minimum = get_model_info(w.variant).min_input_size
         if test_size is not None and test_size < minimum:
             raise UserError(f"--test-size {test_size} is below {w.variant}'s minimum input of {minimum} px")
@@ -39,7 +40,8 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
             raise UserError(
                 "--test-size works with channel-mean normalisation only (these weights subtract a mean image)"
             )
-        res = evaluate(w.model, batches, w.preprocess.normalizer(), w.preprocess.crop, len(w.class_names),
+        norm = None if takes_uint8(w.model) else w.preprocess.normalizer()
+        res = evaluate(w.model, batches, norm, w.preprocess.crop, len(w.class_names),
                        dist.device, tta, path.amp, path.channels_last, test_size)  # fmt: skip
     finally:
         distributed.teardown()

@@ -91,9 +91,11 @@ def batches(items: list[Item], pre: Preprocess, batch_size: int) -> Iterator[lis
 
 
 def run(pre: Preprocess, items: list[Item], batch_size: int, device: torch.device,
-        fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[Item, torch.Tensor | None]]:  # fmt: skip
-    """Yield (item, fn(normalised batch)[row]) for good items and (item, None) for failed ones, in order."""
-    norm = pre.normalizer().to(device)
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        normalize: bool = True) -> Iterator[tuple[Item, torch.Tensor | None]]:  # fmt: skip
+    """Yield (item, fn(normalised batch)[row]) for good items and (item, None) for failed ones, in order.
+    ``normalize=False``: fn gets the uint8 batch (a graph that normalises inside)."""
+    norm = pre.normalizer().to(device) if normalize else (lambda x: x)
     for batch in batches(items, pre, batch_size):
         good = [i for i in batch if i.image is not None]
         rows: dict[int, torch.Tensor] = {}

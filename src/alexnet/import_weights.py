@@ -11,7 +11,7 @@ from pathlib import Path
 from .atomic import check_output
 from .checkpoint import foreign_kind
 from .errors import UserError
-from .foreign import read_caffemodel, read_mean_binaryproto, read_onnx, read_torchvision_state, to_loaded
+from .foreign import published_for, read_caffemodel, read_mean_binaryproto, read_onnx, read_torchvision_state, to_loaded
 from .weights import save_safetensors
 
 
@@ -38,11 +38,13 @@ def run_import(source: str, out: str, mean: str | None = None, force: bool = Fal
     if src.suffix not in readers:
         raise UserError(f"{src}: unknown format; expected a .caffemodel (Caffe), .onnx, or PyTorch (.pth) file")
     mean_image = read_mean_binaryproto(Path(mean)) if mean else None
-    loaded = to_loaded(readers[src.suffix](src), mean_image)
+    loaded = to_loaded(readers[src.suffix](src), mean_image, published_for(src))
     save_safetensors(loaded, dst)
     lrn, pre = loaded.options, loaded.preprocess
     how = "mean image " + mean if mean else "per-channel mean (B, G, R) = (104, 117, 123)"
+    known = (f"; the published file ({loaded.published['what']}: top-1 {100 * loaded.published['top1']:.1f} %)"
+             if loaded.published else "; not the published file (its checksum differs): no published accuracy")  # fmt: skip
     print(f"wrote {dst}: alexnet, {len(loaded.class_names)} classes, LRN size {lrn['lrn_size']} alpha {lrn['lrn_alpha']:g} "
           f"beta {lrn['lrn_beta']:g} k {lrn['lrn_k']:g} over all maps; BGR and the 0-255 scale folded into conv1; "
-          f"{how}; resize {pre.resize}, centre crop {pre.crop}")  # fmt: skip
+          f"{how}; resize {pre.resize}, centre crop {pre.crop}{known}")  # fmt: skip
     return 0

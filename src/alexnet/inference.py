@@ -82,14 +82,15 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, normalizer: Normalizer, crop: int, num_classes: int,
+def evaluate(model: nn.Module, batches: Batches, normalizer: Normalizer | None, crop: int, num_classes: int,
              device: torch.device, tta: str = "center", amp: str = "none", channels_last: bool = False,
              test_size: int | None = None) -> EvalResult:  # fmt: skip
     """``test_size``: feed the network ``test_size`` px views of the same field of view as ``crop`` (the images
-    resized by test_size / crop first): testing above the training resolution (Touvron et al. 2019)."""
+    resized by test_size / crop first): testing above the training resolution (Touvron et al. 2019).
+    ``normalizer`` None: the model takes the uint8 pixels (a graph that normalises inside)."""
     was_training = model.training
     model.eval()
-    norm = normalizer.to(device)
+    norm = normalizer.to(device) if normalizer is not None else (lambda x: x)
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     counts = torch.zeros(3, dtype=torch.int64, device=device)  # top-1 right, top-5 right, images
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)

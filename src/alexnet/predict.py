@@ -14,6 +14,7 @@ from .distributed import pick_device
 from .errors import UserError
 from .imagefiles import collect_files, run
 from .inference import compute_path, feature_fn, predict_probs
+from .onnx_runtime import inference_path, load_for_inference, takes_uint8
 from .weights import Loaded, load_weights
 
 
@@ -23,20 +24,22 @@ def class_label(loaded: Loaded, index: int) -> str:
 
 def predict(weights: str, paths: list[str], topk: int = 5, tta: str = "center", batch_size: int = 32,
             device: str = "auto", towers: str | None = None, as_json: bool = False, amp: str = "auto") -> int:  # fmt: skip
-    """`alexnet predict`: a table (or JSON lines) of the top-k classes per image; exit code 1 if any failed."""
+    """`alexnet predict`: a table (or JSON lines) of the top-k classes per image; exit code 1 if any failed.
+    ``weights`` may also be an ONNX file this package exported (run in onnxruntime)."""
     if topk < 1:
         raise UserError("--topk must be at least 1")
     dev = pick_device(device)
-    loaded = load_weights(weights, dev, towers)
+    loaded = load_for_inference(weights, dev, towers)
+    path = inference_path(loaded.model, dev, amp, tta)
     items = collect_files(paths)
     crop = loaded.preprocess.crop
-    path = compute_path(loaded.model, dev, amp)
     k = min(topk, len(loaded.class_names))
     failed = 0
     if not as_json:
         print(f"{'file':40s} {'rank':>4s}  {'class':40s} {'prob':>7s}")
     for item, probs in run(loaded.preprocess, items, batch_size, dev,
-                           lambda x: predict_probs(loaded.model, x, crop, tta, dev, path.amp, path.channels_last)):  # fmt: skip
+                           lambda x: predict_probs(loaded.model, x, crop, tta, dev, path.amp, path.channels_last),
+                           normalize=not takes_uint8(loaded.model)):  # fmt: skip
         if probs is None:
             failed += 1
             if as_json:

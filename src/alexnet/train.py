@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt_io
-from . import distributed
+from . import distributed, hub
 from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration, resume_overrides
 from .engine.budget import check_plan, command_age, plan_run
 from .engine.epoch import end_of_epoch, finished, train_one_epoch
@@ -122,6 +122,10 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
             cfg = apply_overrides(load_recipe(recipe or ("paper" if data else "digits")), overrides)
             if cfg.train.budget and cfg.train.max_steps:
                 raise UserError("--budget plans train.max_steps itself; give one or the other")
+            if hub.is_hub(cfg.model.weights):  # the cached snapshot: its folder names the repository and commit
+                snapshot = hub.download(str(cfg.model.weights)).parent
+                log.info("weights %s: %s", cfg.model.weights, snapshot)
+                cfg.model.weights = str(snapshot)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             name = f"{cfg.recipe}-{cfg.model.name}-{stamp}"
             run_dir, made = (Path(out), False) if out else claim_run_dir(Path("runs"), name)

@@ -1,5 +1,6 @@
 """Trained weights from any source, as a ready model plus what it needs to run: a run directory, a
-checkpoint (.pt), an exported .safetensors file, or ``torchvision``; and the one safetensors writer.
+checkpoint (.pt), an exported .safetensors file, a Hub repository (``hf-hub:ORG/NAME``), or ``torchvision``;
+and the one safetensors writer.
 Loading never executes code: checkpoints through ``weights_only=True``, safetensors by design."""
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from . import hub
 from .atomic import atomic_write_bytes
 from .config import Config, from_dict
 from .data.classes import imagenet_classes
 from .data.preprocess import Preprocess
 from .errors import UserError
 from .models import create_model, get_model_info, model_options
-
-SAFETENSORS_FORMAT = "alexnet-safetensors/1"
+from .weights_file import MEAN_IMAGE_KEY, SAFETENSORS_FORMAT, read_safetensors
 
 
 @dataclass
@@ -71,6 +72,10 @@ def load_weights(spec: str, device: torch.device | str = "cpu", towers: str | No
 
 
 def _load(spec: str) -> Loaded:
+    if hub.is_hub(spec):  # a repository of `alexnet export --format hub` output, through the Hub's cache
+        loaded = load_safetensors(hub.download(spec))
+        loaded.source = spec
+        return loaded
     if spec == "torchvision":
         model = create_model("alexnet_owt", 1000, weights="torchvision")
         names = [w for w, _ in imagenet_classes()]
@@ -98,28 +103,9 @@ def _load(spec: str) -> Loaded:
 
 
 def load_safetensors(path: Path) -> Loaded:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except FileNotFoundError:
-        raise UserError(f"no such file: {path}") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") != SAFETENSORS_FORMAT:
-        raise UserError(f"{path}: safetensors file without alexnet metadata (format {meta.get('format')!r})")
-    try:
-        pre = Preprocess.from_meta(json.loads(meta["preprocess"]), tensors.pop("__preprocess__.mean_image", None))
-        names, variant = json.loads(meta["class_names"]), meta["variant"]
-        options = json.loads(meta.get("model_options", "{}"))
-        published = json.loads(meta["published"]) if "published" in meta else None
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: incomplete alexnet metadata (missing or bad {e})") from None
-    model = model_from_state(variant, len(names), tensors, options)
-    return Loaded(model, variant, names, pre, None, str(path), options, published)
+    f = read_safetensors(path)
+    model = model_from_state(f.variant, len(f.class_names), f.state, f.options)
+    return Loaded(model, f.variant, f.class_names, f.preprocess, None, str(path), f.options, f.published)
 
 
 def save_safetensors(loaded: Loaded, out: Path) -> None:
@@ -128,7 +114,7 @@ def save_safetensors(loaded: Loaded, out: Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
     pre = loaded.preprocess
     if pre.mean_image is not None:
-        tensors["__preprocess__.mean_image"] = pre.mean_image.float().contiguous()
+        tensors[MEAN_IMAGE_KEY] = pre.mean_image.float().contiguous()
     meta = {
         "format": SAFETENSORS_FORMAT,
         "variant": loaded.variant,

@@ -1,15 +1,18 @@
-"""Pretrained weights: torchvision's IMAGENET1K_V1 for ``alexnet_owt``.
+"""Pretrained weights: torchvision's IMAGENET1K_V1 for ``alexnet_owt``, and this package's own on the Hugging Face
+Hub (``hf-hub:ORG/NAME``) for every variant.
 
-Fetched through torchvision's own weights API, so the file is hash-checked and cached in
+torchvision's are fetched through torchvision's own weights API, so the file is hash-checked and cached in
 the torch hub cache (``$TORCH_HOME/hub/checkpoints``); with the file already there no
-network is needed.
+network is needed. The Hub's come through huggingface_hub's cache (hub.py).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..errors import UserError, UserValueError
+from ..weights_file import WeightsFile
 
 PRETRAINED = {("alexnet_owt", "torchvision")}
 
@@ -33,3 +36,27 @@ def load_pretrained(model: nn.Module, name: str, weights: str) -> None:
         model.load_state_dict(state, strict=False)
     else:
         model.load_state_dict(state, strict=True)
+
+
+def hub_weights(name: str, spec: str) -> WeightsFile:
+    """The Hub repository's ``model.safetensors``, which must hold ``name``'s weights."""
+    from ..hub import download
+    from ..weights_file import read_safetensors
+
+    f = read_safetensors(download(spec))
+    if f.variant != name:
+        raise ValueError(f"{spec} holds {f.variant} weights, not {name}")
+    return f
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], same_classes: bool) -> None:
+    """Every layer from ``state``; the last one too when the classes are the same (else fine-tuning keeps it fresh)."""
+    if not same_classes:
+        last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        state = {k: v for k, v in state.items() if not k.startswith(last + ".")}
+    try:
+        model.load_state_dict(state, strict=same_classes)
+    except RuntimeError as e:
+        raise UserError(
+            f"the Hub weights do not fit this model: {(str(e).splitlines()[1:] or [str(e)])[0].strip()}"
+        ) from None

@@ -90,7 +90,7 @@ def model_options(name: str, model_cfg: dict[str, Any] | None, dropout: bool = T
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     *,
     init: str | None = None,
     weights: str | None = None,
@@ -101,10 +101,24 @@ def create_model(
 
     ``init`` picks the initialisation scheme (default: the variant's own, see ``init.py``).
     ``weights="torchvision"`` loads torchvision's IMAGENET1K_V1 weights (``alexnet_owt`` only);
-    with ``num_classes != 1000`` the classifier's last layer is then freshly initialised.
+    ``weights="hf-hub:ORG/NAME[@REV]"`` a Hub repository of this package's weights (`alexnet export --format hub`;
+    huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works after one download), its architecture options with it
+    (``alexnet.weights.load_weights`` of the same name gives its class names and preprocessing too).
+    ``num_classes``: default 1000, or the Hub weights' own; another count gets a freshly initialised last layer.
     ``options`` go to the architecture (``dropout``, and ``lrn_size/alpha/beta/k`` for ``alexnet``).
     """
     info = get_model_info(name)
+    hub_file = None
+    if weights is not None and weights.startswith("hf-hub:"):
+        from .pretrained import hub_weights
+
+        hub_file = hub_weights(name, weights)
+        clash = sorted(k for k, v in options.items() if k in hub_file.options and hub_file.options[k] != v)
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: set by the weights {weights}")
+        options = hub_file.options | options
+        num_classes = len(hub_file.class_names) if num_classes is None else num_classes
+    num_classes = 1000 if num_classes is None else num_classes
     if num_classes < 1:
         raise UserValueError(f"num_classes must be at least 1, got {num_classes}")
     if seed is not None:
@@ -114,7 +128,11 @@ def create_model(
     except TypeError as e:
         raise UserValueError(f"bad option for {name}: {e}") from None
     init_weights(model, init or info.default_init)
-    if weights is not None:
+    if hub_file is not None:
+        from .pretrained import load_state
+
+        load_state(model, hub_file.state, same_classes=num_classes == len(hub_file.class_names))
+    elif weights is not None:
         from .pretrained import load_pretrained
 
         load_pretrained(model, name, weights)

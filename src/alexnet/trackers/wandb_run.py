@@ -8,6 +8,7 @@ do not, and `wandb sync --id ID RUN/wandb/offline-run-*` uploads them, in order,
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from pathlib import Path
@@ -53,7 +54,7 @@ class WandbRun:
             self.run.config.update(config, allow_val_change=True)
         if entry is not None and self.run.offline:
             log.info("wandb: W&B cannot resume an offline run: this start writes another offline directory of run "
-                     "%s (%s); upload them as one run with: wandb sync --id %s %s", self.run.id, self.run.dir,
+                     "%s (%s); upload them as one run with: wandb sync --id %s %s", self.run.id, Path(self.run.dir).parent,
                      self.run.id, Path(self.run.dir).parents[1] / "offline-run-*")  # fmt: skip
         else:
             log.info("wandb: %s run %s (%s)", "continuing" if entry else "logging to", self.run.id,
@@ -74,7 +75,7 @@ class WandbRun:
 
     def files(self, paths: list[Path]) -> None:
         for p in paths:  # under the run directory's name: W&B keeps config.yaml for its own config
-            self.run.save(str(p.absolute()), base_path=str(p.absolute().parents[1]), policy="now", glob=False)
+            self.run.save(glob.escape(str(p.absolute())), base_path=str(p.absolute().parents[1]), policy="now")
 
     def finish(self, code: int) -> None:
         self.run.finish(exit_code=code)

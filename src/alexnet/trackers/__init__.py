@@ -49,10 +49,10 @@ def _remote(name: str, run_dir: Path) -> Remote:
     return WandbRun(run_dir)
 
 
-def plan_tags(plan: dict[str, Any]) -> dict[str, str]:
-    """A --budget plan's figures (engine/budget.py Plan), as ``plan.KEY`` strings; its checks counted."""
-    tags = {f"plan.{k}": str(v) for k, v in plan.items() if k not in ("costs", "checks")}
-    return tags | {"plan.checks": str(len(plan.get("checks", [])))}
+def plan_tags(plan: dict[str, Any]) -> dict[str, Any]:
+    """A --budget plan's figures (engine/budget.py Plan) as ``plan.KEY``; its checks counted."""
+    tags = {f"plan.{k}": v for k, v in plan.items() if k not in ("costs", "checks")}
+    return tags | {"plan.checks": len(plan.get("checks", []))}
 
 
 class Trackers:
@@ -63,7 +63,7 @@ class Trackers:
         self.tb = TensorBoard(run_dir, start_step) if "tensorboard" in names else None
         ledger = Ledger(run_dir)
         if not resuming:  # a new start into a directory whose earlier start failed: new tracker runs
-            ledger.data = {}
+            ledger.forget()
         self.channels = [Channel(_remote(n, run_dir), ledger) for n in names if n in REMOTE]
 
     def start(self, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:

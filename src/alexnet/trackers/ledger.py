@@ -48,3 +48,8 @@ class Ledger:
         with self._lock:
             self.data[name] = {**self.data.get(name, {}), **values}
             atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+
+    def forget(self) -> None:
+        with self._lock:
+            self.data = {}
+            self.path.unlink(missing_ok=True)

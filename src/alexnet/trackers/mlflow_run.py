@@ -76,8 +76,8 @@ class MlflowRun:
         for i in range(0, len(points), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=points[i : i + MAX_METRICS_PER_BATCH])
 
-    def tags(self, tags: dict[str, str]) -> None:
-        self._log(tags=tags)
+    def tags(self, tags: dict[str, Any]) -> None:
+        self._log(tags={k: str(v) for k, v in tags.items()})
 
     def files(self, paths: list[Path]) -> None:
         for p in paths:

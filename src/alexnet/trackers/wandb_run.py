@@ -17,7 +17,7 @@ from typing import Any
 log = logging.getLogger("alexnet")
 
 
-def _nested(tags: dict[str, str]) -> dict[str, Any]:
+def _nested(tags: dict[str, Any]) -> dict[str, Any]:
     """``plan.max_steps`` -> {"plan": {"max_steps": ...}}: W&B shows config sections."""
     out: dict[str, Any] = {}
     for k, v in tags.items():
@@ -70,7 +70,7 @@ class WandbRun:
         for values, step in items:
             self.run.log(values, step=step)
 
-    def tags(self, tags: dict[str, str]) -> None:
+    def tags(self, tags: dict[str, Any]) -> None:
         self.run.config.update(_nested(tags), allow_val_change=True)
 
     def files(self, paths: list[Path]) -> None:

@@ -263,7 +263,7 @@ def _offline_run(wandb_dir: Path) -> dict[str, Any]:
 def test_wandb_offline_gets_the_rows_it_missed_and_a_resume_adds_a_piece(
     tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     for k, v in {**QUIET, "WANDB_MODE": "offline"}.items():
         monkeypatch.setenv(k, v)
     for k in ("WANDB_DIR", "WANDB_PROJECT"):
@@ -271,6 +271,7 @@ def test_wandb_offline_gets_the_rows_it_missed_and_a_resume_adds_a_piece(
     run = tmp_path / "wb"
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *RUN_ARGS]) == 0  # tensorboard only
     assert main(["train", "--resume", str(run), "--epochs", "2", "--report-to", "wandb"]) == 0
+    wandb.teardown()  # what a process's exit does: W&B's service writes the rest of its files (its run's end)
     (first,) = [_offline_run(d) for d in (run / "wandb").glob("offline-run-*")]
     rows = _rows(run)
     assert first["id"] == json.loads((run / "trackers.json").read_text())["wandb"]["run_id"]
@@ -281,6 +282,7 @@ def test_wandb_offline_gets_the_rows_it_missed_and_a_resume_adds_a_piece(
     assert first["summary"]["val_top1"] == rows[1]["val_top1"] and first["summary"]["epoch"] == 2
     assert {"wb/config.yaml", "wb/metrics.jsonl"} <= first["files"]
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    wandb.teardown()
     pieces = sorted((run / "wandb").glob("offline-run-*"))  # offline-run-DATE_TIME-ID
     second = _offline_run(pieces[1])
     assert len(pieces) == 2 and second["id"] == first["id"] and second["config"]["train"]["epochs"] == 3

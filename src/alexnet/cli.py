@@ -41,11 +41,14 @@ def _train(args: argparse.Namespace) -> int:
                                         if getattr(args, f) is not None]  # fmt: skip
     if args.strict:
         overrides.append("train.strict_data=true")
+    if args.report_to is not None:  # HF Trainer's form: comma-separated names, or none
+        names = [n.strip() for n in args.report_to.split(",") if n.strip() and n.strip() != "none"]
+        overrides.append(f"train.report_to=[{','.join(names)}]")
     return run_train(args.data, args.recipe, args.out, args.resume, overrides)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .config import list_recipes
+    from .config import REPORT_TO, list_recipes
     from .models import list_models
 
     p = sub.add_parser(
@@ -83,6 +86,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         choices=["ddp", "hybrid"],
         help="under torchrun: ddp (default), or hybrid: convolutions data-parallel, fc6/fc7 sharded over the processes",
     )
+    p.add_argument("--report-to", metavar="NAMES", help=f"experiment trackers, comma-separated: {', '.join(REPORT_TO)} "
+                   "(default: tensorboard), or none; a resumed run keeps its own (and its tracker runs)")  # fmt: skip
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe value, e.g. optim.lr=0.02")
     p.set_defaults(func=_train)
 

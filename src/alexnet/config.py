@@ -34,6 +34,7 @@ def _rule(default: Any, **rule: Any) -> Any:
 # the names a recipe and the command line both take (one home: cli.py reads them from here)
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # auto: what the device runs natively (tuning.py)
 TTA_CHOICES = ("center", "flip", "10crop")  # test-time views (data/transforms.py TTA)
+REPORT_TO = ("tensorboard", "mlflow", "wandb")  # train.report_to's experiment trackers (trackers/; []: none)
 
 
 def choice(default: Any, *allowed: Any) -> Any:
@@ -155,6 +156,7 @@ class TrainConfig:
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch: the same network on 1 or N ranks
     # under torchrun: ddp (everything replicated) or hybrid (convolutions DDP, fc6/fc7 sharded; hybrid.py)
     parallel: str = choice("ddp", "ddp", "hybrid")
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"rule": {"choices": REPORT_TO}})
 
 
 @dataclass
@@ -215,7 +217,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 def _check_field(key: str, value: Any, rule: dict[str, Any]) -> None:
     if value is None:
         return
-    if "choices" in rule and value not in rule["choices"]:
+    if "choices" in rule and not set(value if isinstance(value, list) else [value]) <= set(rule["choices"]):
         raise UserError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, rule['choices']))}")
     if "gt" in rule and not value > rule["gt"]:
         raise UserError(f"{key} must be > {rule['gt']}, got {value}")

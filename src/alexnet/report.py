@@ -15,6 +15,7 @@ from .errors import UserError
 from .models import PAPER_ILSVRC2012
 from .plots import make_figures
 from .runlog import read_metrics, setup_logging
+from .trackers import attach_files
 from .weights import load_weights
 
 FIGURE_TITLES = {
@@ -122,7 +123,8 @@ def write_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> tu
 
 def run_report(run: Path, data: str | None = None, data_figures: bool = True, max_val: int = 2000,
                max_train: int = 5000, device: str = "auto") -> int:  # fmt: skip
-    """`alexnet report`: the figures into RUN/figures, then RUN/report.md and RUN/report.html."""
+    """`alexnet report`: the figures into RUN/figures, then RUN/report.md and RUN/report.html; report.md goes to
+    the run's tracker runs too."""
     setup_logging(verbose=False)
     if not (run / "metrics.jsonl").is_file():
         raise UserError(f"{run}: not a run directory (no metrics.jsonl)")
@@ -131,6 +133,8 @@ def run_report(run: Path, data: str | None = None, data_figures: bool = True, ma
     figs = run / "figures"
     which = ["curves", "filters", "predictions", "neighbours", "confusion"] if data_figures else ["curves", "filters"]
     make_figures(w, run, data, figs, which, dev, max_val, max_train, 0)
-    for path in write_report(run, w.class_names, figs):
-        print(path)
+    md, page = write_report(run, w.class_names, figs)
+    print(md)
+    print(page)
+    attach_files(run, [md])  # to the run's MLflow / W&B runs, if it has any (trackers.json)
     return 0

@@ -1,4 +1,5 @@
-"""Run logging on rank 0: metrics.jsonl (one object per epoch), TensorBoard, and the process's log setup."""
+"""Run logging on rank 0: metrics.jsonl (one object per epoch), the trackers fed from it, and the process's
+log setup."""
 
 from __future__ import annotations
 
@@ -11,37 +12,45 @@ from typing import Any
 from .atomic import atomic_write_text
 from .distributed import launch_rank
 from .errors import UserError
+from .trackers import Trackers
 
 log = logging.getLogger("alexnet")
 
 
 class RunLogger:
-    """Every TensorBoard scalar is plotted against the optimizer step (an epoch's row at the step that ended it).
-    A run starting at ``start_step`` (0, or a resumed checkpoint's) hides what a stopped run logged after it:
-    the writer's purge_step marks a restart, and TensorBoard drops the earlier events of every tag from
-    that step on (those steps are trained again; a start that failed is hidden the same way)."""
+    """metrics.jsonl, one row per epoch with the optimizer step that ended it, and the run's trackers
+    (trackers/: TensorBoard, MLflow, W&B), which ``open`` starts once the run's files are written; until
+    then rows go to metrics.jsonl alone. Rank 0 only: elsewhere ``run_dir`` is None and nothing is written."""
 
-    def __init__(self, run_dir: Path | None, start_step: int = 0, tensorboard: bool = True) -> None:
-        self.run_dir = run_dir
-        self.tb = None
-        if run_dir is not None and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir: Path | None, start_step: int = 0) -> None:
+        self.run_dir, self.start_step = run_dir, start_step
+        self.trackers: Trackers | None = None
+        self.last_plan: dict[str, Any] | None = None
 
-                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
-            except ImportError:  # tensorboard is a dependency, but keep training if it is broken
-                log.warning("tensorboard not available; skipping event files")
+    def open(self, config: dict[str, Any], report_to: list[str], resuming: bool) -> None:
+        """Start the trackers ``report_to`` names with the run's resolved ``config``; they are sent the rows of
+        metrics.jsonl they miss (a resume's catch-up) and the --budget plan made so far."""
+        if self.run_dir is None or not report_to:
+            return
+        self.trackers = Trackers(self.run_dir, report_to, self.start_step, resuming)
+        self.trackers.start(config, read_metrics(self.run_dir))
+        if self.last_plan is not None:
+            self.trackers.plan(self.last_plan)
 
     def epoch(self, row: dict[str, Any], step: int) -> None:
         if self.run_dir is None:
             return
+        row = {"epoch": row["epoch"], "step": step, **row}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-            self.tb.flush()
+        if self.trackers is not None:
+            self.trackers.epoch(row)
+
+    def plan(self, plan: dict[str, Any]) -> None:
+        """A --budget plan, as plan.json holds it (at the plan and at each check)."""
+        self.last_plan = plan
+        if self.trackers is not None:
+            self.trackers.plan(plan)
 
     def keep_epochs(self, last_epoch: int) -> None:
         """On resume: drop rows of epochs after the checkpoint's (written before a kill that came before the
@@ -59,13 +68,14 @@ class RunLogger:
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(r + "\n" for r in rows))
 
     def step(self, step: int, loss: float, lr: float) -> None:
-        if self.tb is not None:
-            self.tb.add_scalar("step/train_loss", loss, step)
-            self.tb.add_scalar("step/lr", lr, step)
+        if self.trackers is not None:
+            self.trackers.step(step, {"step/train_loss": loss, "step/lr": lr})
 
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+    def close(self, code: int = 0) -> None:
+        """``code``: how the run ended (0, 1 failed, 128 + N stopped by signal N), as the trackers record it."""
+        if self.trackers is not None:
+            self.trackers.close(code)
+            self.trackers = None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from .locks import lock_dir, unlock_dir
 from .rundir import claim_run_dir, remove_if_empty
 from .runlog import setup_logging
 from .signals import StopFlag
+from .trackers import check_installed
 
 log = logging.getLogger("alexnet")
 
@@ -44,8 +45,10 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
           started: float | None = None) -> TrainResult:  # fmt: skip
     """``started``: time.monotonic() when the process started, what a --budget counts from (default: now)."""
     started = time.monotonic() if started is None else started
+    check_installed(cfg.train.report_to)
     dist = distributed.setup(cfg.train.device)
     session: Session | None = None
+    code = 1  # how the run ended, for its trackers: 1 until it finishes (0) or a signal stops it
     try:
         s, st = setup(cfg, run_dir, resume, dist, verbose)
         session = s
@@ -54,6 +57,8 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
             write_run_files(s)
         # a resumed run keeps its plan (config.yaml)
         budget = plan_run(s, st, started) if s.cfg.train.budget and resume is None else None
+        if s.main and not nothing_left:  # the config as this start trains on (the plan's included)
+            s.logger.open(s.cfg.to_dict(), s.cfg.train.report_to, resuming=resume is not None)
         if nothing_left and s.main:
             log.info("nothing left to train: the run finished at epoch %d, step %d; to train on, resume with a larger "
                      "--epochs%s", st.epoch, st.global_step, " and train.max_steps" * bool(s.cfg.train.max_steps))  # fmt: skip
@@ -72,6 +77,7 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
                     if signal is None and budget is not None and not finished(s, st):
                         check_plan(s, st, budget, time.monotonic() - t_end, "val_top1" in history[-1])
                 if signal is not None:
+                    code = 128 + signal
                     return _stopped(s, st, signal, history)
         if s.main:
             b = st.best
@@ -81,10 +87,11 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
                 spent = time.monotonic() - started
                 log.info("finished in %.0fs: %.1f%% of the %s budget", spent, 100 * spent / parse_duration(
                     s.cfg.train.budget), s.cfg.train.budget)  # fmt: skip
+        code = 0
         return TrainResult(run_dir, None, st.global_step, st.best, history)
     finally:
         if session is not None:  # the one close, however the run ends: no writer thread or events file is left
-            session.logger.close()
+            session.logger.close(code)
         unlock_dir(run_dir)
         distributed.teardown()
 

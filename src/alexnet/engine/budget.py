@@ -163,6 +163,7 @@ def _write_plan(s: Session, plan: Plan, spe: int) -> None:
     if s.main:
         save_yaml(s.cfg, s.run_dir / "config.yaml")
         atomic_write_text(s.run_dir / "plan.json", json.dumps(asdict(plan), indent=1))
+        s.logger.plan(asdict(plan))
         log.info("%s", plan.describe(spe))
 
 

@@ -137,6 +137,7 @@ class TrainConfig:
     amp: str = choice("auto", *AMP_CHOICES)  # auto: what the device runs natively (tuning.py)
     channels_last: bool | None = None  # None/auto: on for CUDA and CPU
     compile: bool | None = None  # None/auto: torch.compile on CUDA, for runs long enough to repay it
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: the graphs without code generation)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = _rule(0, ge=0, le=2**32 - 1)  # numpy's seed range; above it the data order's generator overflowed
     deterministic: bool = False  # deterministic CUDA kernels and cuBLAS order (README Platforms); CPU ones are anyway
@@ -150,7 +151,10 @@ class TrainConfig:
     eval_every: int = non_negative(1)  # validate after every N epochs and always after the last (0: the last only)
     checkpoint_every: int = non_negative(0)  # also save every N optimizer steps (0: only at epoch ends)
     keep_last: int = positive(3)  # step checkpoints kept besides last.pt / best.pt
-    log_every: int = non_negative(20)  # steps between plain log lines when not on a terminal
+    log_every: int = non_negative(20)  # steps between plain log lines (when not on a terminal) and step scalars
+    # steps between host reads of device values (NaN and stop checks, progress bar, log lines; checkpoint steps and
+    # an epoch's last step always read): each read waits for the GPU. None/auto: 1 on CPUs, log_every on GPUs
+    sync_every: int | None = positive(None)
     strict_data: bool = False  # fail on unreadable training images instead of skipping them
     towers: str | None = None  # "DEV_A,DEV_B": the paper's two-device split (alexnet / alexnet_bn only)
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch: the same network on 1 or N ranks

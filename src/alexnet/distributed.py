@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -98,13 +99,46 @@ def agree_stop(bad_step: torch.Tensor, signal: int | None) -> tuple[int, int | N
     """(first non-finite step, signal) as every rank must see them: the max over ranks. Called at the same
     steps on all ranks, so a NaN or a SIGTERM on one rank stops them all together."""
     flags = torch.stack([bad_step.long(), torch.full_like(bad_step.long(), signal or 0)])
-    all_reduce_max(flags)
-    return int(flags[0]), int(flags[1]) or None
+    bad, sig = all_reduce_max(flags).tolist()  # one read of the device
+    return bad, sig or None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (timing it): CUDA, MPS and any other accelerator; nothing on CPUs.
+    ``torch.accelerator`` (PyTorch 2.6+) where torch has it, else per backend."""
+    if device.type == "cpu":
+        return
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "synchronize"):
+        accelerator.synchronize(device)
+    elif device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over all ranks, whose gradient is the sum of the ranks' gradients: as functional collectives, which
+    torch.compile traces into the graph (torch.distributed.nn.functional.all_reduce breaks the graph there)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return _sum_over_ranks(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return _sum_over_ranks(g)
+
+
+def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    from torch.distributed import _functional_collectives as fc
+
+    return fc.wait_tensor(fc.all_reduce(x.contiguous(), "sum", dist.group.WORLD))
 
 
 class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
@@ -116,8 +150,7 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         xf, shape = x.float(), (1, -1, 1, 1)
         # every rank holds an equal share of the global batch (epoch_indices pads to a multiple of the world
         # size): the count needs no collective and no host sync

@@ -31,7 +31,8 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
         cfg = w.config or Config()
         batches = build_eval_data(data_path, w.preprocess, w.class_names,
                                   (batch_size or cfg.train.batch_size) // dist.world or 1, cfg.data.workers,
-                                  split_dir, cfg.data.val_fraction, dist.rank, dist.world)  # fmt: skip
+                                  split_dir, cfg.data.val_fraction, dist.rank, dist.world,
+                                  pin_memory=dist.device.type == "cuda")  # fmt: skip
         path = inference_path(w.model, dist.device, amp, tta, test_size)
         minimum = get_model_info(w.variant).min_input_size
         if test_size is not None and test_size < minimum:

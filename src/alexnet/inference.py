@@ -100,22 +100,19 @@ def evaluate(model: nn.Module, batches: Batches, normalizer: Normalizer | None, 
             side = round(x.shape[-1] * test_size / crop)
             x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
         y = y.to(device, non_blocking=True)
-        keep = y >= 0  # images that failed to decode carry label -100
-        probs = predict_probs(model, x, test_size or crop, tta, device, amp, channels_last)[keep]
-        y = y[keep]
-        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
+        keep = y >= 0  # images that failed to decode carry label -100: weighed 0, not indexed out (no sync)
+        probs = predict_probs(model, x, test_size or crop, tta, device, amp, channels_last)
+        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum", ignore_index=-100)
         top = probs.topk(min(5, num_classes), dim=1).indices
         counts += torch.stack([(top[:, 0] == y).sum(), (top == y[:, None]).any(1).sum(), keep.sum()])
-        confusion.index_put_((y, top[:, 0]), torch.ones_like(y), accumulate=True)
+        confusion.index_put_((torch.where(keep, y, 0), top[:, 0]), keep.long(), accumulate=True)
     for t in (loss_sum, counts, confusion):
         all_reduce_sum(t)
     model.train(was_training)
-    right1, right5, n = counts.tolist()
-    support = confusion.sum(1).tolist()
-    diag = confusion.diagonal().tolist()
-    per_class = [diag[i] / support[i] if support[i] > 0 else None for i in range(num_classes)]
-    return EvalResult(top1=right1 / max(n, 1), top5=right5 / max(n, 1), loss=loss_sum.item() / max(n, 1), n=n,
-                      tta=tta, per_class=per_class, confusion=confusion.tolist())  # fmt: skip
+    (right1, right5, n), matrix, loss = counts.tolist(), confusion.tolist(), loss_sum.item()  # read once a pass
+    per_class = [row[i] / total if (total := sum(row)) else None for i, row in enumerate(matrix)]
+    return EvalResult(top1=right1 / max(n, 1), top5=right5 / max(n, 1), loss=loss / max(n, 1), n=n, tta=tta,
+                      per_class=per_class, confusion=matrix)  # fmt: skip
 
 
 def layer_fn(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint as ckpt_io
 from . import distributed, hub
 from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration, resume_overrides
-from .engine.budget import check_plan, command_age, plan_run
+from .engine.budget import command_age, plan_run
 from .engine.epoch import end_of_epoch, finished, train_one_epoch
 from .engine.setup import Session, setup, write_run_files
 from .engine.state import TrainState
@@ -64,18 +64,14 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
                      "--epochs%s", st.epoch, st.global_step, " and train.max_steps" * bool(s.cfg.train.max_steps))  # fmt: skip
         history: list[dict[str, Any]] = []
         with StopFlag() as stop:
-            while not finished(s, st):
-                until, after_step = (budget.next_check, budget.after_step) if budget else (None, None)
-                signal = train_one_epoch(s, st, stop, until, after_step)
-                if signal is None and budget is not None and st.global_step == budget.next_check:
-                    check_plan(s, st, budget)  # then the epoch goes on
-                    continue
+            while not finished(s, st):  # a --budget run's checks come at sync steps (BudgetRun.hook)
+                signal = train_one_epoch(s, st, stop, after_sync=budget.hook(s, st) if budget else None)
                 if signal is None:
                     t_end = time.monotonic()
                     history.append(end_of_epoch(s, st))
+                    if budget is not None:
+                        budget.after_end(time.monotonic() - t_end, "val_top1" in history[-1])
                     signal = int(distributed.all_reduce_max(torch.tensor(stop.signal or 0, device=s.device))) or None
-                    if signal is None and budget is not None and not finished(s, st):
-                        check_plan(s, st, budget, time.monotonic() - t_end, "val_top1" in history[-1])
                 if signal is not None:
                     code = 128 + signal
                     return _stopped(s, st, signal, history)

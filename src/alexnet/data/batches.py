@@ -36,6 +36,11 @@ def epoch_indices(n: int, epoch: int, seed: int, rank: int, world: int, shuffle:
     return perm[rank::world]
 
 
+def samples_per_rank(n: int, rank: int, world: int, shuffle: bool) -> int:
+    """``len(epoch_indices(n, ...))`` without building it: training pads to a multiple of the world size."""
+    return -(-n // world) if shuffle else len(range(rank, n, world))
+
+
 class Batches:
     """One rank's batches of a dataset for a given epoch, optionally starting mid-epoch."""
 
@@ -58,14 +63,17 @@ class Batches:
         self.workers = workers
         self.pin_memory = pin_memory
         # GPUs: batches gathered ahead on threads into pinned memory; 4 threads read a store at 62-63k img/s
-        # on a 16-core H200 host (benchmarks/gpu.py), 1 thread at 20k
+        # on a 16-core H200 host (benchmarks/results/gpu-h200-run2.log), 1 thread at 20k
         self.gather_threads = max(1, min(4, (os.cpu_count() or 1) // 4))
         self.prefetch_depth = 2 * self.gather_threads + 2
 
     def __len__(self) -> int:
-        return -(
-            -len(epoch_indices(len(self.source), 0, self.seed, self.rank, self.world, self.shuffle)) // self.batch_size
-        )
+        """Batches per epoch, by arithmetic (``epoch_indices``' lengths): no permutation is built. The engine asks
+        several times a step, and a permutation of ImageNet's 1.28 M samples costs 8-52 ms on a 2-core CPU."""
+        return -(-samples_per_rank(len(self.source), self.rank, self.world, self.shuffle) // self.batch_size)
+
+    def __bool__(self) -> bool:  # a dataset is there even when it has no batch (``x or default`` must not count)
+        return True
 
     @property
     def num_samples(self) -> int:

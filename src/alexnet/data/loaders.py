@@ -226,10 +226,11 @@ def _jpeg_stores(path: str | None, device: torch.device | None, *splits: SplitDa
 
 
 def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], batch_size: int, workers: int = -1,
-                    split_dir: str | None = None, val_fraction: float = 0.2, rank: int = 0,
-                    world: int = 1) -> Batches:  # fmt: skip
+                    split_dir: str | None = None, val_fraction: float = 0.2, rank: int = 0, world: int = 1,
+                    pin_memory: bool = False) -> Batches:  # fmt: skip
     """The validation batches of ``path`` (or ``split_dir``) for weights preprocessed as ``pre``, labelled in the
-    weights' class order; its classes must be the weights' classes."""
+    weights' class order; its classes must be the weights' classes. ``pin_memory`` (CUDA): batches in pinned
+    memory, so that their copies to the GPU are asynchronous, as training's validation reads them."""
     size = store_size(path) if path is not None and split_dir is None else None
     folder = Path(path) if path is not None and size is None and split_dir is None else None
     if folder is not None and folder.is_dir() and not (folder / "val").is_dir():
@@ -240,7 +241,7 @@ def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], b
     val = open_split(path, "val", pre.resize, class_names, False, val_fraction, split_dir, rank, world)
     if val.class_names != class_names:
         raise UserError(f"the data's classes ({len(val.class_names)}) differ from the model's ({len(class_names)})")
-    return Batches(val.dataset(pre.resize), batch_size, False, 0, rank, world, default_workers(workers))
+    return Batches(val.dataset(pre.resize), batch_size, False, 0, rank, world, default_workers(workers), pin_memory)
 
 
 def _per_rank(batch_size: int, world: int) -> int:

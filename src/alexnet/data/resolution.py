@@ -47,7 +47,9 @@ def size_at(frac: float, crop: int, start: int | None, ramp: tuple[float, float]
     a, b = ramp
     t = 1.0 if frac >= b else 0.0 if frac <= a else (frac - a) / (b - a)
     want = start + (crop - start) * t
-    return min(allowed_sizes(crop, start), key=lambda s: (abs(s - want), -s))
+    lowest = crop - STRIDE * ((crop - start) // STRIDE)  # allowed_sizes(crop, start)[0], in O(1): called per epoch
+    steps = math.floor((want - lowest) / STRIDE + 0.5)  # the nearest size, the larger one on a tie
+    return lowest + STRIDE * min(max(steps, 0), (crop - lowest) // STRIDE)
 
 
 def epoch_sizes(crop: int, start: int | None, ramp: tuple[float, float] | list[float], steps_per_epoch: int,

@@ -245,7 +245,7 @@ class StoreImages:
         self.format = manifest["format"]
         n = manifest["splits"][split]["count_written"]
         # raw: "pread" (a read per image) or "mmap" (index_select on the memory map). One H200 machine,
-        # 16 cores, loader alone into pinned memory (benchmarks/gpu.py): pread 62-63k img/s with 4 threads
+        # 16 cores, loader alone into pinned memory (benchmarks/results/gpu-h200-run2.log): pread 62-63k img/s with 4 threads
         # on the first and later passes; mmap 70k with 1 thread once mapped but 28k on the first pass
         # (page faults) and 37k with 4 threads (their OpenMP teams oversubscribe the cores)
         self.read = read

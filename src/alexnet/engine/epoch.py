@@ -1,14 +1,18 @@
 """One epoch of training steps (``train_one_epoch``), and what follows it (``end_of_epoch``: validation, the
 metrics row, checkpoints).
 
-Rule for DDP: every rank must reach the same check steps (``is_check_step`` depends only on counters all
+The host reads values from the device (the loss, the sums, the NaN and stop flags) only at sync steps
+(``is_sync_step``: every train.sync_every steps, checkpoint steps and an epoch's last step): on a GPU each read
+waits for the queue to drain, so between sync steps the host only queues work. Nothing per step grows with the
+dataset (``Batches.__len__`` is arithmetic; the epoch's order is drawn once, when it starts).
+
+Rule for DDP: every rank must reach the same sync steps (``is_sync_step`` depends only on counters all
 ranks share). NaNs and stop signals are agreed there with an all-reduce, so all ranks stop at the same step
 instead of one waiting forever in the next gradient all-reduce.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -43,7 +47,7 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class StepSums:
-    """This epoch's running sums on the device (no host sync per step)."""
+    """This epoch's running sums on the device: nothing is read from the device until a sync step."""
 
     loss: torch.Tensor
     correct: torch.Tensor
@@ -56,8 +60,10 @@ class StepSums:
         f = lambda dt: torch.zeros((), dtype=dt, device=device)  # noqa: E731
         return cls(f(torch.float32), f(torch.int64), f(torch.int64), f(torch.int64), f(torch.int64))
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> None:
+        """Step ``step``'s loss and predictions; marks it as the first bad step if its loss is not finite."""
         with torch.no_grad():
+            self.bad_step = torch.where(torch.isfinite(loss) | (self.bad_step > 0), self.bad_step, step)
             valid = (y >= 0).sum()
             self.unreadable += y.numel() - valid
             self.loss += loss.detach().float() * valid
@@ -65,22 +71,22 @@ class StepSums:
             self.count += valid
 
     def drain(self, into: EpochSums, seconds: float) -> EpochSums:
-        """Move the sums into ``into`` (host floats) and start again from zero."""
-        out = into.plus(self.loss.item(), self.correct.item(), self.count.item(), seconds)
+        """Move the sums into ``into`` (host floats; one read of the device) and start again from zero."""
+        loss, correct, count = torch.stack([self.loss, self.correct.float(), self.count.float()]).tolist()  # exact
+        # counts below 2**24 images per epoch and rank (ImageNet: 1.28 M); no float64 (MPS has none)
         for t in (self.loss, self.correct, self.count):
             t.zero_()
-        return out
+        return into.plus(loss, correct, count, seconds)
 
 
-def is_check_step(s: Session, st: TrainState) -> bool:
-    """Where NaNs and signals are looked at (a host-device sync on GPUs): every step on CPUs (free), else every
-    log_every steps (50 when 0), at checkpoint steps and at the epoch's last step. One H200 run measured 23k img/s
-    with a check (a sync) every step. Depends only on counters every rank shares (see the module docstring)."""
-    t = s.cfg.train
-    step = st.global_step + 1
-    return (s.device.type == "cpu" or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
-            or step % (t.log_every or 50) == 0 or st.step_in_epoch + 1 == len(s.data.train or [])
-            or step == total_steps(s))  # fmt: skip
+def is_sync_step(s: Session, st: TrainState) -> bool:
+    """Whether the host reads device values after the step just taken (global step ``st.global_step``): every
+    train.sync_every steps (tuning.auto_sync_every: every step on CPUs), at checkpoint steps, at the epoch's last
+    step and at the run's last. A read waits for the GPU; between sync steps nothing reads one. Depends only on
+    counters every rank shares (see the module docstring)."""
+    t, k = s.cfg.train, st.global_step
+    return (k % (t.sync_every or 1) == 0 or bool(t.checkpoint_every and k % t.checkpoint_every == 0)
+            or st.step_in_epoch == steps_per_epoch(s) or k == total_steps(s))  # fmt: skip
 
 
 def check_finite(step: int, epoch: int, run_dir: Path) -> None:
@@ -91,9 +97,15 @@ def check_finite(step: int, epoch: int, run_dir: Path) -> None:
                                "try a lower learning rate (--lr)")  # fmt: skip
 
 
+def steps_per_epoch(s: Session) -> int:
+    """Optimizer steps in a whole epoch (the same on every rank: training pads to a multiple of the world size)."""
+    assert s.data.train is not None
+    return len(s.data.train)
+
+
 def total_steps(s: Session) -> int:
     """The run's length in optimizer steps: train.max_steps (a --budget plan's), else every step of every epoch."""
-    return s.cfg.train.max_steps or s.cfg.train.epochs * len(s.data.train or [])
+    return s.cfg.train.max_steps or s.cfg.train.epochs * steps_per_epoch(s)
 
 
 def finished(s: Session, st: TrainState) -> bool:
@@ -104,7 +116,7 @@ def epoch_size(s: Session, epoch: int) -> int:
     """This epoch's training crop (progressive resizing, data/resolution.py; the final crop when off), from the
     run's length as planned when the epoch began (a --budget check changes the crops of later epochs only), and
     never below an earlier epoch's crop (a check that lengthens the run moves the ramp later)."""
-    d, spe, retargets, total = s.cfg.data, len(s.data.train or [1]), s.cfg.schedule.retargets, total_steps(s)
+    d, spe, retargets, total = s.cfg.data, steps_per_epoch(s), s.cfg.schedule.retargets, total_steps(s)
 
     def planned(e: int) -> int:  # epoch e's crop under the plan in force when it began
         sizes = epoch_sizes(d.train_end, d.res_start, d.res_ramp, spe, total_at(retargets, e * spe, total))
@@ -160,57 +172,80 @@ def save(s: Session, st: TrainState, names: tuple[str, ...]) -> None:
 
 
 def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | None = None,
-                    after_step: Callable[[int], None] | None = None) -> int | None:  # fmt: skip
-    """Train epoch ``st.epoch`` from step ``st.step_in_epoch`` to its end, or to global step ``until`` when that
-    comes first (a --budget check; call again to go on); ``after_step(global_step)`` is called after each step
-    (the budget's clock). Returns the agreed stop signal when one arrived (a checkpoint was saved at that step),
-    else None with ``st.partial`` holding the epoch's sums."""
-    t, size = s.cfg.train, epoch_size(s, st.epoch)
-    n_steps = min(len(s.data.train or []), total_steps(s) - (st.global_step - st.step_in_epoch))  # last may be partial
-    pause = n_steps if until is None else min(n_steps, until - (st.global_step - st.step_in_epoch))
+                    after_sync: Callable[[int], None] | None = None) -> int | None:  # fmt: skip
+    """Train epoch ``st.epoch`` from step ``st.step_in_epoch`` to its end (the run's end when that comes first,
+    as planned at each step: a --budget check may move it), or to global step ``until`` (call again to go on).
+    ``after_sync(global_step)`` is called at each sync step (a --budget run's clock and checks: the host has just
+    waited for the device there). Returns the agreed stop signal when one arrived (a checkpoint was saved at that
+    step), else None with ``st.partial`` holding the epoch's sums."""
+    t, size, start = s.cfg.train, epoch_size(s, st.epoch), st.global_step - st.step_in_epoch
+    steps = lambda: min(steps_per_epoch(s), total_steps(s) - start)  # noqa: E731 - this epoch's, as planned now
+    done = lambda: st.step_in_epoch >= steps() or (until is not None and st.global_step >= until)  # noqa: E731
     if st.step_in_epoch == 0:
         st.partial = EpochSums()
     sums, t0 = StepSums.zeros(s.device), time.perf_counter()
     label = f"epoch {st.epoch + 1}/{t.epochs}" + (
         f" {size}px" if s.cfg.data.res_start or size != s.cfg.data.crop else ""
     )
-    progress = Progress(n_steps, label, s.main and s.verbose, t.log_every, initial=st.step_in_epoch)
+    progress = Progress(steps(), label, s.main and s.verbose, t.log_every, initial=st.step_in_epoch)
+    shown = Shown(st.global_step)
     s.model.train()
     assert s.data.train is not None
-    batches = s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch, size=size)
-    for x, y, idx in itertools.islice(batches, max(0, pause - st.step_in_epoch)):
+    batches = s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch, size=size) if not done() else iter(())
+    for x, y, idx in batches:
         update = s.dist.enabled or bool((y >= 0).any())  # y is still on the host: no sync
         loss, logits, y = forward(s, st, x, y, idx, size)
-        sums.bad_step = torch.where(torch.isfinite(loss) | (sums.bad_step > 0), sums.bad_step, st.global_step + 1)
-        signal = None
-        if is_check_step(s, st):
-            first_bad, signal = distributed.agree_stop(sums.bad_step, stop.signal)
-            check_finite(first_bad, st.epoch, s.run_dir)
         optimizer_step(st, loss, update)
         if st.ema is not None and update:
             st.ema.update(st.model, decay_for(t.ema, total_steps(s)))
-        sums.add(loss, logits, y)
-        if after_step is not None:
-            after_step(st.global_step)
-        if s.main and t.log_every and st.global_step % t.log_every == 0:
-            s.logger.step(st.global_step, loss.item(), st.schedule.lr)
-        progress.update(  # the callables run only when a line is shown (each .item() syncs a GPU)
-            loss=loss.item, acc=lambda c=sums.correct, n=sums.count: c.item() / max(n.item(), 1.0),
-            img_s=lambda n=sums.count, t0=t0: n.item() * s.dist.world / max(time.perf_counter() - t0, 1e-9),
-            lr=st.schedule.lr)  # fmt: skip
-        want_ckpt = t.checkpoint_every and st.global_step % t.checkpoint_every == 0
-        if (want_ckpt or signal is not None) and st.step_in_epoch < n_steps:
-            st.partial, t0 = sums.drain(st.partial, time.perf_counter() - t0), time.perf_counter()
-            save(s, st, ("last",))
-            if signal is not None:
-                progress.close()
-                return signal
+        sums.add(loss, logits, y, st.global_step)
+        progress.advance()
+        if is_sync_step(s, st):
+            signal = sync_point(s, st, stop, sums, loss, progress, shown, t0)
+            if after_sync is not None:
+                after_sync(st.global_step)
+            want_ckpt = t.checkpoint_every and st.global_step % t.checkpoint_every == 0
+            if (want_ckpt or signal is not None) and st.step_in_epoch < steps():
+                st.partial, t0 = sums.drain(st.partial, time.perf_counter() - t0), time.perf_counter()
+                save(s, st, ("last",))
+                if signal is not None:
+                    progress.close()
+                    return signal
+        if done():
+            break
+    getattr(batches, "close", lambda: None)()  # a loader left mid-epoch stops its workers and threads now
     progress.close()
-    if int(distributed.all_reduce_sum(sums.unreadable)) and s.main:
-        log.warning("epoch %d: skipped %d images that failed to decode (listed above)", st.epoch + 1,
-                    int(sums.unreadable))  # fmt: skip
+    unreadable = int(distributed.all_reduce_sum(sums.unreadable))
+    if unreadable and s.main:
+        log.warning("epoch %d: skipped %d images that failed to decode (listed above)", st.epoch + 1, unreadable)
     st.partial = sums.drain(st.partial, time.perf_counter() - t0)
     return None
+
+
+@dataclass
+class Shown:
+    """The global step whose loss was last shown (TensorBoard's step scalars, every train.log_every steps)."""
+
+    step: int
+
+
+def sync_point(s: Session, st: TrainState, stop: StopFlag, sums: StepSums, loss: torch.Tensor, progress: Progress,
+               shown: Shown, t0: float) -> int | None:  # fmt: skip
+    """Where the host reads the device (a sync step): the ranks agree on NaNs and stop signals (one read), and the
+    progress bar, log line and step scalars that are due are written from one more read. Returns the signal."""
+    first_bad, signal = distributed.agree_stop(sums.bad_step, stop.signal)
+    check_finite(first_bad, st.epoch, s.run_dir)
+    every, k = s.cfg.train.log_every, st.global_step
+    scalars = s.main and every > 0 and k // every > shown.step // every
+    if scalars or progress.due():
+        value, correct, count = torch.stack([loss.detach().float(), sums.correct.float(), sums.count.float()]).tolist()
+        if scalars:
+            s.logger.step(k, value, st.schedule.lr)
+            shown.step = k
+        seconds = max(time.perf_counter() - t0, 1e-9)
+        progress.show(loss=value, acc=correct / max(count, 1.0), img_s=count * s.dist.world / seconds,
+                      lr=st.schedule.lr)  # fmt: skip
+    return signal
 
 
 def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:

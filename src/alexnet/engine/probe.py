@@ -8,7 +8,6 @@ import itertools
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,34 +16,10 @@ from .. import checkpoint as ckpt_io
 from .. import distributed
 from ..inference import evaluate
 from .epoch import forward
+from .planner import Costs
 from .precise_bn import recalibration_images
 from .setup import Session
 from .state import TrainState
-
-
-@dataclass
-class Costs:
-    """Seconds (the slowest rank's): what the probe measured, then what training measured."""
-
-    step_s: dict[int, float]  # per training step, at each crop timed (training's own time replaces the probe's)
-    warm_s: float  # extra cost of a new crop's first step (allocation, autotuning, compilation)
-    epoch_s: float  # fixed cost per epoch beyond its steps (data-loader start-up)
-    val_s: float  # one validation pass
-    save_s: float  # one checkpoint
-    timed: dict[int, int] = field(default_factory=dict)  # how many steps each crop's time is from (default 1)
-    recal_s: float = 0.0  # train.bn_recalibrate before the last validation (its images at a validation's pace)
-
-    def step(self, size: int) -> float:
-        """Seconds per step at ``size``: ``a + b * size**2``, least squares through the timed crops, each
-        weighted by its steps timed (a check's dozens of steps outweigh the probe's three)."""
-        xs, ys = [z * z for z in self.step_s], list(self.step_s.values())
-        ws = [self.timed.get(z, 1) for z in self.step_s]
-        mx, my = (sum(w * v for w, v in zip(ws, vs)) / sum(ws) for vs in (xs, ys))
-        sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
-        if sxx == 0:
-            return my
-        b = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys)) / sxx
-        return max(my + b * (size * size - mx), 1e-6)
 
 
 def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
@@ -72,11 +47,6 @@ def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
                  dict.fromkeys(sizes, timed), agreed[k + 2] * recal / max(s.data.val.num_samples, 1))  # fmt: skip
 
 
-def _sync(s: Session) -> None:
-    if s.device.type == "cuda":
-        torch.cuda.synchronize(s.device)
-
-
 def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) -> tuple[float, float]:
     """(the first step's seconds, the median of the ``timed`` steps after ``warm`` warm-up steps) at ``size``;
     real batches of epoch 0 through the run's own augmentation, forward, backward and optimizer step."""
@@ -90,7 +60,7 @@ def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) ->
         st.scaler.update()
         if st.ema is not None:
             st.ema.update(st.model, 0.5)
-        _sync(s)
+        distributed.synchronize(s.device)
         now = time.perf_counter()
         times.append(now - t0)
         t0 = now
@@ -116,7 +86,7 @@ def _time_validation(s: Session, batches: int = 2) -> float:
     assert s.data.preprocess.crop is not None
     evaluate(s.eval_model, Prefix(), s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),  # type: ignore[arg-type]
              s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
-    _sync(s)
+    distributed.synchronize(s.device)
     if len(stamps) < 3:  # a one-batch validation set
         return time.perf_counter() - t0
     per = [b - a for a, b in zip(stamps[1:], stamps[2:])]

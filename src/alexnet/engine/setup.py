@@ -247,19 +247,18 @@ def _wrap(cfg: Config, data: DataBundle, state: TrainState, dist: DistInfo) -> t
         t.compile = tuning.compile_pays(dist.device, tuning.has_lrn(state.model), total, bool(t.towers))
         note = f" (auto, for {total:,} training images)"
     if dist.is_main:
-        log.info("compute path: amp=%s channels_last=%s compile=%s%s", t.amp, t.channels_last, t.compile, note)
+        log.info("compute path: amp=%s channels_last=%s compile=%s%s sync_every=%d", t.amp, t.channels_last,
+                 t.compile, note, t.sync_every)  # fmt: skip
     if dist.is_main and t.parallel == "hybrid" and not dist.enabled:
         log.info("parallel=hybrid: one process, nothing to shard; training the plain model")
     ids = [dist.device.index] if dist.device.type == "cuda" else None
-    if isinstance(state.model, HybridAlexNet):  # compile the convolutions; the head runs its collectives eagerly
-        if t.compile:
-            state.model.features.compile()
-        return state.model.ddp(ids), _eval_copy(cfg, len(data.class_names), dist)
-    model = torch.compile(state.model) if t.compile else state.model
-    eval_model = model
-    if dist.enabled:
-        model = DDP(model, device_ids=ids)
-    return model, eval_model
+    compiled = (lambda m: torch.compile(m, backend=t.compile_backend)) if t.compile else (lambda m: m)  # noqa: E731
+    if isinstance(state.model, HybridAlexNet):
+        return compiled(state.model.ddp(ids)), _eval_copy(cfg, len(data.class_names), dist)
+    eval_model = compiled(state.model)
+    # compile(DDP(model)), as PyTorch documents it: dynamo's DDP optimizer splits the graph at DDP's gradient
+    # buckets, so each bucket's all-reduce starts while the backward of the layers below it still runs
+    return (compiled(DDP(state.model, device_ids=ids)) if dist.enabled else eval_model), eval_model
 
 
 def _eval_copy(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
@@ -268,7 +267,7 @@ def _eval_copy(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
     m = cfg.model
     model = create_model(m.name, num_classes, init="default", **model_options(m.name, asdict(m))).to(dist.device)
     model = model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
-    return torch.compile(model) if cfg.train.compile else model
+    return torch.compile(model, backend=cfg.train.compile_backend) if cfg.train.compile else model
 
 
 def _num_params(model: nn.Module) -> int:

@@ -1,0 +1,177 @@
+"""The training loop's host path at ImageNet scale: what the engine does around each step besides the step.
+
+    python benchmarks/host_overhead.py [--steps 300] [--worlds 1 8 64] [--batches 128 256]
+
+One rank of a run on ImageNet's 1,281,167 training samples at world size W (rank 0 simulated: the other ranks'
+collectives are no-ops without a process group), per-rank batch B, the `fast` recipe's loop (onecycle lr per
+step, label smoothing, PCA colour noise, flips) with train.sync_every=20 (the GPU default): the network is a
+trivial module (a 1x1 convolution, global pooling and a linear layer) and the images tiny (3 x 8 x 8 uint8, the
+same one for every sample), so what remains is host work: the sampler and the epoch's order, batch indices, the
+augmentation's parameters (keyed per sample), the sums, the sync steps' checks and logging, the budget's clock.
+The augmentation is `modern` with the crop done by the loader (as from a folder), so its ops are the GPU path's
+(no CPU per-image loop). Baseline, same run: a bare loop of the same module's forward, backward and optimizer
+step on pre-built batches. Printed per configuration:
+
+    host overhead: X ms per step, ratio R (world W, batch B)
+
+where R is the engine's seconds per step over the bare loop's, both the median of five interleaved rounds. Also
+printed: what building the epoch's order costs (once per epoch; before, ``len()`` of the batches built it, up to
+six times a step on GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.config import apply_overrides, load_recipe
+from alexnet.data.batches import Batches, TensorSource, epoch_indices
+from alexnet.data.loaders import DataBundle
+from alexnet.data.preprocess import Preprocess
+from alexnet.data.stats import ColourStats
+from alexnet.data.transforms import BatchAugment
+from alexnet.distributed import DistInfo, synchronize
+from alexnet.engine.budget import BudgetRun
+from alexnet.engine.epoch import train_one_epoch
+from alexnet.engine.setup import Session, resolve_config
+from alexnet.engine.state import RunInfo, TrainState
+from alexnet.optim import Schedule, build_optimizer
+from alexnet.runlog import RunLogger
+from alexnet.signals import StopFlag
+
+N_IMAGENET, CLASSES, SIDE = 1_281_167, 1000, 8
+
+
+class Trivial(nn.Module):
+    """As little computation as a network can be: 3 -> 16 channels, pooled, 16 -> 1000 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 16, 1), nn.Linear(16, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def session(world: int, batch: int, run_dir: Path, dev: torch.device) -> tuple[Session, TrainState]:
+    """A `fast`-recipe Session and TrainState over the ImageNet-sized source, built as engine/setup.py builds them
+    but around the trivial module (setup() itself would build an AlexNet)."""
+    sets = ["data.res_start=null", "data.res_end=null", "train.amp=none",
+            "train.channels_last=false", "train.compile=false", f"train.batch_size={batch * world}", "train.epochs=1000",
+            "train.sync_every=20", "train.log_every=20", "train.bn_recalibrate=0"]  # fmt: skip
+    cfg = apply_overrides(load_recipe("fast"), sets)
+    cfg.data.crop = cfg.data.resize = SIDE  # below any AlexNet's minimum input: set past the config's check
+    cfg = resolve_config(cfg, dev)
+    cfg.train.channels_last = False
+    labels = torch.arange(N_IMAGENET) % CLASSES
+    images = torch.zeros(1, 3, SIDE, SIDE, dtype=torch.uint8).expand(N_IMAGENET, -1, -1, -1)
+    train = Batches(TensorSource(images, labels), batch, True, cfg.train.seed, 0, world, pin_memory=dev.type == "cuda")
+    stats = ColourStats.imagenet()
+    pre = Preprocess(SIDE, SIDE, tuple(stats.mean), tuple(stats.std))
+    normalizer = pre.normalizer(stats)
+    augment = BatchAugment("modern", SIDE, normalizer.to(dev), cfg.data.pca_noise, pre_cropped=True)
+    names = [f"class_{i}" for i in range(CLASSES)]
+    data = DataBundle(train, train, names, pre, normalizer, augment, stats, [], "", None)
+    model = Trivial().to(dev)
+    optimizer = build_optimizer(model, cfg.optim, cfg.optim.lr)
+    schedule = Schedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs, len(train))
+    st = TrainState(model, optimizer, schedule, torch.amp.GradScaler("cpu", enabled=False),
+                    RunInfo(cfg, names, pre, world, ""))  # fmt: skip
+    dist = DistInfo(0, 0, world, dev)
+    return Session(cfg, dist, run_dir, data, model, model, augment, RunLogger(None), False), st
+
+
+def engine_rounds(s: Session, st: TrainState, steps: int, rounds: int) -> list[float]:
+    """Seconds per step of ``train_one_epoch`` over ``steps`` steps, ``rounds`` times (after 20 warm-up steps),
+    with a --budget clock taking the sync steps' times as a budget run's does. An epoch that ends moves to the
+    next (a new order drawn) without the validation and checkpoint of a real epoch's end."""
+    clock = BudgetRun(None, time.monotonic(), None, None)  # type: ignore[arg-type]
+
+    def train_to(target: int) -> None:
+        while st.global_step < target:
+            train_one_epoch(s, st, stop, target, clock.tick)
+            if st.step_in_epoch >= len(s.data.train):
+                st.epoch, st.step_in_epoch = st.epoch + 1, 0
+
+    out = []
+    with StopFlag() as stop:
+        train_to(st.global_step + 20)
+        for _ in range(rounds):
+            t0, start = time.perf_counter(), st.global_step
+            train_to(start + steps)
+            synchronize(s.device)
+            out.append((time.perf_counter() - t0) / steps)
+    return out
+
+
+def bare_rounds(batch: int, steps: int, rounds: int, dev: torch.device) -> list[float]:
+    """The baseline: the trivial module's forward, backward and optimizer step (the same fused SGD) on batches
+    built beforehand, already normalised."""
+    cfg = load_recipe("fast")
+    model = Trivial().to(dev)
+    optimizer = build_optimizer(model, cfg.optim, cfg.optim.lr)
+    xs = [torch.randn(batch, 3, SIDE, SIDE, device=dev) for _ in range(8)]
+    ys = [torch.randint(0, CLASSES, (batch,), device=dev) for _ in range(8)]
+
+    def step(i: int) -> None:
+        loss = F.cross_entropy(model(xs[i % 8]), ys[i % 8], label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(20):
+        step(i)
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        synchronize(dev)
+        out.append((time.perf_counter() - t0) / steps)
+    return out
+
+
+def order_ms(world: int) -> float:
+    """Milliseconds to draw one epoch's order of ImageNet for one rank (once per epoch)."""
+    t0 = time.perf_counter()
+    epoch_indices(N_IMAGENET, 0, 0, 0, world, True)
+    return 1000 * (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300, help="steps per timed round (default 300)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--worlds", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--batches", type=int, nargs="+", default=[128, 256], help="per-rank batch sizes")
+    ap.add_argument("--device", default="cpu", help="cpu (default), or cuda: the same loop's host path there")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"device {dev}, threads {torch.get_num_threads()}, {N_IMAGENET:,} samples, images 3x{SIDE}x{SIDE}, trivial module, "
+          f"train.sync_every=20; medians of {args.rounds} interleaved rounds of {args.steps} steps")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in args.worlds:
+            for batch in args.batches:
+                s, st = session(world, batch, Path(tmp), dev)
+                engine, bare = [], []
+                for _ in range(args.rounds):  # interleaved: a noisy stretch hits both sides alike
+                    engine += engine_rounds(s, st, args.steps, 1)
+                    bare += bare_rounds(batch, args.steps, 1, dev)
+                e, b = statistics.median(engine), statistics.median(bare)
+                print(f"host overhead: {1000 * (e - b):.2f} ms per step, ratio {e / b:.2f} (world {world}, batch "
+                      f"{batch}); bare loop {1000 * b:.2f} ms per step")  # fmt: skip
+            ms = statistics.median(order_ms(world) for _ in range(3))
+            print(f"epoch order: {ms:.1f} ms once per epoch (world {world}); before, every len() of the batches "
+                  f"built it: 4 a step on GPUs (6 with train.ema) = {4 * ms:.0f}-{6 * ms:.0f} ms per step")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -154,6 +154,8 @@ def test_the_plan_is_the_longest_run_that_fits() -> None:
     assert cost(222, 74, fixed, recal, done=100) == pytest.approx(cost(222, 74, fixed, costs, done=100) + 15.0)
     assert cost(222, 74, fixed, recal, done=222) == pytest.approx(2.0 + 40.0 + 15.0)
     assert rising([131, 163, 131, 131, 227], floor=163) == [163, 163, 163, 163, 227]
+    # train.final_tta=10crop (the paper recipe): the last validation costs ten
+    assert cost(222, 74, fixed, replace(costs, last_val=10.0)) == pytest.approx(cost(222, 74, fixed, costs) + 9 * 40.0)
 
 
 @pytest.mark.parametrize("seed", range(4))

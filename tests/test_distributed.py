@@ -86,7 +86,7 @@ def test_ddp_two_processes_match_one(odd_folder: Path, tmp_path: Path, recipe: s
     if recipe != "paper":
         return
     # evaluation under torchrun on the odd-sized set: n equals the dataset size
-    ev = _torchrun(2, ["evaluate", str(two), "--json", "--device", "cpu"])
+    ev = _torchrun(2, ["evaluate", str(two), "--json", "--device", "cpu", "--tta", rows2[-1]["val_tta"]])
     lines = ev.stdout.strip().splitlines()
     assert len(lines) == 1, lines  # one result, from rank 0, of the sharded evaluation
     d = json.loads(lines[0])

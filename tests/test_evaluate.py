@@ -42,10 +42,14 @@ def test_evaluate_json(trained_run: tuple[Path, Path], tta: str, capsys: pytest.
 def test_evaluate_matches_training_metrics(trained_run: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
     run, _ = trained_run
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # the paper recipe validates every epoch on the centre crop, the last on the paper's 10 patches (§4.1)
+    assert [r["val_tta"] for r in rows] == ["center", "10crop"]
     best = max(rows, key=lambda r: r["val_top1"])
     capsys.readouterr()
     # training validated in fp32 (FAST: train.amp=none); evaluate's auto is bf16 where the CPU has it natively
-    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--amp", "none", "--json"]) == 0
+    # the same views as that validation (the paper recipe's last one is its 10 patches: train.final_tta)
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--amp", "none", "--json", "--tta",
+                 best["val_tta"]]) == 0  # fmt: skip
     d = json.loads(capsys.readouterr().out)
     assert d["top1"] == best["val_top1"]
     assert d["loss"] == pytest.approx(best["val_loss"], rel=1e-5)

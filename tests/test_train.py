@@ -403,5 +403,5 @@ def test_batchnorm_statistics_recalibrated_at_the_test_view(tiny_folder: Path, t
     assert not torch.allclose(plain["features.bn1.running_var"], var, rtol=0.05)
     row = [json.loads(line) for line in (runs[18] / "metrics.jsonl").read_text().splitlines()][-1]
     val = build_eval_data(str(tiny_folder), w.preprocess, w.class_names, 6, 0)
-    res = evaluate(w.model, val, w.preprocess.normalizer(), 99, 3, torch.device("cpu"))
+    res = evaluate(w.model, val, w.preprocess.normalizer(), 99, 3, torch.device("cpu"), row["val_tta"])
     assert (row["val_top1"], row["val_loss"]) == pytest.approx((res.top1, res.loss))

@@ -142,6 +142,7 @@ class TrainConfig:
     seed: int = _rule(0, ge=0, le=2**32 - 1)  # numpy's seed range; above it the data order's generator overflowed
     deterministic: bool = False  # deterministic CUDA kernels and cuBLAS order (README Platforms); CPU ones are anyway
     eval_tta: str = choice("center", *TTA_CHOICES)  # used for the per-epoch val metrics
+    final_tta: str | None = choice(None, *TTA_CHOICES)  # the last validation's views (None: eval_tta)
     # an EMA of the weights, validated and saved in their place: its half-life as a fraction of the run's
     # optimizer steps (engine/ema.py); 0: off
     ema: float = fraction(0.0)

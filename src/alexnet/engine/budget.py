@@ -99,6 +99,8 @@ class Plan:
                 f"lr warm-up {self.warmup_epochs:.2f} epochs; predicted end at {m(self.predicted_s)} "
                 f"(start-up and probe {m(self.elapsed_s)}, validation {m(self.costs.val_s)} and checkpoint "
                 f"{self.costs.save_s:.1f}s per epoch"
+                + (f", the last validation {self.costs.last_val:.0f}x that (train.final_tta)"
+                   if self.costs.last_val != 1 else "")
                 + (f", BatchNorm recalibration {self.costs.recal_s:.0f}s at the end" if self.costs.recal_s else "")
                 + ")")  # fmt: skip
 

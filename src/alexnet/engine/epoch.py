@@ -264,13 +264,13 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
             assemble(st.model, getattr(s.eval_model, "_orig_mod", s.eval_model))
         model = st.ema.model if st.ema is not None else s.eval_model
         res = evaluate(model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
-                       s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
+                       s.device, (t.final_tta or t.eval_tta) if last else t.eval_tta, t.amp, t.channels_last)  # fmt: skip
     lr_used = st.schedule.lr
     st.schedule.after_epoch(res.top1 if res else None)
     n_train = max(totals[2], 1.0)
     row = {"epoch": st.epoch + 1, "lr": lr_used, "train_loss": totals[0] / n_train, "train_top1": totals[1] / n_train}
     if res is not None:
-        row |= {"val_loss": res.loss, "val_top1": res.top1, "val_top5": res.top5, "val_n": res.n}
+        row |= {"val_loss": res.loss, "val_top1": res.top1, "val_top5": res.top5, "val_n": res.n, "val_tta": res.tta}
     row |= {"images_per_sec": totals[2] / max(p.seconds, 1e-9), "train_size": epoch_size(s, st.epoch),
             "seconds": p.seconds + (time.perf_counter() - t_eval)}  # fmt: skip
     if res is not None and res.top1 > st.best["val_top1"]:

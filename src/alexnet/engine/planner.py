@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import Config
 from ..data.resolution import allowed_sizes, epoch_sizes, rising
@@ -47,6 +47,7 @@ class Costs:
     timed: dict[int, int] = field(default_factory=dict)  # how many steps each crop's time is from (default 1)
     recal_s: float = 0.0  # train.bn_recalibrate before the last validation (its images at a validation's pace)
     load: float = 1.0  # how much slower than its usual pace the machine steps now (``Pace.costs``)
+    last_val: float = 1.0  # the last validation's cost in validations (train.final_tta's views over eval_tta's)
 
     def step(self, size: int) -> float:
         """Seconds per step at ``size``: ``a + b * size**2``, least squares through the timed crops, each
@@ -96,7 +97,7 @@ class Pace:
         scale = statistics.median(usual[z] / probed.step(z) for z in crops) if crops else 1.0  # probe -> usual
         step_s = {z: v * scale for z, v in probed.step_s.items()} | usual  # crops not trained yet: the probe's
         timed = dict(probed.timed) | {z: sum(r.steps for r in self.stretches if r.size == z) for z in crops}
-        c = Costs(step_s, probed.warm_s, probed.epoch_s, probed.val_s, probed.save_s, timed, probed.recal_s)
+        c = replace(probed, step_s=step_s, timed=timed, load=1.0)
         now = now or (self.stretches[-1] if self.stretches else None)
         pace = lambda r: r.pace / probed.step(r.size) if r is not None else 1.0  # noqa: E731 - in probe units
         val = statistics.median([probed.val_s] + [v / pace(r) for v, r in self.vals])  # at the probe's pace
@@ -161,7 +162,8 @@ def _cost(steps: int, sizes: list[int], spe: int, cfg: Config, c: Costs, done: i
     saves = len(ends) + (steps // t.checkpoint_every - done // t.checkpoint_every if t.checkpoint_every else 0)
     vals = sum(1 for e in ends if e == len(sizes) or (t.eval_every and e % t.eval_every == 0))
     started = len(sizes) - -(-done // spe)  # epochs not begun yet
-    fixed = new_sizes * c.warm_s + vals * c.val_s + c.recal_s + started * c.epoch_s + saves * c.save_s
+    vals_s = (vals - 1 + c.last_val) * c.val_s  # the last epoch's end is always among them
+    fixed = new_sizes * c.warm_s + vals_s + c.recal_s + started * c.epoch_s + saves * c.save_s
     return train + fixed  # (the last epoch's end recalibrates BatchNorm: recal_s, always to come)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from .. import checkpoint as ckpt_io
 from .. import distributed
+from ..data.transforms import TTA
 from ..inference import evaluate
 from .epoch import forward
 from .planner import Costs
@@ -42,9 +43,11 @@ def probe(s: Session, st: TrainState, sizes: list[int]) -> Costs:
     first_excess = [f - step_s[z] for f, z in zip(firsts, sizes)]
     numbers = [*step_s.values(), max(first_excess[0], 0.0), max(first_excess[-1], 0.0), val_s, save_s]
     agreed = distributed.all_reduce_max(torch.tensor(numbers, device=s.device)).tolist()  # float32: MPS has no float64
-    k, recal = len(sizes), recalibration_images(s, st.model)
+    k, recal, t = len(sizes), recalibration_images(s, st.model), s.cfg.train
+    views = lambda tta: len(TTA[tta](torch.zeros(1, 1, 2, 2), 1))  # noqa: E731 - a view costs a forward pass
     return Costs(dict(zip(sizes, agreed[:k])), agreed[k], agreed[k + 1], agreed[k + 2], agreed[k + 3],
-                 dict.fromkeys(sizes, timed), agreed[k + 2] * recal / max(s.data.val.num_samples, 1))  # fmt: skip
+                 dict.fromkeys(sizes, timed), agreed[k + 2] * recal / max(s.data.val.num_samples, 1),
+                 last_val=views(t.final_tta or t.eval_tta) / views(t.eval_tta))  # fmt: skip
 
 
 def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) -> tuple[float, float]:

@@ -3,6 +3,7 @@
     python benchmarks/budget.py --store /tmp/imnette-store [--budgets 4m 8m 16m 32m] [--lever-budget 8m]
         [--levers fixed_res] [--test-sizes 227] [--out /tmp/budget-runs] [--figure docs/figures/budget.png]
     python benchmarks/budget.py --plot RUN [RUN ...] --figure docs/figures/budget.png  # runs made earlier
+    python benchmarks/budget.py --store /tmp/imnette-store --budgets 6m --levers --hog 150:60  # a minute's load
 
 ``--base="--batch-size 128 --set optim.lr=0.04"`` (with ``=``) adds arguments to every run, baseline and levers (a lever's
 own arguments come after, so they win): the levers of README "Time to accuracy" were measured that way,
@@ -20,9 +21,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,14 +78,35 @@ def finished_run(out: Path) -> dict:
     return {"budget": f"{plan['budget_s'] / 60:g}m", "rows": rows, "plan": plan}
 
 
-def run(store: Path, budget: str, out: Path, extra: list[str]) -> dict:
+def hogs(start: float, seconds: float) -> threading.Timer:
+    """From ``start`` s on, for ``seconds`` (inf: to the end), one busy process per core beside the run: a laptop's
+    or a shared node's background load (on 2 cores, the run's steps take about twice as long)."""
+    procs: list[subprocess.Popen] = []
+
+    def begin() -> None:
+        procs.extend(subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1))
+        if seconds != float("inf"):
+            threading.Timer(seconds, lambda: [p.kill() for p in procs]).start()
+
+    timer = threading.Timer(start, begin)
+    timer.procs = procs  # type: ignore[attr-defined]
+    timer.start()
+    return timer
+
+
+def run(store: Path, budget: str, out: Path, extra: list[str], hog: tuple[float, float] | None = None) -> dict:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "alexnet", "train", "--data", str(store), "--recipe", "fast", "--budget", budget,
            "--out", str(out), *extra]  # fmt: skip
     log = out.parent / f"{out.name}.log"  # not with_suffix: "ema_0.1-8m" has a dot
+    timer = hogs(*hog) if hog else None
     with open(log, "w") as f:
         rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
+    if timer is not None:
+        timer.cancel()
+        for p in timer.procs:  # type: ignore[attr-defined]
+            p.kill()
     if rc:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {log}")
     rows, plan = _read(out)
@@ -152,7 +176,10 @@ def main() -> None:
     ap.add_argument("--figure", type=Path)
     ap.add_argument("--machine", default=AVX2, help="the machine, for the figure's title")
     ap.add_argument("--test-sizes", type=int, nargs="*", default=[], help="also evaluate every run at these sizes")
+    ap.add_argument("--hog", metavar="START:SECONDS", help="a CPU hog from START s for SECONDS (inf: to the end), "
+                    "one busy process per core, beside each budget run (the plan's checks against a load)")  # fmt: skip
     a = ap.parse_args()
+    hog = tuple(float(v) for v in a.hog.split(":")) if a.hog else None
     if a.plot:
         figure([finished_run(p) for p in a.plot], a.figure or Path("budget.png"), [finished_run(p) for p in a.before],
                a.before_label, a.machine)  # fmt: skip
@@ -165,9 +192,10 @@ def main() -> None:
               "top-1 % at --test-size"]  # fmt: skip
     rows, results = [header], {}
     for budget in a.budgets:
-        results[budget] = run(a.store, budget, a.out / f"fast-{budget}", base)
-        test_at(results[budget], a.out / f"fast-{budget}", a.test_sizes)
-        rows.append(describe("fast", results[budget]))
+        name = f"fast-{budget}" + (f"-hog-{a.hog.replace(':', '-')}" if hog else "")
+        results[budget] = run(a.store, budget, a.out / name, base, hog)  # type: ignore[arg-type]
+        test_at(results[budget], a.out / name, a.test_sizes)
+        rows.append(describe("fast" + (f" (hog {a.hog})" if hog else ""), results[budget]))
         print(table(rows), flush=True)
     for lever in a.levers:
         if a.lever_budget not in results:

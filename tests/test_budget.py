@@ -167,10 +167,11 @@ def test_the_plan_search_equals_brute_force(seed: int) -> None:
         cfg.data.res_ramp = sorted(rng.uniform(0, 1, 2).round(2).tolist())
         cfg.train.eval_every = int(rng.choice([0, 1, 3]))
         spe = int(rng.integers(4, 30))
-        small, large = rng.uniform(1, 3), rng.uniform(3, 9)  # sometimes the noisy fit makes big crops cheaper
-        c = Costs({131: small, 227: large} if rng.random() < 0.8 else {131: large, 227: small}, float(rng.uniform(0, 5)),
-                  float(rng.uniform(0, 3)), float(rng.uniform(0, 30)), float(rng.uniform(0, 4)),
-                  recal_s=float(rng.uniform(0, 10) * (rng.random() < 0.5)))  # fmt: skip
+        # step cost a + b side^2, b < 0 sometimes (a noisy fit can make big crops cheaper), positive at every crop
+        a = rng.uniform(1, 3)
+        b = rng.uniform(2, 6) * a / 227**2 if rng.random() < 0.8 else -rng.uniform(0, 0.5) * a / 227**2
+        c = Costs({z: a + b * z * z for z in (131, 227)}, float(rng.uniform(0, 5)), float(rng.uniform(0, 3)),
+                  float(rng.uniform(0, 30)), float(rng.uniform(0, 4)), recal_s=float(rng.uniform(0, 10) * (rng.random() < 0.5)))  # fmt: skip
         left = float(rng.uniform(0, 300))
         done = int(rng.integers(0, 3 * spe)) if rng.random() < 0.5 else 0
         current = planned_sizes(cfg, spe, done + 5 * spe)[done // spe] if done else None

@@ -240,19 +240,22 @@ def test_checks_come_at_shares_of_the_plan_early_at_a_new_crop_and_not_at_an_epo
     steps = [0]
     while (k := next_check(400, sizes, 148, steps[-1])) is not None:
         steps.append(k)
-    # the shares 100, 200, 300 and 360, and 8 steps into the epoch at 163 px (from 148); the one at 227 px (from
-    # 296) would be 304, too close to 300's
-    assert steps[1:] == [100, 156, 200, 300, 360]
-    assert next_check(400, sizes, 148, 296) == 304  # checked at the epoch's end (296), not at 300
-    assert next_check(400, sizes, 100, 0) == 108  # 100, 200 and 300 are epochs' ends; 108 and 208 new crops
-    assert next_check(400, [131, 131, 163], 100, 0) == 208  # 108: 131 px was trained before
-    assert next_check(400, [131, 131, 163], 7, 0) == 100  # epochs shorter than 8 steps: no check at a new crop
-    assert next_check(20, [99], 148, 0) == 10  # 5 is too soon
+    # every 5 % of the plan (20 steps), and 8 steps into the epoch at 163 px (from 148), 8 steps at least apart:
+    # 160 is too close to 156, and 304 (8 into 227 px) to 300
+    assert steps[1:] == [*range(20, 141, 20), 156, *range(180, 381, 20)]
+    assert next_check(400, sizes, 148, 296) == 304  # checked at the epoch's end (296), then 8 steps into 227 px
+    assert next_check(400, sizes, 100, 90) == 108  # 100 is an epoch's end (checked there); 108 a new crop
+    assert next_check(400, [131, 131, 163], 100, 90) == 120  # 108: 131 px was trained before
+    assert next_check(400, [131, 131, 163], 100, 190) == 208
+    assert next_check(400, [131, 131, 163], 7, 0) == 20  # epochs shorter than 8 steps: no check at a new crop
+    assert next_check(20, [99], 148, 0) == 8  # 1..7 are too soon
     # only at sync steps (train.sync_every: the host reads the device there), two of them at least apart
-    assert next_check(400, sizes, 148, 0, sync_every=20) == 100 and next_check(400, sizes, 148, 100, 20) == 160
-    assert next_check(400, sizes, 148, 0, sync_every=30) == 120
-    # a slow stretch is confirmed soon: 5 % of the rest later (or CHECK_GAP steps), not at the next share
+    assert next_check(400, sizes, 148, 0, sync_every=20) == 40 and next_check(400, sizes, 148, 100, 20) == 140
+    assert next_check(400, sizes, 148, 0, sync_every=30) == 60
+    # a loaded stretch is confirmed soon: 5 % of the rest later (at least 4 steps), up to the run's last steps
     assert next_check(4000, [131] * 3, 1480, 1000, soon=True) == 1150
+    assert next_check(100, [131], 148, 93, soon=True) == 97 and next_check(100, [131], 148, 97, soon=True) == 99
+    assert next_check(100, [131], 148, 93) is None  # (no load: the last shares were checked)
 
 
 def test_a_check_plans_with_the_usual_pace_unless_the_machine_stays_slow() -> None:
@@ -428,7 +431,7 @@ def test_each_epoch_gets_the_nearest_allowed_crop() -> None:
         t = 1.0 if frac >= b else 0.0 if frac <= a else (frac - a) / (b - a)
         want = start + (crop - start) * t
         assert size_at(frac, crop, start, ramp) == min(allowed_sizes(crop, start), key=lambda z: (abs(z - want), -z))
-    assert size_at(0.6, 227, 131, [0.35, 0.85]) == 163 and size_at(0.5, 227, 131, [0.0, 1.0]) == 195  # tie: 179
+    assert size_at(0.5, 227, 131, [0.35, 0.85]) == 163 and size_at(0.6, 227, 131, [0.35, 0.85]) == 195  # 179: a tie
 
 
 def _simulated_run(budget_s: float, spe: int, pace: float, slow: Callable[[float], float]) -> float:

@@ -49,8 +49,7 @@ def non_negative(default: Any) -> Any:
     return _rule(default, ge=0)
 
 
-def fraction(default: Any) -> Any:
-    """A value in [0, 1]."""
+def fraction(default: Any) -> Any:  # a value in [0, 1]
     return _rule(default, ge=0, le=1)
 
 
@@ -184,9 +183,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert ``value`` to the annotated type ``tp`` or raise UserError naming ``key``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None
         if bool in args and isinstance(value, str) and value.lower() == "auto":
             return None  # an optional switch: None means "decide for the device" (tuning.py)
         return _coerce(key, value, next(a for a in args if a is not type(None)))
@@ -196,10 +194,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return [_coerce(key, v, args[0]) for v in value]
     if tp is bool:
         words = dict.fromkeys(("true", "yes", "1", "on"), True) | dict.fromkeys(("false", "no", "0", "off"), False)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in words:
-            return words[value.lower()]
+        if isinstance(value, bool) or (isinstance(value, str) and value.lower() in words):
+            return words[value.lower()] if isinstance(value, str) else value
         raise UserError(f"{key} must be true or false, got {value!r}")
     if tp in (int, float):
         kind = "an integer" if tp is int else "a number"
@@ -271,21 +267,17 @@ def check(cfg: Config) -> None:
                         f", not {cfg.model.name}; add --model alexnet_owt")  # fmt: skip
     info = get_model_info(cfg.model.name)
     minimum = info.min_input_size
-    if (d.crop or minimum) < minimum:
-        raise UserError(f"data.crop {d.crop} is below {cfg.model.name}'s minimum input of {minimum}x{minimum} pixels")
-    if (d.res_start or minimum) < minimum:
-        raise UserError(f"data.res_start {d.res_start} is below {cfg.model.name}'s minimum input of "
-                        f"{minimum}x{minimum} pixels")  # fmt: skip
+    for key, v in (("crop", d.crop), ("res_start", d.res_start)):
+        if (v or minimum) < minimum:
+            raise UserError(f"data.{key} {v} is below {cfg.model.name}'s minimum input of {minimum}x{minimum} pixels")
     crop = d.crop or info.input_size
     end = ladder_below(crop, d.res_end)
     floor, what = max((minimum, f"{cfg.model.name}'s minimum input"), (d.res_start or 0, "data.res_start"))
     if end < crop and end < floor:  # (at crop the ramp ends where it always did)
         raise UserError(f"data.res_end {d.res_end} ends the training crops at {end} px (data.crop {crop} less "
                         f"multiples of 32), below {what} ({floor} px)")  # fmt: skip
-    for key in ("mean", "std"):
-        v = getattr(d, key)
-        if v is not None and len(v) != 3:
-            raise UserError(f"data.{key} must have 3 values (R, G, B), got {v}")
+    if bad := next((k for k in ("mean", "std") if getattr(d, k) is not None and len(getattr(d, k)) != 3), None):
+        raise UserError(f"data.{bad} must have 3 values (R, G, B), got {getattr(d, bad)}")
     if d.std is not None and min(d.std) <= 0:
         raise UserError(f"data.std values must be > 0, got {d.std}")
 
@@ -311,13 +303,13 @@ def from_dict(d: dict[str, Any], where: str = "config") -> Config:
     for section, values in d.items():
         if section == "recipe":
             cfg.recipe = str(values)
-            continue
-        if section not in SECTIONS:
+        elif section not in SECTIONS:
             raise UserError(f"{where}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}, recipe")
-        if not isinstance(values, dict | None):
+        elif not isinstance(values, dict | None):
             raise UserError(f"{where}: section {section!r} must be a mapping")
-        for k, v in (values or {}).items():
-            set_value(cfg, f"{section}.{k}", v)
+        else:
+            for k, v in (values or {}).items():
+                set_value(cfg, f"{section}.{k}", v)
     check(cfg)
     return cfg
 

@@ -63,8 +63,16 @@ def randint(key: torch.Tensor, stream: int, high: int) -> torch.Tensor:
 
 def normal(key: torch.Tensor, stream: int) -> torch.Tensor:
     """N(0, 1) per key (Box-Muller)."""
-    u1 = uniform(key, stream).clamp_(min=1e-7)
-    u2 = uniform(key, stream + 1000)
+    return normals(key, [stream])[:, 0]
+
+
+def normals(key: torch.Tensor, streams: list[int]) -> torch.Tensor:
+    """(len(key), len(streams)): ``normal(key, s)`` for each stream, drawn together (a few ops for all: a training
+    step's host work on a GPU is its ops' launches)."""
+    first = torch.tensor([_stream(s) for s in streams], device=key.device, dtype=torch.int64)
+    second = torch.tensor([_stream(s + 1000) for s in streams], device=key.device, dtype=torch.int64)
+    u = _to_unit(_mix(key.long()[:, None] ^ torch.cat([first, second])[None, :]))
+    u1, u2 = u[:, : len(streams)].clamp_(min=1e-7), u[:, len(streams) :]
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 

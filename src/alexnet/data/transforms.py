@@ -39,7 +39,7 @@ def pca_noise(x: torch.Tensor, alpha: torch.Tensor, eigval: torch.Tensor, eigvec
 
 def pca_alpha(key: torch.Tensor, pca_std: float) -> torch.Tensor:
     """(B, 3): the paper's alpha_i ~ N(0, pca_std), one draw per image and presentation (keyed)."""
-    return torch.stack([kr.normal(key, 10 + i) for i in range(3)], dim=1) * pca_std
+    return kr.normals(key, [10, 11, 12]) * pca_std
 
 
 def pca_shift(alpha: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor) -> torch.Tensor:

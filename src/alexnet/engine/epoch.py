@@ -47,36 +47,36 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class StepSums:
-    """This epoch's running sums on the device: nothing is read from the device until a sync step."""
+    """This epoch's running sums: the loss and the right answers on the device (nothing is read from it until a
+    sync step), the image counts on the host (the labels are there before they are copied)."""
 
     loss: torch.Tensor
     correct: torch.Tensor
-    count: torch.Tensor
-    unreadable: torch.Tensor  # images that failed to decode
     bad_step: torch.Tensor  # first step with a non-finite loss (0: none)
+    count: int = 0
+    unreadable: int = 0  # images that failed to decode
 
     @classmethod
     def zeros(cls, device: torch.device) -> StepSums:
         f = lambda dt: torch.zeros((), dtype=dt, device=device)  # noqa: E731
-        return cls(f(torch.float32), f(torch.int64), f(torch.int64), f(torch.int64), f(torch.int64))
+        return cls(f(torch.float32), f(torch.int64), f(torch.int64))
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> None:
-        """Step ``step``'s loss and predictions; marks it as the first bad step if its loss is not finite."""
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int, valid: int) -> None:
+        """Step ``step``'s loss and predictions over its ``valid`` decoded images; marks it as the first bad step if
+        its loss is not finite."""
         with torch.no_grad():
             self.bad_step = torch.where(torch.isfinite(loss) | (self.bad_step > 0), self.bad_step, step)
-            valid = (y >= 0).sum()
-            self.unreadable += y.numel() - valid
-            self.loss += loss.detach().float() * valid
+            self.loss += loss.detach() * valid
             self.correct += (logits.argmax(1) == y).sum()
-            self.count += valid
+        self.count, self.unreadable = self.count + valid, self.unreadable + y.numel() - valid
 
     def drain(self, into: EpochSums, seconds: float) -> EpochSums:
         """Move the sums into ``into`` (host floats; one read of the device) and start again from zero."""
-        loss, correct, count = torch.stack([self.loss, self.correct.float(), self.count.float()]).tolist()  # exact
-        # counts below 2**24 images per epoch and rank (ImageNet: 1.28 M); no float64 (MPS has none)
-        for t in (self.loss, self.correct, self.count):
-            t.zero_()
-        return into.plus(loss, correct, count, seconds)
+        loss, correct = torch.stack([self.loss, self.correct.float()]).tolist()  # exact below 2**24 right answers
+        # an epoch and rank (ImageNet: 1.28 M images); no float64 (MPS has none)
+        self.loss.zero_(), self.correct.zero_()
+        count, self.count = self.count, 0
+        return into.plus(loss, correct, float(count), seconds)
 
 
 def is_sync_step(s: Session, st: TrainState) -> bool:
@@ -128,8 +128,8 @@ def epoch_size(s: Session, epoch: int) -> int:
 def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
             size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Augment on the device (keyed by seed, epoch and sample index) to ``size`` px (default: the crop), run the
-    model; (loss, logits, labels)."""
-    t, dev = s.cfg.train, s.device
+    model on a host batch; (loss, logits, labels on the device)."""
+    t, dev, valid = s.cfg.train, s.device, decoded(y)
     x, y, idx = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), idx.to(dev, non_blocking=True)
     keys = keyed_random.keys(t.seed, st.epoch, idx)  # per sample: augmentation and dropout masks
     x = s.augment(x, keys, size)  # (B, 3, size, size)
@@ -140,8 +140,13 @@ def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor, idx: t
         logits = s.model(x)
         # the mean over the images that decoded (label -100: failed); 0, not NaN, when none did
         loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.optim.label_smoothing, reduction="sum")
-        loss = loss / (y >= 0).sum().clamp(min=1)
+        loss = loss / max(valid, 1)
     return loss, logits, y
+
+
+def decoded(y: torch.Tensor) -> int:
+    """Images of a host batch that decoded (label -100: failed), counted on the host: no device work."""
+    return int((y >= 0).sum())
 
 
 def optimizer_step(st: TrainState, loss: torch.Tensor, update: bool = True) -> None:
@@ -193,12 +198,13 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
     assert s.data.train is not None
     batches = s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch, size=size) if not done() else iter(())
     for x, y, idx in batches:
-        update = s.dist.enabled or bool((y >= 0).any())  # y is still on the host: no sync
+        valid = decoded(y)  # y is still on the host: no sync
+        update = s.dist.enabled or valid > 0
         loss, logits, y = forward(s, st, x, y, idx, size)
         optimizer_step(st, loss, update)
         if st.ema is not None and update:
             st.ema.update(st.model, decay_for(t.ema, total_steps(s)))
-        sums.add(loss, logits, y, st.global_step)
+        sums.add(loss, logits, y, st.global_step, valid)
         progress.advance()
         if is_sync_step(s, st):
             signal = sync_point(s, st, stop, sums, loss, progress, shown, t0)
@@ -215,7 +221,7 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
             break
     getattr(batches, "close", lambda: None)()  # a loader left mid-epoch stops its workers and threads now
     progress.close()
-    unreadable = int(distributed.all_reduce_sum(sums.unreadable))
+    unreadable = int(distributed.all_reduce_sum(torch.tensor(sums.unreadable, device=s.device)))
     if unreadable and s.main:
         log.warning("epoch %d: skipped %d images that failed to decode (listed above)", st.epoch + 1, unreadable)
     st.partial = sums.drain(st.partial, time.perf_counter() - t0)
@@ -238,7 +244,7 @@ def sync_point(s: Session, st: TrainState, stop: StopFlag, sums: StepSums, loss:
     every, k = s.cfg.train.log_every, st.global_step
     scalars = s.main and every > 0 and k // every > shown.step // every
     if scalars or progress.due():
-        value, correct, count = torch.stack([loss.detach().float(), sums.correct.float(), sums.count.float()]).tolist()
+        (value, correct), count = torch.stack([loss.detach(), sums.correct.float()]).tolist(), sums.count
         if scalars:
             s.logger.step(k, value, st.schedule.lr)
             shown.step = k

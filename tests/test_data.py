@@ -42,6 +42,15 @@ def test_pca_noise_has_zero_mean_and_the_configured_covariance() -> None:
     assert torch.equal(out, out[:, :, :1, :1].expand_as(out))
 
 
+def test_a_samples_draws_do_not_depend_on_its_batch() -> None:
+    """Keyed draws (drawn together for speed) are a sample's own: the same in any batch, so 1 and N processes
+    augment alike."""
+    key = keyed_random.keys(3, 2, torch.arange(50))
+    together = keyed_random.normals(key, [10, 11, 12])
+    assert torch.equal(keyed_random.normals(key[7:19], [10, 11, 12]), together[7:19])
+    assert torch.equal(keyed_random.normal(key, 11), together[:, 1]) and together.std() > 0.5
+
+
 def test_pca_noise_differs_per_presentation() -> None:
     eigval, eigvec = torch.tensor(IMAGENET_EIGVAL), torch.tensor(IMAGENET_EIGVEC)
     norm = Normalizer(torch.zeros(3), torch.ones(3), None, eigval, eigvec)

@@ -8,6 +8,7 @@ every device.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -69,11 +70,17 @@ def normal(key: torch.Tensor, stream: int) -> torch.Tensor:
 def normals(key: torch.Tensor, streams: list[int]) -> torch.Tensor:
     """(len(key), len(streams)): ``normal(key, s)`` for each stream, drawn together (a few ops for all: a training
     step's host work on a GPU is its ops' launches)."""
-    first = torch.tensor([_stream(s) for s in streams], device=key.device, dtype=torch.int64)
-    second = torch.tensor([_stream(s + 1000) for s in streams], device=key.device, dtype=torch.int64)
-    u = _to_unit(_mix(key.long()[:, None] ^ torch.cat([first, second])[None, :]))
+    u = _to_unit(_mix(key.long()[:, None] ^ _streams(tuple(streams), key.device)))
     u1, u2 = u[:, : len(streams)].clamp_(min=1e-7), u[:, len(streams) :]
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+@functools.cache  # one per (streams, device): no host-to-device copy every step
+def _streams(streams: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(1, 2 k): the two uniforms' stream constants of each of k normals."""
+    with torch.inference_mode(False):  # cached: made during evaluation, it must still serve training
+        values = [_stream(s) for s in streams] + [_stream(s + 1000) for s in streams]
+        return torch.tensor(values, dtype=torch.int64, device=device)[None, :]
 
 
 def seed_of(seed: int, epoch: int, index: int) -> int:

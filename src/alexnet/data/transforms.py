@@ -109,7 +109,7 @@ def rrc_boxes(key: torch.Tensor, h: int, w: int, min_scale: float) -> tuple[torc
 
 def random_flip(x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     mirror = kr.uniform(key.to(x.device), 2) < 0.5
-    return torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    return torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 @dataclass
@@ -160,14 +160,23 @@ class Normalizer:
         (channel-mean mode only): ((x / 255 + pca shift) - mean) / std."""
         assert self.mean_image is None
         dev = x.device
-        std, mean = self.std.to(dev), self.mean.to(dev)
-        bias = (-mean / std).expand(x.shape[0], 3)
+        std, (scale, bias) = self.std.to(dev), self._affine(dev)
         if pca_std > 0 and self.eigval is not None and self.eigvec is not None and key is not None:
             k = key.to(dev)
             alpha = pca_alpha(k, pca_std)
             bias = bias + pca_shift(alpha, self.eigval.to(dev), self.eigvec.to(dev)) / std
         out = x.to(torch.float32, memory_format=memory_format)
-        return out.mul_((1.0 / (255.0 * std))[:, None, None]).add_(bias[:, :, None, None])
+        return out.mul_(scale).add_(bias.view(-1, 3, 1, 1))
+
+    def _affine(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 / (255 std), -mean / std) as (1, 3, 1, 1) and (1, 3), once per device: a run's constants, not a
+        step's ops."""
+        cached = self.__dict__.get("_affine_cache")
+        if cached is None or cached[0].device != dev:
+            std, mean = self.std.to(dev), self.mean.to(dev)
+            cached = ((1.0 / (255.0 * std)).view(1, 3, 1, 1), (-mean / std).view(1, 3))
+            self.__dict__["_affine_cache"] = cached
+        return cached
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic path (evaluation, prediction): uint8 (B, 3, H, W) -> normalised float."""

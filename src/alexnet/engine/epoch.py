@@ -126,10 +126,10 @@ def epoch_size(s: Session, epoch: int) -> int:
 
 
 def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-            size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+            size: int | None = None, valid: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Augment on the device (keyed by seed, epoch and sample index) to ``size`` px (default: the crop), run the
-    model on a host batch; (loss, logits, labels on the device)."""
-    t, dev, valid = s.cfg.train, s.device, decoded(y)
+    model on a host batch of ``valid`` decoded images (counted here when None); (loss, logits, device labels)."""
+    t, dev, valid = s.cfg.train, s.device, decoded(y) if valid is None else valid
     x, y, idx = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), idx.to(dev, non_blocking=True)
     keys = keyed_random.keys(t.seed, st.epoch, idx)  # per sample: augmentation and dropout masks
     x = s.augment(x, keys, size)  # (B, 3, size, size)
@@ -200,7 +200,7 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
     for x, y, idx in batches:
         valid = decoded(y)  # y is still on the host: no sync
         update = s.dist.enabled or valid > 0
-        loss, logits, y = forward(s, st, x, y, idx, size)
+        loss, logits, y = forward(s, st, x, y, idx, size, valid)
         optimizer_step(st, loss, update)
         if st.ema is not None and update:
             st.ema.update(st.model, decay_for(t.ema, total_steps(s)))

@@ -38,7 +38,7 @@ step() {  # step NAME COMMAND...
 {
     echo "gpu_check: $(date -u +%Y-%m-%d), device $dev, $("$py" -c 'import sys, torch; print(f"torch {torch.__version__}, Python {sys.version.split()[0]}")')"
     small=()
-    [ "$dry" = 1 ] && small=(--set train.max_steps=3 --set data.val_fraction=0.9)
+    [ "$dry" = 1 ] && small=(--set train.max_steps=3 --set data.val_fraction=0.05)  # 90 validation digits
     step train alexnet train --device "$dev" --out "$work/digits" --epochs 1 "${small[@]}"
     step resume alexnet train --resume "$work/digits" --epochs 2
     step evaluate alexnet evaluate "$work/digits" --device "$dev" --tta 10crop

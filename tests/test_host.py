@@ -144,28 +144,36 @@ def _run_counted(run: Path, args: list[str], monkeypatch: pytest.MonkeyPatch) ->
     return mode, state["s"]
 
 
-def test_the_host_reads_the_device_only_at_sync_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    from .conftest import make_imagefolder
+
+    return make_imagefolder(tmp_path / "data", classes=3, per_class=40, val_per_class=4)  # 120 train, 12 val
+
+
+def test_the_host_reads_the_device_only_at_sync_steps(folder: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """train.sync_every=50: one sync point (a step at which the host reads device values, several at once) per 50
     steps, plus checkpoint steps and each epoch's end; a constant number of reads per validation, not one per
     batch; one epoch order drawn per epoch. (A CPU run reads at every step by default: sync_every auto is 1.)"""
-    args = [*FAST, "--epochs", "2", "--set", "data.val_fraction=0.8", "--set", "train.sync_every=50",
-            "--set", "train.checkpoint_every=35", "--set", "train.log_every=20"]  # fmt: skip
+    args = ["--data", str(folder), *FAST, "--epochs", "2", "--batch-size", "2", "--set", "train.sync_every=50",
+            "--set", "train.checkpoint_every=45", "--set", "train.log_every=20"]  # fmt: skip
     mode, s = _run_counted(tmp_path / "run", args, monkeypatch)
     spe, total = len(s.data.train), 2 * len(s.data.train)
-    assert spe >= 55 and s.cfg.train.sync_every == 50  # ~360 digits in batches of 6
+    assert spe == 60 and s.cfg.train.sync_every == 50  # 120 images in batches of 2
     train_steps = sorted({step for phase, step, _ in mode.reads if phase == "train"})
-    allowed = set(range(50, total + 1, 50)) | set(range(35, total + 1, 35)) | {spe, total}
+    allowed = set(range(50, total + 1, 50)) | set(range(45, total + 1, 45)) | {spe, total}
     assert train_steps and set(train_steps) <= allowed, train_steps
     evals = [r for r in mode.reads if r[0] == "eval"]
-    assert len(s.data.val) >= 200 and 0 < len(evals) <= 2 * 3, evals  # two validations, three reads each at most
+    assert len(s.data.val) == 6 and 0 < len(evals) <= 2 * 3, evals  # two validations, three reads each at most
     assert len([r for r in mode.randperms if r[0] == "train" and r[1] >= 1]) == 1  # epoch 2's order, once
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # the run itself is whole
 
 
-def test_a_cpu_run_reads_every_step_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cpu_run_reads_every_step_by_default(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The counter sees what sync_every changes: without it a CPU run reads at every step (free there)."""
-    args = [*FAST, "--set", "data.val_fraction=0.9", "--set", "train.max_steps=12"]
+    args = ["--data", str(folder), *FAST, "--batch-size", "2", "--set", "train.max_steps=12"]
     mode, s = _run_counted(tmp_path / "run", args, monkeypatch)
     assert s.cfg.train.sync_every == 1
     assert {step for phase, step, _ in mode.reads if phase == "train"} == set(range(1, 13))

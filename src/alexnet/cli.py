@@ -22,9 +22,9 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
     from .models import list_models
 
     p = sub.add_parser("summary", help="print the layer table measured from the live model")
-    p.add_argument("--model", default="alexnet", choices=list_models())
+    p.add_argument("--model", default="alexnet", choices=list_models(), help="the network")
     p.add_argument("--input-size", type=positive, help="square input side (default: the model's native size)")
-    p.add_argument("--num-classes", type=positive, default=1000)
+    p.add_argument("--num-classes", type=positive, default=1000, help="classes of the last layer (fc8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_summary)
 
@@ -71,7 +71,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", metavar="DURATION", help="finish within this wall-clock time, e.g. 15m, 2h, 1h30m: "
                    "the run measures itself and plans its epochs, lr schedule and crops (printed)")  # fmt: skip
     p.add_argument("--batch-size", type=positive, help="global batch size (all processes together)")
-    p.add_argument("--lr", type=float, help="learning rate (the peak of a warm-up schedule)")
+    p.add_argument("--lr", type=float, help="learning rate: the first, or the peak after a warm-up")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its last checkpoint")
     p.add_argument("--seed", type=int, help="seeds the init, the data order, augmentation and dropout")
@@ -104,7 +104,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="ImageFolder root whose val/ is evaluated (default: the run's own data)")
     p.add_argument("--split-dir", help="evaluate this class-folder directory instead of DATA/val")
     add_tta(p)
-    p.add_argument("--batch-size", type=positive, help="default: the run's train.batch_size (128 for a weights file)")
+    p.add_argument("--batch-size", type=positive, help="images per forward pass; default: the run's "
+                   "train.batch_size (128 for a weights file)")  # fmt: skip
     add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices (alexnet, alexnet_bn)")
@@ -170,8 +171,8 @@ def _features(args: argparse.Namespace) -> int:
 
 def _add_features(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="fc7 (or another layer's) vectors for image files, as .npz")
-    p.add_argument("weights", metavar="WEIGHTS")
-    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("weights", metavar="WEIGHTS", help="run, checkpoint, .safetensors or hf-hub:ORG/NAME")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files, directories (recursive) or globs")
     p.add_argument("--out", required=True, help="output .npz: arrays 'features' (N, D), 'files' (N,), 'layer'")
     p.add_argument("--layer", default="fc7", help="fc7 (4096-d), fc6, pool5, logits, or a module name")
     add_amp(p)
@@ -202,7 +203,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "[0, 1] and normalise (x - mean) / std, or subtract the mean image's same window. --with-preprocess moves "
         "that scaling and normalisation into the graph.",
     )
-    p.add_argument("weights", metavar="WEIGHTS")
+    p.add_argument("weights", metavar="WEIGHTS", help="run, checkpoint, .safetensors or hf-hub:ORG/NAME")
     p.add_argument("--format", choices=["onnx", "pt2", "safetensors", "torchscript", "hub"], help="default: the one "
                    "--out's suffix names; torchscript is deprecated by PyTorch (use pt2), kept while PyTorch ships it; "
                    "hub: a folder holding model.safetensors, config.json and a model card README.md, to upload with "
@@ -247,8 +248,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="occlusion map of one image: which parts the class depends on (PNG)")
-    p.add_argument("weights", metavar="RUN_OR_WEIGHTS")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("weights", metavar="RUN_OR_WEIGHTS", help="run, checkpoint, .safetensors or hf-hub:ORG/NAME")
+    p.add_argument("image", metavar="IMAGE", help="one image file")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--target", help="class index or name (default: the top class)")
     p.add_argument("--patch", type=positive, help="grey square side in pixels (default: crop / 5)")
@@ -272,7 +273,8 @@ def _add_prepare_val(sub: argparse._SubParsersAction) -> None:
                    "ILSVRC2012_validation_ground_truth.txt (devkit, with --synsets)")  # fmt: skip
     p.add_argument("--synsets", help="the devkit's meta.mat, or a text file of the wnids in ILSVRC2012_ID order")
     p.add_argument("--out", help="output folder (default: VAL_DIR itself, files moved into class folders)")
-    p.add_argument("--mode", choices=["link", "move", "copy"], help="default: move in place, hard-link elsewhere")
+    p.add_argument("--mode", choices=["link", "move", "copy"], help="how images are placed; default: move in place, "
+                   "hard-link elsewhere")  # fmt: skip
     p.set_defaults(func=_prepare_val)
 
 
@@ -287,7 +289,7 @@ def _figures(args: argparse.Namespace) -> int:
 
 def _add_figures(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("figures", help="the paper's figures for your network, curves and confusion (PNG)")
-    p.add_argument("weights", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("weights", metavar="RUN_OR_WEIGHTS", help="run, checkpoint, .safetensors or hf-hub:ORG/NAME")
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--out", required=True, help="directory for the PNG files")
     p.add_argument(
@@ -309,7 +311,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="report.md + report.html for a run, figures embedded")
-    p.add_argument("run", metavar="RUN")
+    p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--no-data-figures", action="store_true", help="only curves and filters (no data needed)")
     add_samples(p)

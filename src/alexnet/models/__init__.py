@@ -1,3 +1,5 @@
+"""The networks: the paper's AlexNet, its BatchNorm variant and torchvision's, by name (``create_model``)."""
+
 from .alexnet import AlexNet
 from .init import INIT_SCHEMES, init_weights
 from .owt import AlexNetOWT

@@ -92,7 +92,7 @@ def _option_rows(p: argparse.ArgumentParser) -> list[str]:
 
 
 def cli_page() -> str:
-    os.environ["COLUMNS"] = "100"  # argparse wraps usage lines at the terminal's width: the page's is fixed
+    os.environ["COLUMNS"] = "88"  # argparse wraps usage lines at the terminal's width: the page's is fixed
     parser = build_parser()
     commands = _subcommands(parser)
     lines = [HEADER + "# Command-line reference", "",
@@ -166,7 +166,7 @@ def config_page() -> str:
     comments = field_comments(Path(config_module.__file__))
     recipes = _recipes()
     cfg = config_module.Config()
-    lines = [HEADER + "# Configuration reference", "",
+    lines = ["---\nhide: [toc]  # the table needs the page's width\n---\n" + HEADER + "# Configuration reference", "",
              "Every key of a run's configuration: a recipe file's `section: {key: value}`, "
              "`alexnet train --set section.key=value`, and `config.yaml` in every run directory. A recipe column "
              "shows the value that recipe's file sets, or `·` where it leaves the default. `none` and `auto` are "
@@ -176,13 +176,14 @@ def config_page() -> str:
     for section in config_module.SECTIONS:
         obj = getattr(cfg, section)
         lines += ["", f"## {section}", "",
-                  "| key | type | allowed | default | " + " | ".join(recipes) + " | what it does |",
-                  "|---|---|---|---|" + "---|" * len(recipes) + "---|"]  # fmt: skip
+                  "| key | type | default | " + " | ".join(recipes) + " | what it does |",
+                  "|---|---|---|" + "---|" * len(recipes) + "---|"]  # fmt: skip
         for f in dataclasses.fields(obj):
             tp = str(f.type)
             set_by = [_value(getattr(getattr(c, section), f.name), tp) if f.name in (raw.get(section) or {}) else "·"
                       for raw, c in recipes.values()]  # fmt: skip
-            cells = [f"`{section}.{f.name}`", _escape(tp), _allowed(f.metadata.get("rule", {})),
+            allowed = _allowed(f.metadata.get("rule", {}))
+            cells = [f"`{section}.{f.name}`", _escape(tp) + (f": {allowed}" if allowed else ""),
                      f"`{_value(getattr(obj, f.name), tp)}`", *(_escape(v) for v in set_by),
                      _escape(comments[type(obj).__name__].get(f.name, ""))]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")

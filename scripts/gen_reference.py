@@ -92,8 +92,18 @@ def _option_rows(p: argparse.ArgumentParser) -> list[str]:
 
 
 def cli_page() -> str:
+    width = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "88"  # argparse wraps usage lines at the terminal's width: the page's is fixed
-    parser = build_parser()
+    try:
+        return _cli_page(build_parser())
+    finally:
+        if width is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = width
+
+
+def _cli_page(parser: argparse.ArgumentParser) -> str:
     commands = _subcommands(parser)
     lines = [HEADER + "# Command-line reference", "",
              "`alexnet COMMAND [OPTIONS]` (or `python -m alexnet COMMAND ...`); `alexnet` alone lists the commands, "

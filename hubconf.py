@@ -1,4 +1,5 @@
-"""torch.hub entry points: ``torch.hub.load("OWNER/alexnet", "alexnet")`` (or ``source="local"`` with a clone).
+"""torch.hub entry points: ``torch.hub.load("path/to/clone", "alexnet", source="local")``, or from GitHub your
+fork's name, ``torch.hub.load("USER/alexnet", "alexnet")``. Below, ``repo`` is either (a path with source="local"):
 
     model = torch.hub.load(repo, "alexnet")                                  # the paper's network, paper init
     model = torch.hub.load(repo, "alexnet", weights="imported.safetensors")  # `alexnet import-weights` output

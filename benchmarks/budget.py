@@ -6,7 +6,7 @@
     python benchmarks/budget.py --store /tmp/imnette-store --budgets 6m --levers --hog 150:60  # a minute's load
 
 ``--base="--batch-size 128 --set optim.lr=0.04"`` (with ``=``) adds arguments to every run, baseline and levers (a lever's
-own arguments come after, so they win): the levers of README "Time to accuracy" were measured that way,
+own arguments come after, so they win): the levers in benchmarks/results/budget-cpu-avx2.log were measured that way,
 against the recipe before it took batch 64.
 
 Each run is a separate `alexnet train --data STORE --recipe fast --budget B` process (the budget counts from the
@@ -32,9 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
 
-AVX2 = "2-core AVX2 CPU, fp32"  # the machine of the earlier sessions' runs, for the figure's title
+AVX2 = "2-core AVX2 CPU, fp32"  # the machine of the runs of 2026-11-28 to -30, for the figure's title
 
-LEVERS = {  # one recipe value changed against `fast` (see README "Time to accuracy")
+LEVERS = {  # one recipe value changed against `fast` (benchmarks/results/budget-cpu-avx2.log)
     "fixed_res": ["--set", "data.res_start=none"],  # no progressive resizing: every epoch at 227 px
     "eval_last": ["--set", "train.eval_every=0"],  # validate after the last epoch only
     "no_label_smoothing": ["--set", "optim.label_smoothing=0"],
@@ -46,7 +46,7 @@ LEVERS = {  # one recipe value changed against `fast` (see README "Time to accur
     "weight_decay_5e-4": ["--set", "optim.weight_decay=5e-4"],  # the paper's value (fast: 5e-5)
     "lr_x2": ["--set", "optim.lr=0.04"],  # twice the linearly scaled lr at batch 64
     # the ramp ends at 163 (or 195) px, validation stays at 227 (data.res_end), as FFCV's ResNet-50 recipes train
-    # up to 192 px and validate at 256. Measured (README "Time to accuracy"): the gain is the cheaper steps; with
+    # up to 192 px and validate at 256. Measured (benchmarks/results/budget-cpu-avx2.log): the gain is the cheaper steps; with
     # --test-sizes 163 195 the 163 px run scored the same at 163, 195 and 227
     "res_end_163": ["--set", "data.res_end=163"],
     "res_end_195": ["--set", "data.res_end=195"],

@@ -1,4 +1,4 @@
-"""What the GPU rows of the README need, in one run of at most five minutes on one H100/H200 (scripts/gpu_check.sh
+"""The GPU figures docs/results.md needs, in one run of at most five minutes on one H100/H200 (scripts/gpu_check.sh
 runs it, with the command-line checks). Every section prints its lines and PASS or FAIL; a failing section
 prints its traceback and the run goes on. The exit code is the number of failed sections.
 

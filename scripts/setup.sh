@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install the package with its test and export extras.
+# Create .venv (once) and install the package with its test, export and docs extras.
 # Usage: source scripts/setup.sh   (used by run.sh, test.sh and .ci/run)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,6 +12,6 @@ fi
 stamp=.venv/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)
 if [ ! -f "$stamp" ]; then
   python -m pip install -q --upgrade pip >/dev/null
-  python -m pip install -q -e ".[test,export]"
+  python -m pip install -q -e ".[test,export,docs]"
   touch "$stamp"
 fi

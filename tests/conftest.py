@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-# test.sh runs the suite in 2 pytest-xdist workers (README, Development): they share the cores, so each takes
+# test.sh runs the suite in 2 pytest-xdist workers (docs/development.md): they share the cores, so each takes
 # its share of them, at most 2 threads as the suite always had
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(min(2, max(1, (os.cpu_count() or 1) // _WORKERS)))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RAM_DIR, RAM_DIR_MIN_FREE = Path("/dev/shm"), 8 << 30  # the suite's peak there, measured: see README (Development)
+RAM_DIR, RAM_DIR_MIN_FREE = Path("/dev/shm"), 8 << 30  # the suite's peak there, measured: see docs/development.md
 _IN_RAM = pytest.StashKey[Path]()
 
 

@@ -137,3 +137,36 @@ def test_evaluate_runs_on_the_compute_path_it_is_given(trained_run: tuple[Path, 
     assert abs(bf16["loss"] - fp32["loss"]) < 0.05  # and still the same network
     assert main(["evaluate", str(run), "--amp", "fp16", "--device", "cpu"]) == 2
     assert "fp16 needs a GPU" in capsys.readouterr().err
+
+
+def test_published_figures_say_their_protocol(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """ImageNet's classes get the paper's Table 2 figures beside the result, named as what they are (10 patches),
+    and a result measured on other views says that the protocols differ (once the centre crop's result stood
+    beside the 10-patch figures as if comparable)."""
+    from alexnet.data.classes import imagenet_classes
+    from alexnet.data.preprocess import Preprocess
+    from alexnet.models import create_model
+    from alexnet.weights import Loaded, save_safetensors
+
+    from .conftest import make_imagefolder
+
+    wnids = [w for w, _ in imagenet_classes()]
+    weights = tmp_path / "imagenet.safetensors"
+    pre = Preprocess(256, 227, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    save_safetensors(Loaded(create_model("alexnet", 1000).eval(), "alexnet", wnids, pre, None, "test"), weights)
+    val = make_imagefolder(tmp_path / "data", classes=2, per_class=0, val_per_class=1, size=(240, 230)) / "val"
+    for i in range(2):  # two of ImageNet's classes, the rest absent (a validation split may lack a class)
+        (val / f"class_{i}").rename(val / wnids[i])
+    said = {}
+    for tta in ("center", "10crop"):
+        assert main(["evaluate", str(weights), "--split-dir", str(val), "--tta", tta, "--device", "cpu"]) == 0
+        said[tta] = capsys.readouterr().out
+    published = "published, paper, Table 2: 1 CNN, ILSVRC-2012 val, 10 patches: top-1 accuracy 59.3 % (error 40.7 %)"
+    assert published in said["center"] and published in said["10crop"]
+    assert "top-5 accuracy 81.8 % (error 18.2 %)" in said["center"]
+    assert ("a different protocol: the published figures are from 10 patches, this result from the centre crop "
+            "(--tta 10crop measures as they were measured)") in said["center"]  # fmt: skip
+    assert "a different protocol" not in said["10crop"]
+    assert main(["evaluate", str(weights), "--split-dir", str(val), "--json", "--device", "cpu"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["tta"] == "center" and d["published"]["tta"] == "10crop" and d["published"]["top1"] == pytest.approx(0.593)

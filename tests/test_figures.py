@@ -145,7 +145,7 @@ def test_report_links_every_figure(folder_run: tuple[Path, Path]) -> None:
     page = (run / "report.html").read_text()
     for link in links:
         assert f'src="{link}"' in page
-    assert "paper, 1 CNN, ILSVRC-2012 val" in md and "Configuration" in md
+    assert "paper, Table 2: 1 CNN, ILSVRC-2012 val, 10 patches" in md and "Configuration" in md
     assert "4 classes, 2 epochs." in md and "## Figures\n\n### Training curves\n" in md  # figures under Figures
     assert "<h3>Training curves</h3>" in page
 

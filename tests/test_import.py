@@ -353,11 +353,15 @@ def test_published_figures_only_for_the_published_file(source: dict[str, np.ndar
     digest = hashlib.sha1(model.read_bytes()).hexdigest()
     monkeypatch.setitem(foreign.PUBLISHED, ("sha1", digest), bvlc)
     assert main(["import-weights", str(model), "--out", str(out), "--force"]) == 0
-    assert load_weights(str(out)).published == {"top1": 0.571, "top5": 0.802,
+    assert load_weights(str(out)).published == {"top1": 0.571, "top5": 0.802, "tta": "center",
                                                 "what": "Caffe bvlc_alexnet, ILSVRC-2012 val, centre crop"}  # fmt: skip
     assert main(["evaluate", str(out), "--data", str(data), "--device", "cpu"]) == 0
-    assert (
-        "published, Caffe bvlc_alexnet, ILSVRC-2012 val, centre crop: top-1 accuracy 57.1 %" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "published, Caffe bvlc_alexnet, ILSVRC-2012 val, centre crop: top-1 accuracy 57.1 %" in out_text
+    assert "a different protocol" not in out_text  # centre crop both
+    assert main(["evaluate", str(out), "--data", str(data), "--device", "cpu", "--tta", "flip"]) == 0
+    assert "the published figures are from the centre crop, this result from the centre crop and its mirror" in (
+        capsys.readouterr().out
     )
 
 

@@ -1,3 +1,5 @@
+"""`python -m alexnet`: the same command line as `alexnet`."""
+
 from .cli import main
 
 raise SystemExit(main())

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .errors import crash_log_at, describe
-from .options import add_amp, add_device, add_force, add_samples, add_tta, positive, quality, workers
+from .options import add_amp, add_device, add_force, add_samples, add_tta, positive, quality, show_defaults, workers
 from .runlog import setup_logging
 
 
@@ -22,22 +22,23 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
     from .models import list_models
 
     p = sub.add_parser("summary", help="print the layer table measured from the live model")
-    p.add_argument("--model", default="alexnet", choices=list_models())
-    p.add_argument(
-        "--input-size", type=positive, default=None, help="square input side (default: the model's native size)"
-    )
-    p.add_argument("--num-classes", type=positive, default=1000)
+    p.add_argument("--model", default="alexnet", choices=list_models(), help="the network")
+    p.add_argument("--input-size", type=positive, help="square input side (default: the model's native size)")
+    p.add_argument("--num-classes", type=positive, default=1000, help="classes of the last layer (fc8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_summary)
+
+
+# train's options that set a config key (their default: the recipe's value)
+TRAIN_FLAGS = {"data": "data.path", "model": "model.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
+               "lr": "optim.lr", "device": "train.device", "seed": "train.seed", "weights": "model.weights",
+               "towers": "train.towers", "parallel": "train.parallel", "budget": "train.budget"}  # fmt: skip
 
 
 def _train(args: argparse.Namespace) -> int:
     from .train import run_train
 
-    flags = {"data": "data.path", "model": "model.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
-             "lr": "optim.lr", "device": "train.device", "seed": "train.seed", "weights": "model.weights",
-             "towers": "train.towers", "parallel": "train.parallel", "budget": "train.budget"}  # fmt: skip
-    overrides = list(args.set or []) + [f"{key}={getattr(args, f)}" for f, key in flags.items()
+    overrides = list(args.set or []) + [f"{key}={getattr(args, f)}" for f, key in TRAIN_FLAGS.items()
                                         if getattr(args, f) is not None]  # fmt: skip
     if args.strict:
         overrides.append("train.strict_data=true")
@@ -55,7 +56,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a network (built-in digits with no --data)",
         description="Train a network. With no arguments: the built-in digits dataset and the 'digits' recipe "
-        "(a few minutes on a laptop CPU). Under torchrun every process runs this same command; "
+        "(3 min 15 s on a 2-core AVX2 CPU: docs/results.md). Under torchrun every process runs this same command; "
         "--batch-size is the GLOBAL batch, split evenly across processes.",
     )
     p.add_argument("--data", help="ImageFolder root with train/ and val/ (default: built-in digits)")
@@ -64,16 +65,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=f"recipe name ({', '.join(list_recipes())}) or a YAML file "
         "(default: digits without --data, paper with it)",
     )
-    p.add_argument("--model", choices=list_models())
+    p.add_argument("--model", choices=list_models(), help="the network")
     p.add_argument("--out", help="run directory (default: runs/<recipe>-<model>-<time>)")
-    p.add_argument("--epochs", type=positive)
+    p.add_argument("--epochs", type=positive, help="epochs to train (a finished run given more trains on)")
     p.add_argument("--budget", metavar="DURATION", help="finish within this wall-clock time, e.g. 15m, 2h, 1h30m: "
                    "the run measures itself and plans its epochs, lr schedule and crops (printed)")  # fmt: skip
     p.add_argument("--batch-size", type=positive, help="global batch size (all processes together)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    p.add_argument("--lr", type=float, help="learning rate: the first, or the peak after a warm-up")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its last checkpoint")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seeds the init, the data order, augmentation and dropout")
     p.add_argument("--weights", metavar="torchvision|FILE|hf-hub:ORG/NAME", help="start from pretrained weights: "
                    "torchvision (alexnet_owt), a .safetensors file / run (e.g. from import-weights), or a Hub repository "
                    "of them (hf-hub:ORG/NAME[@REV]); fc8 is re-initialised when the classes differ")  # fmt: skip
@@ -81,13 +82,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--towers", metavar="DEV_A,DEV_B", help="the paper's two-device split, e.g. cuda:0,cuda:1 (cpu,cpu to test)"
     )
-    p.add_argument(
-        "--parallel",
-        choices=["ddp", "hybrid"],
-        help="under torchrun: ddp (default), or hybrid: convolutions data-parallel, fc6/fc7 sharded over the processes",
-    )
-    p.add_argument("--report-to", metavar="NAMES", help=f"experiment trackers, comma-separated: {', '.join(REPORT_TO)} "
-                   "(default: tensorboard), or none; a resumed run keeps its own (and its tracker runs)")  # fmt: skip
+    p.add_argument("--parallel", choices=["ddp", "hybrid"], help="under torchrun: ddp, or hybrid: convolutions "
+                   "data-parallel, fc6/fc7 sharded over the processes")  # fmt: skip
+    p.add_argument("--report-to", metavar="NAMES", help=f"experiment trackers, comma-separated: {', '.join(REPORT_TO)}, "
+                   "or none; a resumed run keeps its own (and its tracker runs); default: the recipe's train.report_to")  # fmt: skip
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe value, e.g. optim.lr=0.02")
     p.set_defaults(func=_train)
 
@@ -106,7 +104,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="ImageFolder root whose val/ is evaluated (default: the run's own data)")
     p.add_argument("--split-dir", help="evaluate this class-folder directory instead of DATA/val")
     add_tta(p)
-    p.add_argument("--batch-size", type=positive)
+    p.add_argument("--batch-size", type=positive, help="images per forward pass; default: the run's "
+                   "train.batch_size (128 for a weights file)")  # fmt: skip
     add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices (alexnet, alexnet_bn)")
@@ -130,9 +129,9 @@ def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pca-stats", help="RGB mean/std, PCA eigenvalues/vectors and mean image of a training set")
     p.add_argument("--data", required=True, help="ImageFolder root (its train/ is read)")
     p.add_argument("--out", help="output .npz (default: DATA/alexnet-stats.npz, which training picks up)")
-    p.add_argument("--size", type=positive, default=256, help="images are resized to this square first (default 256)")
+    p.add_argument("--size", type=positive, default=256, help="images are resized to this square first")
     p.add_argument("--max-images", type=positive, default=20000, help="use a random sample of at most this many")
-    p.add_argument("--workers", type=workers, default=-1)
+    p.add_argument("--workers", type=workers, default=-1, help="processes (-1: one per core)")
     add_force(p)
     p.set_defaults(func=_pca_stats)
 
@@ -150,9 +149,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("weights", metavar="WEIGHTS", help="run directory, checkpoint .pt, exported .safetensors, "
                    "hf-hub:ORG/NAME, 'torchvision', or an .onnx file this package exported (run in onnxruntime)")  # fmt: skip
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files, directories (recursive) or globs")
-    p.add_argument("--topk", type=positive, default=5)
+    p.add_argument("--topk", type=positive, default=5, help="classes listed per image")
     add_tta(p)
-    p.add_argument("--batch-size", type=positive, default=32)
+    p.add_argument("--batch-size", type=positive, default=32, help="images per forward pass")
     add_device(p)
     p.add_argument("--towers", metavar="DEV_A,DEV_B", help="run the two towers on two devices")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -172,12 +171,12 @@ def _features(args: argparse.Namespace) -> int:
 
 def _add_features(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="fc7 (or another layer's) vectors for image files, as .npz")
-    p.add_argument("weights", metavar="WEIGHTS")
-    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("weights", metavar="WEIGHTS", help="run, checkpoint, .safetensors or hf-hub:ORG/NAME")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files, directories (recursive) or globs")
     p.add_argument("--out", required=True, help="output .npz: arrays 'features' (N, D), 'files' (N,), 'layer'")
-    p.add_argument("--layer", default="fc7", help="fc7 (default, 4096-d), fc6, pool5, logits, or a module name")
+    p.add_argument("--layer", default="fc7", help="fc7 (4096-d), fc6, pool5, logits, or a module name")
     add_amp(p)
-    p.add_argument("--batch-size", type=positive, default=32)
+    p.add_argument("--batch-size", type=positive, default=32, help="images per forward pass")
     add_device(p)
     add_force(p)
     p.set_defaults(func=_features)
@@ -204,7 +203,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "[0, 1] and normalise (x - mean) / std, or subtract the mean image's same window. --with-preprocess moves "
         "that scaling and normalisation into the graph.",
     )
-    p.add_argument("weights", metavar="WEIGHTS")
+    p.add_argument("weights", metavar="WEIGHTS", help="run, checkpoint, .safetensors or hf-hub:ORG/NAME")
     p.add_argument("--format", choices=["onnx", "pt2", "safetensors", "torchscript", "hub"], help="default: the one "
                    "--out's suffix names; torchscript is deprecated by PyTorch (use pt2), kept while PyTorch ships it; "
                    "hub: a folder holding model.safetensors, config.json and a model card README.md, to upload with "
@@ -219,7 +218,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", metavar="EVAL_JSON", help="hub: the model card's results from this `alexnet "
                    "evaluate --json` output (default: the run's best validated epoch in metrics.jsonl)")  # fmt: skip
     p.add_argument("--license", default="unknown", help="hub: the weights' license, as the Hub names licenses "
-                   "(e.g. mit, apache-2.0, cc-by-nc-4.0; default unknown)")  # fmt: skip
+                   "(e.g. mit, apache-2.0, cc-by-nc-4.0)")  # fmt: skip
     p.set_defaults(func=_export)
 
 
@@ -249,8 +248,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="occlusion map of one image: which parts the class depends on (PNG)")
-    p.add_argument("weights", metavar="RUN_OR_WEIGHTS")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("weights", metavar="RUN_OR_WEIGHTS", help="run, checkpoint, .safetensors or hf-hub:ORG/NAME")
+    p.add_argument("image", metavar="IMAGE", help="one image file")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--target", help="class index or name (default: the top class)")
     p.add_argument("--patch", type=positive, help="grey square side in pixels (default: crop / 5)")
@@ -274,7 +273,8 @@ def _add_prepare_val(sub: argparse._SubParsersAction) -> None:
                    "ILSVRC2012_validation_ground_truth.txt (devkit, with --synsets)")  # fmt: skip
     p.add_argument("--synsets", help="the devkit's meta.mat, or a text file of the wnids in ILSVRC2012_ID order")
     p.add_argument("--out", help="output folder (default: VAL_DIR itself, files moved into class folders)")
-    p.add_argument("--mode", choices=["link", "move", "copy"], help="default: move in place, hard-link elsewhere")
+    p.add_argument("--mode", choices=["link", "move", "copy"], help="how images are placed; default: move in place, "
+                   "hard-link elsewhere")  # fmt: skip
     p.set_defaults(func=_prepare_val)
 
 
@@ -289,14 +289,14 @@ def _figures(args: argparse.Namespace) -> int:
 
 def _add_figures(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("figures", help="the paper's figures for your network, curves and confusion (PNG)")
-    p.add_argument("weights", metavar="RUN_OR_WEIGHTS")
+    p.add_argument("weights", metavar="RUN_OR_WEIGHTS", help="run, checkpoint, .safetensors or hf-hub:ORG/NAME")
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--out", required=True, help="directory for the PNG files")
     p.add_argument(
         "--which", help="comma-separated (default: filters,predictions,neighbours,confusion, and curves of a run)"
     )
     add_samples(p)
-    p.add_argument("--workers", type=workers, default=0)
+    p.add_argument("--workers", type=workers, default=0, help="data-loader processes (0: in this one)")
     add_device(p)
     p.set_defaults(func=_figures)
 
@@ -311,7 +311,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="report.md + report.html for a run, figures embedded")
-    p.add_argument("run", metavar="RUN")
+    p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--data", help="ImageFolder root (default: the run's own data)")
     p.add_argument("--no-data-figures", action="store_true", help="only curves and filters (no data needed)")
     add_samples(p)
@@ -330,12 +330,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="decode and resize an ImageFolder once into a fast uint8 store")
     p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     p.add_argument("--out", required=True, help="store directory (then use --data STORE anywhere)")
-    p.add_argument(
-        "--size", type=positive, default=256, help="images resized (shorter side) and centre-cropped to this square"
-    )
+    p.add_argument("--size", type=positive, default=256, help="images resized (shorter side) and centre-cropped to "
+                   "this square")  # fmt: skip
     p.add_argument("--format", choices=["raw", "jpeg"], default="raw", help="raw uint8 (fastest) or JPEG (smaller)")
     p.add_argument("--quality", type=quality, default=90, help="JPEG quality for --format jpeg")
-    p.add_argument("--workers", type=workers, default=-1, help="processes (default: all cores)")
+    p.add_argument("--workers", type=workers, default=-1, help="processes (-1: one per core)")
     p.set_defaults(func=_prepare)
 
 
@@ -372,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in COMMANDS:
         add(sub)
+    for name, p in sub.choices.items():
+        show_defaults(p, TRAIN_FLAGS if name == "train" else {})
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -41,29 +42,22 @@ def choice(default: Any, *allowed: Any) -> Any:
     return _rule(default, choices=allowed)
 
 
-def positive(default: Any) -> Any:
-    return _rule(default, gt=0)
-
-
-def non_negative(default: Any) -> Any:
-    return _rule(default, ge=0)
-
-
-def fraction(default: Any) -> Any:  # a value in [0, 1]
-    return _rule(default, ge=0, le=1)
+positive = functools.partial(_rule, gt=0)
+non_negative = functools.partial(_rule, ge=0)
+fraction = functools.partial(_rule, ge=0, le=1)  # a value in [0, 1]
 
 
 @dataclass
 class ModelConfig:
-    name: str = "alexnet"  # checked against the model registry
-    init: str | None = choice(None, "paper", "kaiming", "default")  # None: the variant's own
-    dropout: float = fraction(0.5)
-    lrn_size: int = positive(PAPER_LRN.size)
-    lrn_alpha: float = non_negative(PAPER_LRN.alpha)
-    lrn_beta: float = non_negative(PAPER_LRN.beta)
-    lrn_k: float = non_negative(PAPER_LRN.k)
+    name: str = "alexnet"  # the network: alexnet (the paper's), alexnet_bn or alexnet_owt (torchvision's)
+    init: str | None = choice(None, "paper", "kaiming", "default")  # paper: N(0, 0.01) (§5); None: the variant's own
+    dropout: float = fraction(0.5)  # dropout probability in fc6 and fc7 (paper §4.2: 0.5)
+    lrn_size: int = positive(PAPER_LRN.size)  # LRN: n, the maps in each window (paper §3.3)
+    lrn_alpha: float = non_negative(PAPER_LRN.alpha)  # LRN: alpha, divided by n as cuda-convnet and PyTorch do
+    lrn_beta: float = non_negative(PAPER_LRN.beta)  # LRN: the exponent beta
+    lrn_k: float = non_negative(PAPER_LRN.k)  # LRN: k; must be > 0 unless lrn_beta is 0
     lrn_groups: int = choice(2, 2, 1)  # 2: each tower normalises its own maps (paper); 1: all maps (Caffe's import)
-    weights: str | None = None  # "torchvision" (IMAGENET1K_V1, alexnet_owt), or a .safetensors file / run to start from
+    weights: str | None = None  # start from: torchvision (alexnet_owt), a .safetensors file or run, hf-hub:ORG/NAME
     freeze_features: bool = False  # fine-tuning: train only the classifier
 
 
@@ -72,25 +66,26 @@ class DataConfig:
     path: str | None = None  # ImageFolder root (train/ and val/ inside) or a prepared store; None: built-in digits
     resize: int = positive(256)  # shorter side resized to this, then the centre square is kept (paper §2)
     crop: int | None = positive(None)  # training/test crop; None: the model's native size (227 or 224)
-    train_aug: str = choice("paper", "paper", "modern", "shift")  # paper: crop+flip; modern: RandomResizedCrop+flip
+    # paper: random crops + flips (§4.1); modern: RandomResizedCrop + flips; shift: random crops only
+    train_aug: str = choice("paper", "paper", "modern", "shift")
     min_scale: float = fraction(0.08)  # modern: RandomResizedCrop's smallest area fraction
     # progressive resizing (data/resolution.py): training crops from res_start up to crop, in the network's steps
     # of 32 px, rising linearly between these fractions of the run; evaluation always at crop. None: off
     res_start: int | None = positive(None)
-    res_ramp: list[float] = field(default_factory=lambda: [0.35, 0.85])
+    res_ramp: list[float] = field(default_factory=lambda: [0.35, 0.85])  # the ramp: [start, end] fractions of the run
     # the last training crop (crop less a multiple of 32, else the next one down; None or above crop: crop).
     # Below crop, evaluation at crop tests above the training size (FFCV trains ResNet-50 up to 192 px and
     # validates at 256; Touvron et al. 2019)
     res_end: int | None = positive(None)
     normalize: str = choice("channel", "channel", "pixel")  # pixel: subtract the mean image (paper §2)
     mean: list[float] | None = None  # channel mean, [0,1] scale; None: from stats, else ImageNet's
-    std: list[float] | None = None
+    std: list[float] | None = None  # channel std, [0,1] scale; None: from stats, else ImageNet's
     pca_noise: float = non_negative(0.1)  # std of the alphas of PCA colour noise (paper §4.1); 0 turns it off
     stats: str | None = None  # file written by `alexnet pca-stats`; None: <path>/alexnet-stats.npz if present
     workers: int = _rule(-1, ge=-1)  # data-loader processes; -1: one per core, at most 8
     check_files: bool = False  # read every image's header before training (else bad files are skipped when decoded)
     # gpu: a JPEG store's batches are decoded on the training GPU (nvJPEG through TorchCodec), not by the CPU;
-    # untested on a GPU (README "alexnet prepare")
+    # untested on a GPU (docs/data.md)
     jpeg_decode: str = choice("cpu", "cpu", "gpu")
     val_fraction: float = fraction(0.2)  # built-in digits only: held-out share
 
@@ -104,23 +99,23 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = choice("sgd", "sgd", "paper_sgd", "adamw")  # paper_sgd: the paper's update rule (§5)
-    lr: float = positive(0.01)
-    momentum: float = non_negative(0.9)
-    weight_decay: float = non_negative(5e-4)
-    nesterov: bool = False
-    label_smoothing: float = fraction(0.0)
+    name: str = choice("sgd", "sgd", "paper_sgd", "adamw")  # paper_sgd: the update rule as the paper prints it (§5)
+    lr: float = positive(0.01)  # learning rate: the first, or the peak after a warm-up
+    momentum: float = non_negative(0.9)  # momentum of sgd and paper_sgd (adamw has none)
+    weight_decay: float = non_negative(5e-4)  # weight decay (paper §5: 0.0005; adamw's is decoupled)
+    nesterov: bool = False  # Nesterov momentum (sgd only)
+    label_smoothing: float = fraction(0.0)  # the cross-entropy's label smoothing (Szegedy et al. 2016)
     lr_scale_batch: int = non_negative(0)  # >0: linear scaling rule, lr * batch_size / lr_scale_batch
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = choice("plateau", "plateau", "step", "cosine", "onecycle", "constant")
+    name: str = choice("plateau", "plateau", "step", "cosine", "onecycle", "constant")  # how the lr changes
     factor: float = fraction(0.1)  # plateau/step: multiply lr by this
     patience: int = non_negative(0)  # plateau: epochs without val improvement tolerated before a drop
     max_drops: int = non_negative(3)  # plateau: at most this many drops (paper §5: "three times")
     step_size: int = positive(30)  # step: epochs between drops
-    warmup_epochs: float = non_negative(0.0)  # cosine/onecycle: linear warm-up
+    warmup_epochs: float = non_negative(0.0)  # cosine/onecycle: epochs of linear warm-up
     min_lr: float = non_negative(0.0)  # cosine: final lr
     # set by --budget's checks (engine/budget.py): [[step, total], ...], from each step on the per-step schedule
     # ends at its total (the first entry is [0, the first plan's total]); the lr goes on from where it was
@@ -129,18 +124,18 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = positive(90)
+    epochs: int = positive(90)  # passes over the training set (paper §5: roughly 90)
     budget: str | None = None  # wall-clock budget, e.g. 15m, 2h, 1h30m: plans epochs, lr and sizes (engine/budget.py)
     max_steps: int | None = positive(None)  # end after this many optimizer steps (last epoch partial); set by --budget
     batch_size: int = positive(128)  # global batch, split across DDP ranks
     amp: str = choice("auto", *AMP_CHOICES)  # auto: what the device runs natively (tuning.py)
-    channels_last: bool | None = None  # None/auto: on for CUDA and CPU
+    channels_last: bool | None = None  # None/auto: on for CUDA and CPUs, off on MPS
     compile: bool | None = None  # None/auto: torch.compile on CUDA, for runs long enough to repay it
     compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: the graphs without code generation)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    seed: int = _rule(0, ge=0, le=2**32 - 1)  # numpy's seed range; above it the data order's generator overflowed
-    deterministic: bool = False  # deterministic CUDA kernels and cuBLAS order (README Platforms); CPU ones are anyway
-    eval_tta: str = choice("center", *TTA_CHOICES)  # used for the per-epoch val metrics
+    seed: int = _rule(0, ge=0, le=2**32 - 1)  # seeds init, data order, augmentation and dropout; numpy's range
+    deterministic: bool = False  # deterministic CUDA kernels and cuBLAS order (docs/platforms.md); CPU ones are anyway
+    eval_tta: str = choice("center", *TTA_CHOICES)  # test-time views of the validations during training
     final_tta: str | None = choice(None, *TTA_CHOICES)  # the last validation's views (None: eval_tta)
     # an EMA of the weights, validated and saved in their place: its half-life as a fraction of the run's
     # optimizer steps (engine/ema.py); 0: off
@@ -153,13 +148,14 @@ class TrainConfig:
     keep_last: int = positive(3)  # step checkpoints kept besides last.pt / best.pt
     log_every: int = non_negative(20)  # steps between plain log lines (when not on a terminal) and step scalars
     # steps between host reads of device values (NaN and stop checks, progress bar, log lines; checkpoint steps and
-    # an epoch's last step always read): each read waits for the GPU. None/auto: 1 on CPUs, log_every on GPUs
+    # an epoch's last step always read): each read waits for the GPU. None/auto: 1 on CPUs, log_every (or 50) on GPUs
     sync_every: int | None = positive(None)
     strict_data: bool = False  # fail on unreadable training images instead of skipping them
     towers: str | None = None  # "DEV_A,DEV_B": the paper's two-device split (alexnet / alexnet_bn only)
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch: the same network on 1 or N ranks
     # under torchrun: ddp (everything replicated) or hybrid (convolutions DDP, fc6/fc7 sharded; hybrid.py)
     parallel: str = choice("ddp", "ddp", "hybrid")
+    # experiment trackers fed from metrics.jsonl (trackers/); []: none
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"rule": {"choices": REPORT_TO}})
 
 
@@ -170,7 +166,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    recipe: str = "custom"
+    recipe: str = "custom"  # the recipe's name (a file's stem), kept in config.yaml
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,7 +11,7 @@ from .data.classes import display_name, is_imagenet
 from .data.loaders import build_eval_data, data_of
 from .errors import UserError
 from .inference import EvalResult, evaluate
-from .models import PAPER_ILSVRC2012, get_model_info
+from .models import PAPER_PUBLISHED, get_model_info
 from .onnx_runtime import inference_path, load_for_inference, takes_uint8
 from .runlog import setup_logging
 
@@ -48,7 +48,7 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
         distributed.teardown()
     if dist.is_main:
         imagenet = is_imagenet(w.class_names)
-        published = w.published or (PAPER_ILSVRC2012_ACC if imagenet else None)
+        published = w.published or (PAPER_PUBLISHED if imagenet else None)
         print(
             to_json(res, w.class_names, published)
             if as_json
@@ -57,9 +57,8 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
     return 0
 
 
-# Krizhevsky et al. 2012, Table 1 (one CNN), as accuracies
-PAPER_ILSVRC2012_ACC = {"top1": 1 - PAPER_ILSVRC2012["top1_err"], "top5": 1 - PAPER_ILSVRC2012["top5_err"],
-                        "what": "paper (1 CNN, ILSVRC-2012 val)"}  # fmt: skip
+# a published figure's test-time views (its "tta", one of TTA_CHOICES), as the report names them
+VIEWS = {"center": "the centre crop", "flip": "the centre crop and its mirror image", "10crop": "10 patches"}
 
 
 def format_report(res: EvalResult, class_names: list[str], published: dict | None, source: str) -> str:
@@ -72,7 +71,11 @@ def format_report(res: EvalResult, class_names: list[str], published: dict | Non
     if published:
         p = published
         lines.append(f"  published, {p['what']}: top-1 accuracy {p['top1'] * 100:.1f} % (error "
-                     f"{100 - p['top1'] * 100:.1f} %), top-5 accuracy {p['top5'] * 100:.1f} %")  # fmt: skip
+                     f"{100 - p['top1'] * 100:.1f} %), top-5 accuracy {p['top5'] * 100:.1f} % (error "
+                     f"{100 - p['top5'] * 100:.1f} %)")  # fmt: skip
+        if p.get("tta") in VIEWS and p["tta"] != res.tta:  # (files imported before the views were recorded: unknown)
+            lines.append(f"  a different protocol: the published figures are from {VIEWS[p['tta']]}, this result from "
+                         f"{VIEWS[res.tta]} (--tta {p['tta']} measures as they were measured)")  # fmt: skip
     shown = [(a, c) for c, a in zip(class_names, res.per_class) if a is not None]
     if shown and len(shown) <= 50:
         lines.append("  per-class top-1:")

@@ -56,7 +56,7 @@ CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # Caffe's examples (classify.py, the mod
 # ... using just the center crop"); their SHA-256s are the zoo's ONNX_HUB_MANIFEST.json "model_sha" (and the
 # Git LFS pointers). Its table's 54.80 / 78.23 % for opset 12 was measured with another preprocessing (Intel
 # Neural Compressor's), not Caffe's, which import-weights reproduces. The int8 and qdq files are not importable.
-_BVLC = {"top1": 0.571, "top5": 0.802}
+_BVLC = {"top1": 0.571, "top5": 0.802, "tta": "center"}  # tta: the views measured (TTA_CHOICES)
 PUBLISHED = {
     ("sha1", "9116a64c0fbe4459d18f4bb6b56d647b63920377"): "Caffe bvlc_alexnet",
     **{("sha256", digest): f"Caffe bvlc_alexnet as the ONNX model zoo's {name}" for name, digest in (

@@ -32,8 +32,25 @@ def quality(text: str) -> int:
     return value
 
 
+def show_defaults(p: argparse.ArgumentParser, recipe_keys: dict[str, str]) -> None:
+    """End every option's help with its default, read from the parser itself (so --help and the CLI reference
+    cannot disagree with the code): ``(default: X)``, or for an option that sets a config key and defaults to None,
+    the recipe's value of that key. Help that already says what its default means (``default: the run's own
+    data``) is left as it is."""
+    for a in p._actions:
+        if not a.option_strings or a.default == argparse.SUPPRESS or "default" in (a.help or ""):
+            continue
+        if a.default is None and a.dest in recipe_keys:
+            said = f"the recipe's {recipe_keys[a.dest]}"
+        elif a.default is None or a.default is False:  # (a switch, or an option with no value until given)
+            continue
+        else:
+            said = "%(default)s"
+        a.help = f"{a.help} (default: {said})" if a.help else f"default: {said}"
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
 def add_amp(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from .atomic import atomic_write_text
 from .data.classes import is_imagenet
 from .distributed import pick_device
 from .errors import UserError
-from .models import PAPER_ILSVRC2012
+from .models import PAPER_PUBLISHED
 from .plots import make_figures
 from .runlog import read_metrics, setup_logging
 from .trackers import attach_files
@@ -47,10 +47,10 @@ def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> li
         table.append([label, f"{100 * r['val_top1']:.2f} %", f"{100 * r['val_top5']:.2f} %",
                       f"{100 - 100 * r['val_top1']:.2f} %", f"{100 - 100 * r['val_top5']:.2f} %",
                       f"{r['val_loss']:.4f}", str(r["epoch"])])  # fmt: skip
-    p = PAPER_ILSVRC2012
+    p = PAPER_PUBLISHED
     paper_note = "" if is_imagenet(class_names) else " (ImageNet; not comparable with this dataset)"
-    table.append([f"paper, 1 CNN, ILSVRC-2012 val{paper_note}", f"{100 - 100 * p['top1_err']:.1f} %",
-                  f"{100 - 100 * p['top5_err']:.1f} %", f"{100 * p['top1_err']:.1f} %", f"{100 * p['top5_err']:.1f} %", "", "90"])  # fmt: skip
+    table.append([f"{p['what']}{paper_note}", f"{100 * p['top1']:.1f} %", f"{100 * p['top5']:.1f} %",
+                  f"{100 - 100 * p['top1']:.1f} %", f"{100 - 100 * p['top5']:.1f} %", "", "90"])  # fmt: skip
     blocks += [("h2", "Results"), ("table", table)]
     blocks.append(("p", f"Throughput {ips:,.0f} training images/s (mean over epochs); wall time {wall / 60:.1f} min "
                         f"(training + validation)."))  # fmt: skip

@@ -2,7 +2,7 @@
 train.compile on the device a run actually gets. The resolved values are written to the run's
 config.yaml, so a resumed run keeps them wherever it continues.
 
-Measurements behind each choice (README "Benchmarks" has the tables and commands):
+Measurements behind each choice (docs/results.md has the tables and commands):
 - bf16 autocast + channels_last: 2.10x the fp32 eager step on a 2-core AVX-512 BF16 CPU
   (benchmarks/train_step.py); on CPUs without native bf16 it is emulated and slower, so fp32 there.
   On CUDA GPUs with bf16 (Ampere and later) it is the standard fast path.

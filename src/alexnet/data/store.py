@@ -358,7 +358,7 @@ def open_store(path: str | Path, split: str) -> tuple[StoreImages, torch.Tensor,
         and int(labels.max()) == 0
         and _not_all_first(root, split, manifest)
     ):
-        # what a second prepare of a complete store wrote before it left finished splits alone (README "prepare")
+        # what a second prepare of a complete store wrote before it left finished splits alone (CHANGELOG.md, 0.2.0)
         raise UserError(f"{root}: every {split} label is 0 ({len(manifest['classes'])} classes): written by an "
                         "older `alexnet prepare` run twice; prepare the store again into a new folder")  # fmt: skip
     return images, labels, manifest["classes"]

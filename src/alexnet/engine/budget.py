@@ -14,8 +14,8 @@ ramp its fractions, and the last epoch may be partial (``train.max_steps``).
 The probe's timed steps can be 20-50 % off what training then measures (2-core AVX2 CPU, one timed step per
 crop: a `pip install` during the probe left an 8-minute run ending at 80 % of its budget; three runs without a
 known cause ended at 85, 85 and 106 %), so it takes the median of three, and the plan is checked on real
-steps (``check_plan``) at the sync steps (train.sync_every) where the host reads the device anyway: at a
-quarter, half, three quarters and nine tenths of the plan, 8 steps into an epoch at a crop not trained before,
+steps (``check_plan``) at the sync steps (train.sync_every) where the host reads the device anyway: every
+5 % of the plan (planner.CHECK_AT), 8 steps into an epoch at a crop not trained before,
 soon after a stretch that ran slow, and at every epoch's last step, before its end (its validation, its
 checkpoint), so that a check that ends the run there makes that end the last: validated after the BatchNorm
 recalibration, as the plan priced it. Each check times the steps since the stretch's first sync step (the first

@@ -1,13 +1,25 @@
+"""The networks: the paper's AlexNet, its BatchNorm variant and torchvision's, by name (``create_model``)."""
+
 from .alexnet import AlexNet
 from .init import INIT_SCHEMES, init_weights
 from .owt import AlexNetOWT
-from .registry import MODELS, PAPER_ILSVRC2012, ModelInfo, create_model, get_model_info, list_models, model_options
+from .registry import (
+    MODELS,
+    PAPER_ILSVRC2012,
+    PAPER_PUBLISHED,
+    ModelInfo,
+    create_model,
+    get_model_info,
+    list_models,
+    model_options,
+)
 
 __all__ = [
     "AlexNet",
     "AlexNetOWT",
     "INIT_SCHEMES",
     "PAPER_ILSVRC2012",
+    "PAPER_PUBLISHED",
     "MODELS",
     "ModelInfo",
     "create_model",

@@ -2,7 +2,7 @@
 
 ``paper`` (§5): every weight ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7
 ("accelerates the early stages of learning by providing the ReLUs with positive inputs")
-and 0 in conv1, conv3, fc8. Deep plain nets with std 0.01 start slowly; see README.
+and 0 in conv1, conv3, fc8. Deep plain nets with std 0.01 start slowly; see docs/paper.md.
 ``kaiming``: He normal for every layer followed by a ReLU (fan_out for convolutions, fan_in
 for fc6/fc7), N(0, 0.01) for the classifier fc8, zero biases. Keeps activations at unit scale
 through all seven ReLU layers, so the plain LRN network starts learning at once.

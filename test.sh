@@ -7,4 +7,5 @@ set -euo pipefail
 source "$(dirname "$0")/scripts/setup.sh"
 ruff check src tests benchmarks
 ruff format --check src tests benchmarks
+mypy  # src/, with the settings of [tool.mypy] in pyproject.toml (its cache: .mypy_cache/)
 python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

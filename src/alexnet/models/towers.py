@@ -92,7 +92,7 @@ class TowerAlexNet(nn.Module):
 
     min_input_size = AlexNet.min_input_size
 
-    def __init__(self, num_classes: int, devices: tuple[torch.device, torch.device], *, norm: str = "lrn",
+    def __init__(self, num_classes: int, devices: tuple[torch.device | str, torch.device | str], *, norm: str = "lrn",
                  dropout: float = 0.5, lrn: dict[str, float] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.devices = (torch.device(devices[0]), torch.device(devices[1]))
@@ -104,7 +104,7 @@ class TowerAlexNet(nn.Module):
         self.fc8 = nn.Linear(4096, num_classes).to(self.devices[0])
 
     @classmethod
-    def from_grouped(cls, model: nn.Module, devices: tuple[torch.device, torch.device]) -> TowerAlexNet:
+    def from_grouped(cls, model: nn.Module, devices: tuple[torch.device | str, torch.device | str]) -> TowerAlexNet:
         if not isinstance(model, AlexNet):  # (callers check the variant first: check_towers)
             raise UserError(f"the two-tower split needs alexnet or alexnet_bn, not a {type(model).__name__}")
         m = model.features.get_submodule("norm1") if model.norm == "lrn" else None

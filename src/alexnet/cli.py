@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 from .errors import crash_log_at, describe
 from .options import add_amp, add_device, add_force, add_samples, add_tta, positive, quality, show_defaults, workers
@@ -349,8 +349,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
-                         ) -> tuple[argparse.Namespace, list[str]]:  # fmt: skip
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None,
+                         ) -> tuple[Any, list[str]]:  # fmt: skip
         """No argument is left over: one that is, is said by the parser it was given to, so a subcommand's
         mistake points to that subcommand's --help (argparse hands a subcommand's leftovers up to the top)."""
         known, extra = super().parse_known_args(args, namespace)

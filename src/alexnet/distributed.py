@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -75,7 +75,8 @@ def setup(device: str = "auto") -> DistInfo:
 
 def new_group() -> dist.ProcessGroup:
     """A second group over all ranks (same backend), for collectives that must not queue behind DDP's buckets."""
-    return dist.new_group()
+    group = dist.new_group()  # (typed to allow NON_GROUP_MEMBER, which a group over all ranks never gives)
+    return cast(dist.ProcessGroup, group)
 
 
 def teardown() -> None:
@@ -138,7 +139,8 @@ class _AllReduceSum(torch.autograd.Function):
 def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed import _functional_collectives as fc
 
-    return fc.wait_tensor(fc.all_reduce(x.contiguous(), "sum", dist.group.WORLD))
+    world = dist.group.WORLD  # (None only before init_process_group; GlobalBatchNorm2d checks that first)
+    return fc.wait_tensor(fc.all_reduce(x.contiguous(), "sum", cast(dist.ProcessGroup, world)))
 
 
 class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
@@ -160,11 +162,13 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
         y = (xf - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)  # momentum None: a cumulative average (engine/precise_bn.py)
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-            self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
+        count, run_mean, run_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if count is not None and run_mean is not None and run_var is not None:  # (None: track_running_stats=False)
+            with torch.no_grad():
+                count.add_(1)  # momentum None: a cumulative average (engine/precise_bn.py)
+                m = self.momentum if self.momentum is not None else 1.0 / float(count)
+                run_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                run_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
         return y.to(x.dtype)
 
 

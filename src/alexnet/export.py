@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,10 @@ def _with_lrn_op(model: torch.nn.Module) -> torch.nn.Module:
 class WithPreprocess(torch.nn.Module):
     """``model`` behind the normaliser: uint8 RGB crops (N, H, W, 3) in, logits out. The same operations in the
     same order as ``Preprocess.normalizer`` (x / 255, then mean/std, or minus the mean image's centre window)."""
+
+    mean_image: torch.Tensor  # the buffers (pixel mode: mean_image; else mean and std)
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, model: torch.nn.Module, pre: Preprocess) -> None:
         super().__init__()
@@ -94,11 +99,14 @@ def export_onnx(
     size = loaded.preprocess.crop
     model = _network(loaded, with_preprocess)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    table = {torch.ops.alexnet.lrn.default: _onnx_lrn} if lrn_op else None
+    table: dict[Callable[..., Any], Callable[..., Any]] | None = (
+        {torch.ops.alexnet.lrn.default: _onnx_lrn} if lrn_op else None
+    )
     program = torch.onnx.export(_with_lrn_op(model) if lrn_op else model, (_sample(2, size, with_preprocess),),
                                 None, input_names=["images"], output_names=["logits"],
                                 dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
                                 custom_translation_table=table)  # fmt: skip
+    assert program is not None  # (None only without dynamo=True)
     proto = program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = export_meta.ONNX_KEY, export_meta.dumps(export_meta.document(loaded, with_preprocess))
@@ -156,12 +164,13 @@ SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2", ".ts"
 def pick_format(fmt: str | None, out: Path) -> str:
     """``--format``, or the one ``--out``'s suffix names; a file named for another format is refused."""
     implied = SUFFIXES.get(out.suffix.lower())
-    if fmt is None and implied is None:
+    chosen = fmt or implied
+    if chosen is None:
         raise UserError(f"--format is needed: --out {out} does not name one (.safetensors, .onnx, .pt2 or .ts; "
                         "--format hub for a folder)")  # fmt: skip
     if fmt is not None and implied not in (None, fmt):
         raise UserError(f"--out {out} names a {implied} file but --format is {fmt}; rename one of them")
-    return fmt or implied
+    return chosen
 
 
 def run_export(weights: str, fmt: str | None, out: Path, force: bool = False, lrn_op: bool = True,

@@ -101,9 +101,9 @@ def check_structure(net: SourceNet) -> None:
             raise UserError(f"{src}: conv{i} is {w.shape} with (groups, stride, pad) {tuple(got)}; AlexNet's is "
                             f"{(o, c, k, k)} with {tuple(want)}")  # fmt: skip
     for i, (w, b) in enumerate(net.fcs):
-        want = FCS[i] if i < 2 else (w.shape[0], 4096)
-        if w.shape != want or b.shape != (w.shape[0],) or w.shape[0] < 1:
-            raise UserError(f"{src}: fc{i + 6} weight is {w.shape}; AlexNet's is {want}")
+        shape = FCS[i] if i < 2 else (w.shape[0], 4096)
+        if w.shape != shape or b.shape != (w.shape[0],) or w.shape[0] < 1:
+            raise UserError(f"{src}: fc{i + 6} weight is {w.shape}; AlexNet's is {shape}")
     if any(lrn != net.lrns[0] for lrn in net.lrns):
         raise UserError(f"{src}: the two LRN layers differ ({net.lrns}); AlexNet uses one setting")
 
@@ -115,7 +115,8 @@ def to_loaded(net: SourceNet, mean_image_bgr: np.ndarray | None = None,
     check_structure(net)
     classes = net.fcs[2][0].shape[0]
     lrn = net.lrns[0]
-    options = {"lrn_size": lrn.size, "lrn_alpha": lrn.alpha, "lrn_beta": lrn.beta, "lrn_k": lrn.k, "lrn_groups": 1}
+    options: dict[str, Any] = {"lrn_size": lrn.size, "lrn_alpha": lrn.alpha, "lrn_beta": lrn.beta, "lrn_k": lrn.k,
+                               "lrn_groups": 1}  # fmt: skip
     model = create_model("alexnet", classes, init="default", **options)
     state = {}
     for i, (w, b, *_) in enumerate(net.convs, 1):
@@ -131,8 +132,8 @@ def to_loaded(net: SourceNet, mean_image_bgr: np.ndarray | None = None,
         mi = torch.from_numpy(np.ascontiguousarray(mean_image_bgr[::-1], dtype=np.float32)) / 255.0  # (3, H, W) RGB
         pre = Preprocess(mi.shape[-1], 227, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), mi)
     else:
-        b, g, r = (v / 255.0 for v in CAFFE_MEAN_BGR)
-        pre = Preprocess(256, 227, (r, g, b), (1.0, 1.0, 1.0))
+        blue, green, red = (v / 255.0 for v in CAFFE_MEAN_BGR)
+        pre = Preprocess(256, 227, (red, green, blue), (1.0, 1.0, 1.0))
     names = [w for w, _ in imagenet_classes()] if classes == 1000 else [f"class_{i}" for i in range(classes)]
     return Loaded(model.eval(), "alexnet", names, pre, None, net.source, options, published)
 

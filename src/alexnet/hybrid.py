@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -39,7 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .models.alexnet import AlexNet
 from .models.layers import KeyedDropout, check_input_size, keyed_dropout, pool_to_grid
+from .models.owt import AlexNetOWT
 
 
 @dataclass
@@ -148,6 +150,8 @@ class HybridAlexNet(nn.Module):
 
     def __init__(self, model: nn.Module, group: Any = None) -> None:
         super().__init__()
+        if not isinstance(model, AlexNet | AlexNetOWT):
+            raise ValueError(f"hybrid parallelism needs an AlexNet variant, not {type(model).__name__}")
         self.group = group
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self.num_classes, self.min_input_size = model.num_classes, model.min_input_size
@@ -191,6 +195,7 @@ class HybridAlexNet(nn.Module):
         keys = self._global_keys()
         h = _Exchange.apply(h, self.group, gather_rows, reduce_scatter_rows)  # (B, 9216)
         fc6 = self._fc(0)
+        assert isinstance(fc6, ColumnShard)
         h = fc6(h)  # (B, n_r)
         for m in self._mid:  # relu6, drop6 on this rank's units of the whole global batch
             h = keyed_dropout(h, m.p, keys, m.stream, m.offset + fc6.lo) if _keyed(m) and keys is not None else m(h)
@@ -236,7 +241,7 @@ class HybridAlexNet(nn.Module):
         return DDP(self, device_ids=device_ids)
 
 
-def _keyed(m: nn.Module) -> bool:
+def _keyed(m: nn.Module) -> TypeGuard[KeyedDropout]:
     return isinstance(m, KeyedDropout) and m.training and m.p > 0
 
 

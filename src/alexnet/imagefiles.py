@@ -39,10 +39,10 @@ def collect_files(specs: list[str]) -> list[Item]:
         elif p.exists():
             out.append(Item(spec))  # given explicitly: whatever it is, the decoder will judge it
         elif glob.has_magic(spec):
-            files = sorted(f for f in glob.glob(spec, recursive=True) if Path(f).is_file())
-            if not files:
+            matches = sorted(f for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+            if not matches:
                 out.append(Item(spec, error=f"{spec}: no files match"))
-            out += [Item(f) for f in files]
+            out += [Item(f) for f in matches]
         else:
             out.append(Item(spec, error=f"{spec}: no such file or directory"))
     return out
@@ -97,13 +97,13 @@ def run(pre: Preprocess, items: list[Item], batch_size: int, device: torch.devic
     ``normalize=False``: fn gets the uint8 batch (a graph that normalises inside)."""
     norm = pre.normalizer().to(device) if normalize else (lambda x: x)
     for batch in batches(items, pre, batch_size):
-        good = [i for i in batch if i.image is not None]
+        good = [(i, i.image) for i in batch if i.image is not None]
         rows: dict[int, torch.Tensor] = {}
         if good:
-            x = norm(torch.stack([i.image for i in good]).to(device))  # (B, 3, S, S)
+            x = norm(torch.stack([image for _, image in good]).to(device))  # (B, 3, S, S)
             with torch.no_grad():
                 out = fn(x).float().cpu()
-            rows = {id(item): out[k] for k, item in enumerate(good)}
+            rows = {id(item): out[k] for k, (item, _) in enumerate(good)}
         for item in batch:
             yield item, rows.get(id(item))
             item.image = None  # free memory as we go

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -115,13 +115,26 @@ def evaluate(model: nn.Module, batches: Batches, normalizer: Normalizer | None, 
                       per_class=per_class, confusion=matrix)  # fmt: skip
 
 
+@runtime_checkable
+class SplitNetwork(Protocol):
+    """A network in two halves, as timm splits them: the convolutions to pool5, then the classifier."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+
 def layer_fn(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """fc7 (default): the 4096-d activations the paper's Fig. 4 compares; pool5: the 9216-d conv features;
     fc6; logits; or any module name from `alexnet summary` (e.g. conv5), flattened."""
-    if layer == "fc7":
-        return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
-    if layer == "pool5":
-        return lambda x: torch.flatten(model.forward_features(x), 1)
+    if layer in ("fc7", "pool5"):
+        if not isinstance(model, SplitNetwork):
+            raise UserError(
+                f"layer {layer} needs forward_features and forward_head, which {type(model).__name__} lacks"
+            )
+        split = model
+        if layer == "fc7":
+            return lambda x: split.forward_head(split.forward_features(x), pre_logits=True)
+        return lambda x: torch.flatten(split.forward_features(x), 1)
     if layer == "logits":
         return lambda x: model(x)
     modules = dict(model.named_modules())

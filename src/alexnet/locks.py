@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from types import ModuleType
 from typing import IO
 
+from .errors import UserError
+
+# plain modules to the type checker: typeshed declares each on its own platform only, and a test runs the
+# msvcrt branch on Linux (emulated)
+fcntl: ModuleType | None
+msvcrt: ModuleType
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
     import msvcrt
-
-from .errors import UserError
 
 LOCK_NAME = ".lock"
 _HELD: dict[Path, IO[bytes]] = {}  # directory -> its open lock file, until unlock_dir

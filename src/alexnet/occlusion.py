@@ -72,7 +72,7 @@ def receptive_field(model: nn.Module, layer: str = "conv5") -> tuple[int, int, f
     up to ``layer``: 163 px, 16 px and 17 px for conv5 of the 2012 network."""
     rf, jump, start = 1, 1, 0.0
     layer = resolve_layer(model, layer)
-    for name, m in model.features.named_children():
+    for name, m in model.get_submodule("features").named_children():
         if isinstance(m, nn.Conv2d | nn.MaxPool2d):
             k, s, p = (_pair(getattr(m, a)) for a in ("kernel_size", "stride", "padding"))
             start += ((k - 1) / 2 - p) * jump
@@ -131,10 +131,11 @@ def top_patches(model: nn.Module, images: torch.Tensor, normalise: object, crop:
 
 def resolve_layer(model: nn.Module, layer: str) -> str:
     """A name in ``model.features``; ``conv5`` is also the last convolution of numbered Sequentials (alexnet_owt)."""
-    names = [n for n, _ in model.features.named_children()]
+    features = model.get_submodule("features")
+    names = [n for n, _ in features.named_children()]
     if layer in names:
         return layer
-    convs = [n for n, m in model.features.named_children() if isinstance(m, nn.Conv2d)]
+    convs = [n for n, m in features.named_children() if isinstance(m, nn.Conv2d)]
     if layer == "conv5" and len(convs) == 5:
         return convs[-1]
     raise UserValueError(f"no layer {layer!r} in model.features (have {', '.join(names)})")
@@ -143,9 +144,10 @@ def resolve_layer(model: nn.Module, layer: str) -> str:
 def _relu_after(model: nn.Module, layer: str) -> str:
     """The module whose output is ``layer``'s rectified maps (the ReLU after it, or the layer itself)."""
     layer = resolve_layer(model, layer)
-    names = [n for n, _ in model.features.named_children()]
+    features = model.get_submodule("features")
+    names = [n for n, _ in features.named_children()]
     after = names[names.index(layer) + 1 :]
-    relu = next((n for n in after if isinstance(model.features.get_submodule(n), nn.ReLU)), None)
+    relu = next((n for n in after if isinstance(features.get_submodule(n), nn.ReLU)), None)
     return relu or layer
 
 

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .data.batches import TensorSource  # noqa: E402
 from .data.classes import display_name  # noqa: E402
 from .data.folder import default_workers  # noqa: E402
 from .errors import UserError  # noqa: E402
@@ -204,7 +205,7 @@ def confusion_figure(loaded: Loaded, probs: torch.Tensor, labels: torch.Tensor, 
             for i in range(c):
                 for j in range(c):
                     if m[i, j]:
-                        ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                        ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
                                 color="white" if m[i, j] > m.max() / 2 else "black")  # fmt: skip
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -248,7 +249,7 @@ class _Source(torch.utils.data.Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        if hasattr(self.data, "x"):
+        if isinstance(self.data, TensorSource):
             return self.data.x[i], int(self.data.y[i]), i
         return self.data[i]
 
@@ -352,14 +353,14 @@ def _look_inside(loaded: Loaded, val_src: _Source, out: Path, which: list[str], 
         ]
         written.append(occlusion_figure(loaded, images, maps, out))
     if "units" in which:
-        images = torch.stack([val_src[i][0] for i in v_idx])
+        batch = torch.stack([val_src[i][0] for i in v_idx])
         units = torch.linspace(0, _conv5_width(loaded.model) - 1, 8).round().long().tolist()
-        written.append(units_figure(top_patches(loaded.model, images, norm, crop, units), out))
+        written.append(units_figure(top_patches(loaded.model, batch, norm, crop, units), out))
     return written
 
 
 def _conv5_width(model: torch.nn.Module) -> int:
-    return [m for m in model.features if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+    return [m for m in model.get_submodule("features").children() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
 
 
 def occlusion_figure(loaded: Loaded, images: list[torch.Tensor], maps: list[OcclusionMap], out: Path) -> Path:

@@ -54,7 +54,7 @@ def predict(weights: str, paths: list[str], topk: int = 5, tta: str = "center", 
         else:
             for rank, t in enumerate(top, 1):
                 name = item.file if rank == 1 else ""
-                print(f"{_fit(name, tail=True)} {rank:4d}  {_fit(t['class'])} {t['prob']:7.2%}")
+                print(f"{_fit(name, tail=True)} {rank:4d}  {_fit(str(t['class']))} {t['prob']:7.2%}")
     if failed:
         print(f"{failed} of {len(items)} inputs failed", file=sys.stderr)
     return 1 if failed else 0
@@ -87,9 +87,9 @@ def features(weights: str, paths: list[str], out: Path, layer: str = "fc7", batc
         files.append(item.file)
     if not vectors:
         raise UserError("no image could be read; nothing written")
-    arrays = {"features": np.stack(vectors).astype(np.float32), "files": np.array(files), "layer": np.array(layer),
-              "class_names": np.array(loaded.class_names)}  # fmt: skip
-    atomic_write(out, lambda f: np.savez(f, **arrays))
+    features = np.stack(vectors).astype(np.float32)
+    atomic_write(out, lambda f: np.savez(f, features=features, files=np.array(files), layer=np.array(layer),
+                                         class_names=np.array(loaded.class_names)))  # fmt: skip
     print(f"wrote {len(files)} x {vectors[0].shape[0]} {layer} features to {out}", file=sys.stderr)
     if failed:
         print(f"{failed} of {len(items)} inputs failed", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,6 +19,8 @@ from .runlog import read_metrics, setup_logging
 from .trackers import attach_files
 from .weights import load_weights
 
+Block = tuple[str, Any]  # (kind, value); the value's type is the kind's: see build_report
+
 FIGURE_TITLES = {
     "curves": "Training curves",
     "filters": "conv1 kernels (paper Fig. 3)",
@@ -27,7 +30,7 @@ FIGURE_TITLES = {
 }
 
 
-def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> list[tuple[str, object]]:
+def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> list[Block]:
     """The report as blocks: ("h1"|"h2"|"h3"|"p", text), ("table", rows), ("img", (alt, path)), ("code", text)."""
     rows = read_metrics(run_dir)
     if not rows:
@@ -38,7 +41,7 @@ def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> li
     last = validated[-1]
     wall = sum(r["seconds"] for r in rows)
     ips = sum(r["images_per_sec"] for r in rows) / len(rows)
-    blocks: list[tuple[str, object]] = [("h1", f"Run report: {run_dir.name}")]
+    blocks: list[Block] = [("h1", f"Run report: {run_dir.name}")]
     data = cfg["data"]["path"] or "built-in digits"
     blocks.append(("p", f"Model {cfg['model']['name']}, recipe {cfg.get('recipe', 'custom')}, data {data}, "
                         f"{len(class_names)} classes, {_epochs(len(rows), cfg['train']['epochs'], run_dir)}."))  # fmt: skip
@@ -71,7 +74,7 @@ def _epochs(done: int, planned: int, run_dir: Path) -> str:
     return f"{done} of {planned} epochs (not finished: `alexnet train --resume {run_dir}` goes on)"
 
 
-def to_markdown(blocks: list[tuple[str, object]]) -> str:
+def to_markdown(blocks: list[Block]) -> str:
     out = []
     for kind, value in blocks:
         if kind in ("h1", "h2", "h3"):
@@ -92,7 +95,7 @@ def to_markdown(blocks: list[tuple[str, object]]) -> str:
     return "\n".join(out)
 
 
-def to_html(blocks: list[tuple[str, object]]) -> str:
+def to_html(blocks: list[Block]) -> str:
     e = html.escape
     body = []
     for kind, value in blocks:

@@ -36,7 +36,7 @@ class LayerRow:
     groups: int | None = None
 
 
-def _pair(v: int | tuple[int, ...]) -> str:
+def _pair(v: int | str | tuple[int, ...]) -> str:  # (a str: Conv2d's padding="same")
     if isinstance(v, tuple):
         return "x".join(map(str, v)) if len(set(v)) > 1 else str(v[0])
     return str(v)

@@ -135,7 +135,7 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
             crash_log_at(run_dir / "crash.log")  # an internal error's traceback, once the directory exists
         result = train(cfg, run_dir, ck, started=started)
     except BaseException:
-        if made:  # the directory claimed above, if nothing was written into it
+        if made and run_dir is not None:  # the directory claimed above, if nothing was written into it
             remove_if_empty(run_dir)
         raise
     finally:

@@ -64,8 +64,8 @@ def load_weights(spec: str, device: torch.device | str = "cpu", towers: str | No
         from .distributed import pick_device
         from .models.towers import TowerAlexNet, check_towers
 
-        devices = tuple(pick_device(d) for d in check_towers(loaded.variant, towers))
-        loaded.model = TowerAlexNet.from_grouped(loaded.model, devices).eval()
+        a, b = (pick_device(d) for d in check_towers(loaded.variant, towers))
+        loaded.model = TowerAlexNet.from_grouped(loaded.model, (a, b)).eval()
     else:
         loaded.model = loaded.model.to(device).eval()
     return loaded

@@ -234,7 +234,7 @@ def build_eval_data(path: str | None, pre: Preprocess, class_names: list[str], b
     size = store_size(path) if path is not None and split_dir is None else None
     folder = Path(path) if path is not None and size is None and split_dir is None else None
     if folder is not None and folder.is_dir() and not (folder / "val").is_dir():
-        raise UserError(f"{Path(path) / 'val'}: no such directory; to evaluate the class folders in {path} "
+        raise UserError(f"{folder / 'val'}: no such directory; to evaluate the class folders in {path} "
                         f"themselves, use --split-dir {path}")  # fmt: skip
     if size not in (None, pre.resize):
         raise UserError(f"{path} holds {size}px images but these weights want {pre.resize}px")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -61,7 +62,7 @@ def folder_stats(index: FolderIndex, size: int, max_images: int, workers: int = 
     subset = torch.utils.data.Subset(ds, pick.tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=64, num_workers=default_workers(workers))
 
-    def batches():
+    def batches() -> Iterator[torch.Tensor]:
         from ..progress import Progress
 
         progress = Progress(len(loader), "colour statistics", True, every=max(1, len(loader) // 10))

@@ -97,7 +97,7 @@ def compute_stats(batches: Iterable[torch.Tensor], source: str) -> ColourStats:
         ss += px @ px.T
         n_img += x.shape[0]
         n_px += px.shape[1]
-    if n_img == 0:
+    if n_img == 0 or img_sum is None:
         raise UserError(f"{source}: no images to compute statistics from")
     mean = s / n_px
     cov = ss / n_px - torch.outer(mean, mean)

@@ -310,7 +310,8 @@ def jpeg_decoder(device: str = "cpu") -> Callable[[list[torch.Tensor]], list[tor
         decode_jpeg([_tiny_jpeg()])  # loads its native library: fails here if it was built for another PyTorch
 
         def decode_tc(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
-            return decode_jpeg(blobs, mode="RGB", device=device)
+            out = decode_jpeg(blobs, mode="RGB", device=device)  # (a list for a list; typed either)
+            return out if isinstance(out, list) else [out]
 
         decode_tc.backend = "torchcodec"  # type: ignore[attr-defined]
         return decode_tc

@@ -9,6 +9,7 @@ normalisation. The same batched code serves the built-in dataset and image folde
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -124,9 +125,11 @@ class Normalizer:
 
     def to(self, device: torch.device) -> Normalizer:
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Normalizer(mv(self.mean), mv(self.std), mv(self.mean_image), mv(self.eigval), mv(self.eigvec))
+        return Normalizer(
+            self.mean.to(device), self.std.to(device), mv(self.mean_image), mv(self.eigval), mv(self.eigvec)
+        )
 
-    def mean_image_at(self, size: tuple[int, int]) -> torch.Tensor:
+    def mean_image_at(self, size: Sequence[int]) -> torch.Tensor:
         mi = self.mean_image
         assert mi is not None
         if tuple(mi.shape[-2:]) != tuple(size):
@@ -141,7 +144,7 @@ class Normalizer:
 
     def finish(self, x: torch.Tensor, pca_std: float = 0.0, key: torch.Tensor | None = None) -> torch.Tensor:
         """In place on ``x`` (float, [0, 1] scale, mean image already subtracted in pixel mode)."""
-        if pca_std > 0 and self.eigval is not None and key is not None:
+        if pca_std > 0 and self.eigval is not None and self.eigvec is not None and key is not None:
             k = key.to(x.device)
             alpha = pca_alpha(k, pca_std)
             x = pca_noise(x, alpha, self.eigval, self.eigvec)

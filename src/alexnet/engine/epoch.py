@@ -270,7 +270,7 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
             assemble(st.model, getattr(s.eval_model, "_orig_mod", s.eval_model))
         model = st.ema.model if st.ema is not None else s.eval_model
         res = evaluate(model, s.data.val, s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),
-                       s.device, (t.final_tta or t.eval_tta) if last else t.eval_tta, t.amp, t.channels_last)  # fmt: skip
+                       s.device, (t.final_tta or t.eval_tta) if last else t.eval_tta, t.amp, bool(t.channels_last))  # fmt: skip
     lr_used = st.schedule.lr
     st.schedule.after_epoch(res.top1 if res else None)
     n_train = max(totals[2], 1.0)

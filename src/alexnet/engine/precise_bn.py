@@ -97,6 +97,7 @@ def recompute(model: nn.Module, views: Iterable[torch.Tensor], device: torch.dev
         m.momentum = momentum
         if world > 1 and not isinstance(m, (GlobalBatchNorm2d, nn.SyncBatchNorm)):  # not global already
             for buf in (m.running_mean, m.running_var):
-                buf.copy_(distributed.all_reduce_sum(buf.clone()) / world)
+                if buf is not None:  # (None: track_running_stats=False)
+                    buf.copy_(distributed.all_reduce_sum(buf.clone()) / world)
     model.train(was_training)
     return seen

@@ -88,7 +88,7 @@ def _time_validation(s: Session, batches: int = 2) -> float:
     t = s.cfg.train
     assert s.data.preprocess.crop is not None
     evaluate(s.eval_model, Prefix(), s.data.normalizer, s.data.preprocess.crop, len(s.data.class_names),  # type: ignore[arg-type]
-             s.device, t.eval_tta, t.amp, t.channels_last)  # fmt: skip
+             s.device, t.eval_tta, t.amp, bool(t.channels_last))  # fmt: skip
     distributed.synchronize(s.device)
     if len(stamps) < 3:  # a one-batch validation set
         return time.perf_counter() - t0

@@ -122,7 +122,7 @@ def build_model(cfg: Config, class_names: list[str], dist: DistInfo, start: bool
     if file_weights and start:
         _load_starting_weights(model, cfg, class_names)
     if m.freeze_features:
-        for p in model.features.parameters():
+        for p in model.get_submodule("features").parameters():
             p.requires_grad_(False)
     if cfg.train.towers:
         model = _towers(model, cfg, dist)
@@ -252,7 +252,7 @@ def _wrap(cfg: Config, data: DataBundle, state: TrainState, dist: DistInfo) -> t
     if dist.is_main and t.parallel == "hybrid" and not dist.enabled:
         log.info("parallel=hybrid: one process, nothing to shard; training the plain model")
     ids = [dist.device.index] if dist.device.type == "cuda" else None
-    compiled = (lambda m: torch.compile(m, backend=t.compile_backend)) if t.compile else (lambda m: m)  # noqa: E731
+    compiled = (lambda m: _compiled(m, t.compile_backend)) if t.compile else (lambda m: m)  # noqa: E731
     if isinstance(state.model, HybridAlexNet):
         return compiled(state.model.ddp(ids)), _eval_copy(cfg, len(data.class_names), dist)
     eval_model = compiled(state.model)
@@ -267,7 +267,14 @@ def _eval_copy(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module:
     m = cfg.model
     model = create_model(m.name, num_classes, init="default", **model_options(m.name, asdict(m))).to(dist.device)
     model = model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
-    return torch.compile(model, backend=cfg.train.compile_backend) if cfg.train.compile else model
+    return _compiled(model, cfg.train.compile_backend) if cfg.train.compile else model
+
+
+def _compiled(model: nn.Module, backend: str) -> nn.Module:
+    """``torch.compile`` of a module: a module (an OptimizedModule), though torch types it as any callable."""
+    out = torch.compile(model, backend=backend)
+    assert isinstance(out, nn.Module)
+    return out
 
 
 def _num_params(model: nn.Module) -> int:

@@ -97,18 +97,17 @@ class TrainState:
         from ..hybrid import HybridAlexNet, optimizer_state_full, optimizer_state_shard
         from ..models.towers import TowerAlexNet, is_tower_form, optimizer_state_to_grouped, optimizer_state_to_towers
 
-        towers, hybrid = isinstance(self.model, TowerAlexNet), isinstance(self.model, HybridAlexNet)
-        norm = getattr(self.model, "norm", None)
+        model, norm = self.model, getattr(self.model, "norm", None)
         if saved is None:
             state = self.optimizer.state_dict()
-            if hybrid:
-                return optimizer_state_full(self.model, state)
-            return optimizer_state_to_grouped(state, norm) if towers else state
+            if isinstance(model, HybridAlexNet):
+                return optimizer_state_full(model, state)
+            return optimizer_state_to_grouped(state, model.norm) if isinstance(model, TowerAlexNet) else state
         if norm in ("lrn", "bn") and is_tower_form(saved, norm):
             saved = optimizer_state_to_grouped(saved, norm)
-        if towers:
-            return optimizer_state_to_towers(saved, norm)
-        return optimizer_state_shard(self.model, saved) if hybrid else saved
+        if isinstance(model, TowerAlexNet):
+            return optimizer_state_to_towers(saved, model.norm)
+        return optimizer_state_shard(model, saved) if isinstance(model, HybridAlexNet) else saved
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])

@@ -109,12 +109,12 @@ class AlexNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(x, 1)  # (B, 9216)
-        c = self.classifier
-        x = c.drop6(c.relu6(c.fc6(x)))  # (B, 4096)
-        x = c.drop7(c.relu7(c.fc7(x)))  # (B, 4096): the fc7 features of the paper's Fig. 4
+        c = self.classifier.get_submodule
+        x = c("drop6")(c("relu6")(c("fc6")(x)))  # (B, 4096)
+        x = c("drop7")(c("relu7")(c("fc7")(x)))  # (B, 4096): the fc7 features of the paper's Fig. 4
         if pre_logits:
             return x
-        return c.fc8(x)  # (B, num_classes)
+        return c("fc8")(x)  # (B, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -21,6 +21,7 @@ log and exp. Measured numbers are in benchmarks/lrn.py and the README.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,14 +81,14 @@ def _forward(
 
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
         y, d = _forward(x, size, alpha, beta, k, groups)
         ctx.save_for_backward(x, d)
         ctx.params = (size, alpha, beta, groups)
         return y
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
         x, d = ctx.saved_tensors
         size, alpha, beta, groups = ctx.params
         xf = _grouped(x, groups).to(d.dtype)

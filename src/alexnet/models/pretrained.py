@@ -30,7 +30,9 @@ def load_pretrained(model: nn.Module, name: str, weights: str) -> None:
             f"could not load torchvision's AlexNet weights ({e}); put alexnet-owt-7be5be79.pth "
             "in the torch hub cache ($TORCH_HOME/hub/checkpoints) or connect to the internet"
         ) from None
-    num_classes = model.classifier[6].out_features
+    head = model.get_submodule("classifier.6")
+    assert isinstance(head, nn.Linear)
+    num_classes = head.out_features
     if num_classes != 1000:  # fine-tuning: keep the fresh classifier head
         state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
         model.load_state_dict(state, strict=False)

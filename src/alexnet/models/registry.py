@@ -21,7 +21,7 @@ from .owt import AlexNetOWT
 # as §4.1 says: the softmax averaged over ten patches (the four corners, the centre, and their mirror images)
 PAPER_ILSVRC2012 = {"top1_err": 0.407, "top5_err": 0.182}
 # the same figures as accuracies, as `evaluate` and `report` print them, with the views they were measured on
-PAPER_PUBLISHED = {"top1": 1 - PAPER_ILSVRC2012["top1_err"], "top5": 1 - PAPER_ILSVRC2012["top5_err"],
+PAPER_PUBLISHED: dict[str, Any] = {"top1": 1 - PAPER_ILSVRC2012["top1_err"], "top5": 1 - PAPER_ILSVRC2012["top5_err"],
                    "what": "paper, Table 2: 1 CNN, ILSVRC-2012 val, 10 patches", "tta": "10crop"}  # fmt: skip
 
 

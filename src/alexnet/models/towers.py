@@ -92,7 +92,7 @@ class TowerAlexNet(nn.Module):
 
     min_input_size = AlexNet.min_input_size
 
-    def __init__(self, num_classes: int, devices: tuple[torch.device, torch.device], *, norm: str = "lrn",
+    def __init__(self, num_classes: int, devices: tuple[torch.device | str, torch.device | str], *, norm: str = "lrn",
                  dropout: float = 0.5, lrn: dict[str, float] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.devices = (torch.device(devices[0]), torch.device(devices[1]))
@@ -104,17 +104,19 @@ class TowerAlexNet(nn.Module):
         self.fc8 = nn.Linear(4096, num_classes).to(self.devices[0])
 
     @classmethod
-    def from_grouped(cls, model: AlexNet, devices: tuple[Any, Any]) -> TowerAlexNet:
-        lrn = {}
-        if model.norm == "lrn" and model.features.norm1.groups != 2:
+    def from_grouped(cls, model: nn.Module, devices: tuple[torch.device | str, torch.device | str]) -> TowerAlexNet:
+        if not isinstance(model, AlexNet):  # (callers check the variant first: check_towers)
+            raise UserError(f"the two-tower split needs alexnet or alexnet_bn, not a {type(model).__name__}")
+        m = model.features.get_submodule("norm1") if model.norm == "lrn" else None
+        if isinstance(m, GroupedLRN) and m.groups != 2:
             raise UserError(
                 "the two-tower split needs the paper's per-tower LRN (lrn_groups=2); these weights "
                 "normalise across both towers (lrn_groups=1, e.g. Caffe's bvlc_alexnet)"
             )
-        if model.norm == "lrn":
-            m = model.features.norm1
-            lrn = {"size": m.size, "alpha": m.alpha, "beta": m.beta, "k": m.k}
-        t = cls(model.num_classes, devices, norm=model.norm, dropout=model.classifier.drop6.p, lrn=lrn or None)
+        lrn = {"size": m.size, "alpha": m.alpha, "beta": m.beta, "k": m.k} if isinstance(m, GroupedLRN) else None
+        drop6 = model.classifier.get_submodule("drop6")
+        assert isinstance(drop6, KeyedDropout)
+        t = cls(model.num_classes, devices, norm=model.norm, dropout=drop6.p, lrn=lrn)
         t.load_state_dict(model.state_dict())
         return t
 
@@ -157,8 +159,8 @@ class TowerAlexNet(nn.Module):
             ]
         return out
 
-    def state_dict(self, *args: Any, destination: dict[str, Any] | None = None, prefix: str = "",
-                   keep_vars: bool = False) -> OrderedDict[str, torch.Tensor]:  # type: ignore[override]  # fmt: skip
+    def state_dict(self, *args: Any, destination: dict[str, Any] | None = None, prefix: str = "",  # type: ignore[override]
+                   keep_vars: bool = False) -> OrderedDict[str, torch.Tensor]:  # fmt: skip
         """The grouped single-device model's state_dict (CPU copies), under ``prefix``, into ``destination``."""
         sd: OrderedDict[str, torch.Tensor] = OrderedDict()
         for key, path, how in self._pairs():
@@ -192,6 +194,7 @@ class TowerAlexNet(nn.Module):
                     continue
                 full = state_dict[key]
                 for i, tower in enumerate((self.tower_a, self.tower_b)):
+                    dst: torch.Tensor
                     try:
                         dst = tower.get_parameter(path)
                     except AttributeError:

@@ -102,7 +102,7 @@ class MlflowRun:
         from mlflow.entities import Param, RunTag
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
-        entities = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in (params or {}).items()]
+        entities: list[Param | RunTag] = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in (params or {}).items()]
         entities += [RunTag(k, v[:MAX_TAG_VAL_LENGTH]) for k, v in (tags or {}).items()]
         for i in range(0, len(entities), MAX_PARAMS_TAGS_PER_BATCH):
             chunk = entities[i : i + MAX_PARAMS_TAGS_PER_BATCH]

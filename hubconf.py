@@ -27,7 +27,7 @@ if _SRC not in sys.path:  # the repository's src layout, for a clone that is not
 def _build(variant, weights=None, num_classes=None, **options):
     from alexnet import create_model
     from alexnet.errors import UserError
-    from alexnet.weights import load_weights
+    from alexnet.io.weights import load_weights
 
     if weights is None:
         return create_model(variant, 1000 if num_classes is None else num_classes, **options)

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
 
+from alexnet.commands.train import train  # noqa: E402
 from alexnet.config import apply_overrides, load_recipe  # noqa: E402
 from alexnet.data.store import prepare  # noqa: E402
-from alexnet.train import train  # noqa: E402
 
 
 def baseline(data: Path, epochs: int, batch: int, workers: int) -> tuple[float, float]:

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_peak, table  # noqa: E402
 
 from alexnet import create_model  # noqa: E402
+from alexnet.commands.train import train  # noqa: E402
 from alexnet.config import apply_overrides, load_recipe  # noqa: E402
 from alexnet.data.stats import STATS_FILENAME, ColourStats  # noqa: E402
-from alexnet.train import train  # noqa: E402
 
 ROWS: list[list[str]] = [["measurement", "value", "vs baseline"]]
 FAILED: list[str] = []
@@ -228,7 +228,7 @@ class Check:
         ]
         a, b = self.run(*ep, "train.epochs=2"), self.run(*ep, "train.epochs=2")
         part = self.run(*ep, "train.epochs=1")
-        from alexnet.train import run_train
+        from alexnet.commands.train import run_train
 
         assert run_train(resume=str(part.run_dir), overrides=["train.epochs=2"]) == 0  # type: ignore[attr-defined]
         load = lambda r: torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]  # noqa: E731
@@ -240,7 +240,7 @@ class Check:
             raise AssertionError("train.deterministic runs or the resumed run differ")
 
     def evaluate(self) -> None:
-        from alexnet.evaluate import run_evaluate
+        from alexnet.commands.evaluate import run_evaluate
 
         run = self.run(f"data.path={self.tmp / 'store-raw'}", "train.epochs=1", "train.max_steps=2",
                        f"train.batch_size={self.batch}")  # fmt: skip

@@ -37,14 +37,14 @@ from alexnet.data.loaders import DataBundle
 from alexnet.data.preprocess import Preprocess
 from alexnet.data.stats import ColourStats
 from alexnet.data.transforms import BatchAugment
-from alexnet.distributed import DistInfo, synchronize
 from alexnet.engine.budget import BudgetRun
 from alexnet.engine.epoch import train_one_epoch
+from alexnet.engine.optim import Schedule, build_optimizer
+from alexnet.engine.runlog import RunLogger
 from alexnet.engine.setup import Session, resolve_config
+from alexnet.engine.signals import StopFlag
 from alexnet.engine.state import RunInfo, TrainState
-from alexnet.optim import Schedule, build_optimizer
-from alexnet.runlog import RunLogger
-from alexnet.signals import StopFlag
+from alexnet.parallel.distributed import DistInfo, synchronize
 
 N_IMAGENET, CLASSES, SIDE = 1_281_167, 1000, 8
 

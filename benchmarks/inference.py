@@ -32,7 +32,7 @@ from alexnet.cli import main as alexnet  # noqa: E402
 from alexnet.data.folder import default_workers  # noqa: E402
 from alexnet.data.preprocess import Preprocess  # noqa: E402
 from alexnet.inference import compute_path  # noqa: E402
-from alexnet.weights import Loaded, save_safetensors  # noqa: E402
+from alexnet.io.weights import Loaded, save_safetensors  # noqa: E402
 
 
 def onnx_session(ours: torch.nn.Module):
@@ -40,7 +40,7 @@ def onnx_session(ours: torch.nn.Module):
         import onnxruntime as ort
     except ImportError:
         return None
-    from alexnet.export import export_onnx
+    from alexnet.commands.export import export_onnx
 
     path = Path(tempfile.mkdtemp()) / "m.onnx"
     export_onnx(Loaded(ours, "alexnet_owt", [str(i) for i in range(1000)], Preprocess.imagenet(), None, "bench"), path)
@@ -134,7 +134,7 @@ def command_rows(data: Path, per_class: int, batch: int) -> list[list[str]]:
     val, samples = data / "imagenette2-224" / "val", data / "imagenet-samples"
     n_val = subset(val, per_class, tmp / "val")
     classes = sorted(p.name for p in val.iterdir() if p.is_dir())
-    from alexnet.export import export_onnx
+    from alexnet.commands.export import export_onnx
 
     for n, names in ((10, classes), (1000, [str(i) for i in range(1000)])):
         model = create_model("alexnet_owt", n)

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
 
-from alexnet import keyed_random  # noqa: E402
+from alexnet.data import keyed_random  # noqa: E402
 from alexnet.data import store as store_mod  # noqa: E402
 from alexnet.data.folder import FolderDataset, scan_folder  # noqa: E402
 from alexnet.data.store import open_store, prepare  # noqa: E402

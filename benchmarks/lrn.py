@@ -16,7 +16,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from common import batch_args, table, timeit  # noqa: E402
 
-from alexnet import tuning  # noqa: E402
+from alexnet.engine import tuning  # noqa: E402
 from alexnet.models.lrn import GroupedLRN  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Bytes communicated per step, DDP vs hybrid (convolutions DDP, fc6/fc7 sharded; src/alexnet/hybrid.py), and
+"""Bytes communicated per step, DDP vs hybrid (convolutions DDP, fc6/fc7 sharded; src/alexnet/parallel/hybrid.py), and
 step time on 2 Gloo processes.
 
     python benchmarks/parallel.py                       # formula table + 2-process measurement
@@ -90,7 +90,7 @@ def _counting_hook(counter: dict[str, int]):  # noqa: ANN202
 def _run(mode: str, b: int, size: int, steps: int) -> dict[str, float]:
     """``steps`` timed SGD steps (after one warm-up) of alexnet (1000 classes) on this rank; bytes per step."""
     from alexnet import create_model
-    from alexnet.hybrid import COMM, HybridAlexNet
+    from alexnet.parallel.hybrid import COMM, HybridAlexNet
 
     torch.manual_seed(0)
     model = create_model("alexnet", 1000)

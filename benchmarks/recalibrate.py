@@ -29,7 +29,7 @@ from alexnet.data.batches import Batches  # noqa: E402
 from alexnet.data.loaders import build_eval_data, open_split  # noqa: E402
 from alexnet.engine.precise_bn import batches_for, recompute, validation_views  # noqa: E402
 from alexnet.inference import compute_path, evaluate  # noqa: E402
-from alexnet.weights import load_weights  # noqa: E402
+from alexnet.io.weights import load_weights  # noqa: E402
 
 
 def main() -> None:

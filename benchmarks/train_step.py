@@ -23,10 +23,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from common import batch_args, matmul_peak, table, timeit  # noqa: E402
 
-from alexnet import create_model, tuning  # noqa: E402
+from alexnet import create_model
+from alexnet.commands.summary import summarize  # noqa: E402
 from alexnet.config import TrainConfig  # noqa: E402
+from alexnet.engine import tuning  # noqa: E402
 from alexnet.models.lrn import GroupedLRN  # noqa: E402
-from alexnet.summary import summarize  # noqa: E402
 
 
 class PreviousLRN(nn.Module):

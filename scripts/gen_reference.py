@@ -209,7 +209,7 @@ def _markdown(docstring: str) -> str:
 
 
 def export_format_page() -> str:
-    from alexnet import export_meta
+    from alexnet.io import export_meta
 
     text = _markdown(export_meta.__doc__.strip())
     title, _, body = text.partition("\n\n")

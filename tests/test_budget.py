@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
 from alexnet.config import Config, ScheduleConfig, apply_overrides, load_recipe, parse_duration
 from alexnet.data.folder import FolderDataset, scan_folder
@@ -23,11 +22,12 @@ from alexnet.data.transforms import BatchAugment, Normalizer, random_resized_cro
 from alexnet.engine import budget
 from alexnet.engine.budget import command_age
 from alexnet.engine.ema import Ema, decay_for
+from alexnet.engine.optim import Schedule
 from alexnet.engine.planner import Costs, Pace, Stretch, best_steps, cost, next_check, planned_sizes
 from alexnet.errors import UserError
-from alexnet.optim import Schedule
-from alexnet.plots import curves_figure
-from alexnet.weights import load_weights
+from alexnet.inference.plots import curves_figure
+from alexnet.io import checkpoint as ckpt_io
+from alexnet.io.weights import load_weights
 
 from .conftest import FAST
 
@@ -300,7 +300,7 @@ def test_the_ramp_can_end_below_the_test_crop(tiny_folder: Path, tmp_path: Path,
 
 def test_a_check_that_finds_no_time_left_ends_the_run_at_its_validated_epoch(tiny_folder: Path, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import alexnet.train as train_mod
+    import alexnet.commands.train as train_mod
 
     real_plan_run = train_mod.plan_run
 

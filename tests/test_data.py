@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import keyed_random
 from alexnet.cli import main
+from alexnet.data import keyed_random
 from alexnet.data.digits import load_digits_split
 from alexnet.data.stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, ColourStats
 from alexnet.data.transforms import (

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexnet import checkpoint as ckpt_io
 from alexnet import create_model
 from alexnet.cli import main
+from alexnet.io import checkpoint as ckpt_io
 from alexnet.models.towers import TowerAlexNet
 
 from .conftest import FAST
@@ -167,7 +167,7 @@ def test_train_with_towers_on_cpu(tiny_folder: Path, tmp_path: Path) -> None:
 
 
 def _agree_worker(rank: int, port: int, out: str) -> None:
-    from alexnet import distributed
+    from alexnet.parallel import distributed
 
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:  # rank 1 alone saw a NaN at step 7 and a SIGTERM; rank 0 saw nothing

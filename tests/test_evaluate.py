@@ -145,8 +145,8 @@ def test_published_figures_say_their_protocol(tmp_path: Path, capsys: pytest.Cap
     beside the 10-patch figures as if comparable)."""
     from alexnet.data.classes import imagenet_classes
     from alexnet.data.preprocess import Preprocess
+    from alexnet.io.weights import Loaded, save_safetensors
     from alexnet.models import create_model
-    from alexnet.weights import Loaded, save_safetensors
 
     from .conftest import make_imagefolder
 

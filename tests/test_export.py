@@ -34,7 +34,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("onnxruntime")
     from alexnet import create_model
     from alexnet.data.preprocess import Preprocess
-    from alexnet.weights import Loaded, save_safetensors
+    from alexnet.io.weights import Loaded, save_safetensors
 
     d = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def test_a_program_that_reads_the_metadata_alone_gets_predicts_results(exported:
 
 def test_the_pt2_program_carries_the_mean_image(exported: dict[str, Path], tmp_path: Path) -> None:
     """The .pt2 program's alexnet.json is the same document: its mean image is the one the normaliser uses."""
-    from alexnet.weights import load_weights
+    from alexnet.io.weights import load_weights
 
     out = tmp_path / "mi.pt2"
     assert main(["export", str(exported["mi"]), "--out", str(out), "--with-preprocess"]) == 0

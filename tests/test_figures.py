@@ -13,8 +13,8 @@ import yaml
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.plots import BATCH, DEFAULT_FIGURES, filters_figure, nearest
-from alexnet.weights import load_weights
+from alexnet.inference.plots import BATCH, DEFAULT_FIGURES, filters_figure, nearest
+from alexnet.io.weights import load_weights
 
 from .conftest import FAST, make_imagefolder
 
@@ -84,9 +84,9 @@ def test_curves_of_a_run_being_written(folder_run: tuple[Path, Path], tmp_path: 
     """A run's metrics.jsonl while a row is being written (or after a kill mid-write) ends in a torn line:
     figures and report drew nothing ("Expecting value: line 1 column 26"); they now leave that line out,
     and name any other line that is not a row."""
+    from alexnet.engine.runlog import read_metrics
     from alexnet.errors import UserError
-    from alexnet.plots import curves_figure
-    from alexnet.runlog import read_metrics
+    from alexnet.inference.plots import curves_figure
 
     run, _ = folder_run
     rows = (run / "metrics.jsonl").read_text()
@@ -151,7 +151,7 @@ def test_report_links_every_figure(folder_run: tuple[Path, Path]) -> None:
 
 
 def test_report_says_when_a_run_stopped_before_its_plan(tmp_path: Path) -> None:
-    from alexnet.report import build_report, to_markdown
+    from alexnet.commands.report import build_report, to_markdown
 
     run = tmp_path / "run"
     run.mkdir()

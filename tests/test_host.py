@@ -15,15 +15,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import alexnet.commands.train
 import alexnet.data.batches
 import alexnet.engine.epoch
 import alexnet.engine.setup
-import alexnet.train
-from alexnet import distributed
 from alexnet.cli import main
 from alexnet.config import apply_overrides, load_recipe
 from alexnet.data.batches import Batches, TensorSource, epoch_indices
-from alexnet.signals import StopFlag
+from alexnet.engine.signals import StopFlag
+from alexnet.parallel import distributed
 
 from .conftest import FAST
 
@@ -136,9 +136,9 @@ def _run_counted(run: Path, args: list[str], monkeypatch: pytest.MonkeyPatch) ->
         finally:
             phase[0] = "train"
 
-    monkeypatch.setattr(alexnet.train, "setup", setup)
+    monkeypatch.setattr(alexnet.commands.train, "setup", setup)
     monkeypatch.setattr(alexnet.engine.epoch, "evaluate", evaluate)
-    monkeypatch.setattr(alexnet.train, "end_of_epoch", end_of_epoch)
+    monkeypatch.setattr(alexnet.commands.train, "end_of_epoch", end_of_epoch)
     with mode:
         assert main(["train", "--out", str(run), *args]) == 0
     return mode, state["s"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "alexnet"
-COMMANDS = {"train", "evaluate", "predict", "export", "figures", "report", "summary", "import_weights", "explain"}
+WINGS = {"commands", "data", "engine", "inference", "io", "models", "parallel", "recipes", "trackers"}
 
 
 def _module_name(path: Path) -> str:
@@ -76,16 +76,39 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 
 def test_imports_flow_one_way() -> None:
+    """cli -> commands -> the library (engine, inference, io, data, models, parallel, trackers, config) -> errors: no
+    cycle, no command imports another, nothing under cli imports it."""
     graph = import_graph()
-    assert "alexnet.train" in graph and "alexnet.engine.epoch" in graph
+    assert "alexnet.commands.train" in graph and "alexnet.engine.epoch" in graph
     assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph) or [])}"
-    commands = {f"alexnet.{c}" for c in COMMANDS}
+    commands = {m for m in graph if m.startswith("alexnet.commands.")}
+    assert {"alexnet.commands.train", "alexnet.commands.evaluate", "alexnet.commands.export"} <= commands
     for module, targets in graph.items():
         if module in commands:
             assert not targets & commands, f"command {module} imports command(s) {targets & commands}"
         elif module not in ("alexnet.cli", "alexnet.__main__"):
             assert not targets & (commands | {"alexnet.cli"}), f"library {module} imports {targets & commands}"
         assert "alexnet.cli" not in targets or module == "alexnet.__main__", module
+
+
+def test_the_package_shows_its_parts() -> None:
+    """A handful of modules at the top of src/alexnet/ (the command line, the config, the errors, the public names
+    and two re-exports), the rest in wings; what scripts outside the package import still imports, as the same
+    objects."""
+    top = sorted(p.name for p in SRC.glob("*.py"))
+    assert len(top) <= 12, top
+    assert {p.name for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"} == WINGS
+    import alexnet
+    from alexnet.cli import main
+    from alexnet.engine.tuning import keep_freed_memory as real_keep
+    from alexnet.io.weights import load_weights as real_load
+    from alexnet.tuning import keep_freed_memory
+    from alexnet.weights import load_weights
+
+    assert load_weights is real_load and keep_freed_memory is real_keep and callable(main)
+    assert (
+        alexnet.create_model("alexnet_owt", 10).classifier[-1].out_features == 10 and "alexnet" in alexnet.list_models()
+    )
 
 
 def test_functions_and_modules_fit_on_a_screen() -> None:
@@ -163,9 +186,9 @@ def test_runs_of_version_0_1_still_load_predict_and_resume(name: str, tmp_path: 
     """What 0.1.0's own code wrote (keys, nesting, dtypes, shapes and values of its checkpoints; a mid-epoch
     step checkpoint of the paper's network and an epoch-end one of a --towers cpu,cpu run, whose optimizer
     state is in the tower form) loads with its weights, classes and preprocessing, predicts, and resumes."""
-    from alexnet import checkpoint as ckpt_io
     from alexnet.cli import main
-    from alexnet.weights import load_weights
+    from alexnet.io import checkpoint as ckpt_io
+    from alexnet.io.weights import load_weights
 
     run, ck, path = _v0_1_run(name, tmp_path)
     w = load_weights(str(path))

@@ -84,7 +84,7 @@ def test_create_model_torch_hub_and_train_take_hub_weights(hub: dict) -> None:
 import json, sys, torch
 import alexnet
 from alexnet.cli import main
-from alexnet.weights import load_weights
+from alexnet.io.weights import load_weights
 ref = load_weights({str(hub["folder"] / "model.safetensors")!r}).model
 x = torch.randn(2, 3, 67, 67)
 m = alexnet.create_model("alexnet", weights="hf-hub:me/tiny").eval()
@@ -105,8 +105,8 @@ sys.exit(main(["train", "--data", {str(hub["data"])!r}, "--out", {str(new_run)!r
 """
     res = _run(hub, "-c", code)
     assert res.returncode == 0, res.stderr[-3000:]
-    from alexnet import checkpoint as ckpt_io
-    from alexnet.weights import load_weights
+    from alexnet.io import checkpoint as ckpt_io
+    from alexnet.io.weights import load_weights
 
     ck = ckpt_io.load(new_run / "checkpoints" / "last.pt")
     assert Path(ck["config"]["model"]["weights"]).parts[-3:] == ("models--me--tiny", "snapshots", REV)

@@ -10,12 +10,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from alexnet import checkpoint as ckpt_io
-from alexnet import create_model, keyed_random
+from alexnet import create_model
 from alexnet.cli import main
-from alexnet.distributed import global_batch_norm
-from alexnet.hybrid import COMM, HybridAlexNet, optimizer_state_full, optimizer_state_shard
+from alexnet.data import keyed_random
+from alexnet.io import checkpoint as ckpt_io
 from alexnet.models.layers import set_dropout_keys
+from alexnet.parallel.distributed import global_batch_norm
+from alexnet.parallel.hybrid import COMM, HybridAlexNet, optimizer_state_full, optimizer_state_shard
 
 from .test_distributed import COMMON, _assert_same_weights, _free_port, _torchrun
 

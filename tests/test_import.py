@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.weights import load_weights
+from alexnet.io.weights import load_weights
 
 from .conftest import make_imagefolder
 
@@ -254,7 +254,7 @@ def test_imported_weights_evaluate_and_fine_tune(source: dict[str, np.ndarray], 
                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """A weights file evaluates with --data and starts a training run whose config takes the weights' LRN
     settings and normalisation."""
-    from alexnet import checkpoint as ckpt_io
+    from alexnet.io import checkpoint as ckpt_io
 
     from .conftest import FAST, make_imagefolder
 
@@ -333,7 +333,7 @@ def test_published_figures_only_for_the_published_file(source: dict[str, np.ndar
     the checksum its model zoo lists, carries them."""
     import hashlib
 
-    from alexnet import foreign
+    from alexnet.io import foreign
 
     # BVLC's model zoo, models/bvlc_alexnet/readme.md: "sha1: 9116a64c0fbe4459d18f4bb6b56d647b63920377", and
     # "top-1 accuracy 57.1% and a top-5 accuracy 80.2% on the validation set, using just the center crop"

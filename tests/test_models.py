@@ -10,8 +10,8 @@ from torch import nn
 
 from alexnet import create_model, list_models
 from alexnet.cli import main
+from alexnet.commands.summary import summarize
 from alexnet.models import get_model_info
-from alexnet.summary import summarize
 
 VARIANTS = list_models()
 
@@ -139,7 +139,7 @@ def test_a_network_built_from_its_weights() -> None:
     copying the weights in, fp32 and contiguous whatever the file stores, trainable, a misfit named by its
     tensor."""
     from alexnet.errors import UserError
-    from alexnet.weights import model_from_state
+    from alexnet.io.weights import model_from_state
 
     torch.manual_seed(0)
     ref = create_model("alexnet_bn", 10, init="kaiming")
@@ -221,7 +221,7 @@ def test_dropout_masks_follow_the_sample_not_the_batch(name: str) -> None:
     """Keyed dropout: a sample's mask is the same whichever batch (or DDP rank) holds it; compiled once."""
     from torch._dynamo.testing import CompileCounter
 
-    from alexnet import keyed_random
+    from alexnet.data import keyed_random
     from alexnet.models.layers import set_dropout_keys
 
     torch.manual_seed(0)

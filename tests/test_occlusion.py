@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from alexnet import create_model
-from alexnet.occlusion import occlusion_map, positions, receptive_field, top_patches
+from alexnet.inference.occlusion import occlusion_map, positions, receptive_field, top_patches
 
 
 class RedDetector(nn.Module):

@@ -19,8 +19,8 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
+from alexnet.io import checkpoint as ckpt_io
 
 from .conftest import FAST
 
@@ -46,12 +46,12 @@ def _no_float64(fn):  # noqa: ANN001, ANN202
 
 def test_training_steps_and_evaluation_make_no_float64(tiny_folder: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import alexnet.evaluate
-    import alexnet.train
+    import alexnet.commands.evaluate
+    import alexnet.commands.train
 
-    monkeypatch.setattr(alexnet.train, "train_one_epoch", _no_float64(alexnet.train.train_one_epoch))
-    monkeypatch.setattr(alexnet.train, "end_of_epoch", _no_float64(alexnet.train.end_of_epoch))
-    monkeypatch.setattr(alexnet.evaluate, "evaluate", _no_float64(alexnet.evaluate.evaluate))
+    monkeypatch.setattr(alexnet.commands.train, "train_one_epoch", _no_float64(alexnet.commands.train.train_one_epoch))
+    monkeypatch.setattr(alexnet.commands.train, "end_of_epoch", _no_float64(alexnet.commands.train.end_of_epoch))
+    monkeypatch.setattr(alexnet.commands.evaluate, "evaluate", _no_float64(alexnet.commands.evaluate.evaluate))
     run = tmp_path / "mps-like"
     args = [*FAST, *"--set data.pca_noise=0.1 --set optim.label_smoothing=0.1 --set train.checkpoint_every=2".split()]
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *args]) == 0
@@ -92,8 +92,8 @@ def test_deterministic_training_and_evaluation_call_no_op_cuda_lacks_a_determini
 ) -> None:
     """train.deterministic=true on CUDA: every op of a training step (at 67 px, where the pool before fc6 is
     not the identity) and of evaluation has a deterministic CUDA kernel; cuBLAS gets its fixed-order setting."""
-    import alexnet.evaluate
-    import alexnet.train
+    import alexnet.commands.evaluate
+    import alexnet.commands.train
 
     recorder = OpRecorder()
 
@@ -104,7 +104,7 @@ def test_deterministic_training_and_evaluation_call_no_op_cuda_lacks_a_determini
 
         return wrapped
 
-    for module, name in ((alexnet.train, "train_one_epoch"), (alexnet.evaluate, "evaluate")):
+    for module, name in ((alexnet.commands.train, "train_one_epoch"), (alexnet.commands.evaluate, "evaluate")):
         monkeypatch.setattr(module, name, recorded(getattr(module, name)))
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     run, deterministic = tmp_path / "cuda-like", ["--set", "train.deterministic=true"]
@@ -174,8 +174,8 @@ def test_prepare_with_the_spawn_start_method(tiny_folder: Path, tmp_path: Path) 
 @pytest.mark.parametrize("capability, amp", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"), ((7, 0), "fp16"),
                                              ((6, 1), "none")])  # fmt: skip
 def test_auto_amp_follows_the_gpu_generation(monkeypatch: pytest.MonkeyPatch, capability: tuple, amp: str) -> None:
-    from alexnet import tuning
     from alexnet.config import TrainConfig
+    from alexnet.engine import tuning
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # what T4s say
@@ -325,14 +325,14 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     import tempfile
 
-    import alexnet.summary
+    import alexnet.commands.summary
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a command without a run writes a traceback
 
     def oom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(alexnet.summary, "summarize", oom)
+    monkeypatch.setattr(alexnet.commands.summary, "summarize", oom)
     assert main(["summary"]) == 2
     err = capsys.readouterr().err
     assert "out of memory" in err and "lower --batch-size" in err and len(err.strip().splitlines()) == 1
@@ -340,7 +340,7 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
     def broken(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise KeyError("preprocess")
 
-    monkeypatch.setattr(alexnet.summary, "summarize", broken)
+    monkeypatch.setattr(alexnet.commands.summary, "summarize", broken)
     assert main(["summary"]) == 1
     err = capsys.readouterr().err
     (log,) = tmp_path.glob("alexnet-crash-*.log")
@@ -362,7 +362,7 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
             "you tried to allocate 9481462518528 bytes. Error code 12 (Cannot allocate memory)"
         )
 
-    monkeypatch.setattr(alexnet.summary, "summarize", cpu_oom)
+    monkeypatch.setattr(alexnet.commands.summary, "summarize", cpu_oom)
     assert main(["summary"]) == 2
     err = capsys.readouterr().err
     assert "out of memory on the device (8830.3 GiB asked for); lower --batch-size" in err

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
 from alexnet.data.images import ImageError, load_rgb
 from alexnet.data.transforms import random_resized_crop, resize_square
 from alexnet.errors import UserError
+from alexnet.io import checkpoint as ckpt_io
 
 from .conftest import FAST
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
 from alexnet.data import store as store_mod
 from alexnet.data.folder import FolderDataset, scan_folder
 from alexnet.data.transforms import resize_square
 from alexnet.errors import UserError
+from alexnet.io import checkpoint as ckpt_io
 
 from .conftest import FAST
 

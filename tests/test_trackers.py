@@ -139,10 +139,10 @@ def _artifact(client: Any, run_id: str, name: str, into: Path) -> str:
 
 def test_report_to_names_trackers_and_refuses_one_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    import alexnet.train
+    import alexnet.commands.train
 
     got: list[list[str]] = []
-    monkeypatch.setattr(alexnet.train, "run_train", lambda *a: got.append(a[4]) or 0)
+    monkeypatch.setattr(alexnet.commands.train, "run_train", lambda *a: got.append(a[4]) or 0)
     assert main(["train", "--report-to", "none"]) == 0 and main(["train", "--report-to", "mlflow, wandb"]) == 0
     assert [apply_overrides(load_recipe("digits"), o).train.report_to for o in got] == [[], ["mlflow", "wandb"]]
     assert load_recipe("digits").train.report_to == ["tensorboard"]  # the default, as before trackers
@@ -201,7 +201,7 @@ def test_mlflow_holds_one_run_and_each_row_once_through_a_stop_and_resumes(tiny_
 
 def test_a_budget_run_sends_its_plan(tiny_folder: Path, tmp_path: Path, tracked: Any,
                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import alexnet.train as train_mod
+    import alexnet.commands.train as train_mod
 
     real_plan_run = train_mod.plan_run
     # planned as if 100 s of a 60 s budget had gone: the check after epoch 1 ends the run there

@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from alexnet import checkpoint as ckpt_io
 from alexnet.cli import main
 from alexnet.config import Config, ScheduleConfig, apply_overrides, load_recipe
+from alexnet.engine.optim import PaperSGD, Schedule
 from alexnet.errors import UserError
-from alexnet.optim import PaperSGD, Schedule
+from alexnet.io import checkpoint as ckpt_io
 
 from .conftest import FAST
 
@@ -130,7 +130,7 @@ def test_windows_run_lock(tiny_folder: Path, tmp_path: Path, capsys: pytest.Capt
     import fcntl
     import types
 
-    from alexnet import locks
+    from alexnet.io import locks
 
     def locking(fd: int, mode: int, n: int) -> None:
         assert mode == 2 and n == 1  # LK_NBLCK, one byte
@@ -335,7 +335,7 @@ def test_paper_update_rule_equals_sgd_at_constant_lr_and_differs_after_a_drop() 
 
 
 def test_auto_compute_path_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    from alexnet import tuning
+    from alexnet.engine import tuning
 
     cfg = apply_overrides(load_recipe("fast"), ["train.compile=auto"])
     assert (cfg.train.amp, cfg.train.channels_last, cfg.train.compile) == ("auto", None, None)
@@ -364,7 +364,7 @@ def test_runs_started_in_the_same_second_never_share_a_directory(tiny_folder: Pa
         def now(cls, tz=None) -> datetime:  # noqa: ANN001
             return datetime(2026, 11, 29, 12, 0, 0)
 
-    monkeypatch.setattr(importlib.import_module("alexnet.train"), "datetime", Frozen)
+    monkeypatch.setattr(importlib.import_module("alexnet.commands.train"), "datetime", Frozen)
     monkeypatch.chdir(tmp_path)
     taken = tmp_path / "runs" / "paper-alexnet-20261129-120000"
     taken.mkdir(parents=True)  # made a moment ago by a run still starting: nothing in it yet
@@ -383,7 +383,7 @@ def test_batchnorm_statistics_recalibrated_at_the_test_view(tiny_folder: Path, t
     from alexnet.data.loaders import build_eval_data
     from alexnet.data.transforms import tta_center
     from alexnet.inference import evaluate
-    from alexnet.weights import load_weights
+    from alexnet.io.weights import load_weights
 
     common = ["--data", str(tiny_folder), *FAST, "--model", "alexnet_bn", "--epochs", "2", "--batch-size", "18",
               "--set", "data.resize=104", "--set", "data.crop=99", "--set", "data.res_start=67", "--set",

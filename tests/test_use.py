@@ -218,7 +218,7 @@ def test_onnx_parity(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFix
     import onnx
     import onnxruntime as ort
 
-    from alexnet.weights import load_weights
+    from alexnet.io.weights import load_weights
 
     model = load_weights(str(digits_run)).model
     x = torch.randn(5, 3, 72, 72)  # a batch size the export never saw: the batch axis is dynamic
@@ -242,9 +242,9 @@ def test_onnx_parity(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["import-weights", str(tmp_path / "m0.onnx"), "--out", str(tmp_path / "back.safetensors")]) == 2
     assert "was exported by this package (alexnet): its weights are in the run" in capsys.readouterr().err
     # the paper's network at its native 227 px: nothing but the most basic operators
+    from alexnet.commands.export import export_onnx
     from alexnet.data.preprocess import Preprocess
-    from alexnet.export import export_onnx
-    from alexnet.weights import Loaded
+    from alexnet.io.weights import Loaded
 
     native = Loaded(create_model("alexnet", 10).eval(), "alexnet", [str(i) for i in range(10)],
                     Preprocess.imagenet(256, 227), None, "random")  # fmt: skip
@@ -268,7 +268,7 @@ def test_pt2_export_loads_without_this_package(digits_run: Path, tmp_path: Path)
                          cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout)
-    from alexnet.weights import load_weights
+    from alexnet.io.weights import load_weights
 
     w = load_weights(str(digits_run))
     with torch.no_grad():
@@ -282,7 +282,7 @@ def test_torch_hub_local(digits_run: Path) -> None:
     fresh = torch.hub.load(repo, "alexnet", source="local", num_classes=7)
     assert fresh(torch.randn(1, 3, 227, 227)).shape == (1, 7)
     trained = torch.hub.load(repo, "alexnet", source="local", weights=str(digits_run))
-    from alexnet.weights import load_weights
+    from alexnet.io.weights import load_weights
 
     x = torch.randn(2, 3, 72, 72)
     with torch.no_grad():
@@ -346,7 +346,7 @@ def test_finetune_from_torchvision_weights(
     args = ["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--model", "alexnet_owt", "--weights",
             "torchvision", "--set", "model.freeze_features=true", "--set", "data.normalize=channel"]  # fmt: skip
     assert main(args) == 0
-    from alexnet import checkpoint as ckpt_io
+    from alexnet.io import checkpoint as ckpt_io
 
     w = ckpt_io.load(run / "checkpoints" / "last.pt")["model"]
     torch.testing.assert_close(w["features.0.weight"], torchvision_cache.features[0].weight)  # frozen
@@ -381,7 +381,7 @@ def test_a_folder_that_refuses_writes_is_named_in_one_line(digits_run: Path, val
                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """A read-only folder (as a non-root user meets it): the error names the file asked for, not the hidden
     temporary file it is written through, and is one line."""
-    from alexnet import atomic
+    from alexnet.io import atomic
 
     def read_only(file, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
         raise PermissionError(13, "Permission denied", str(file))
@@ -499,8 +499,8 @@ def test_a_reader_that_leaves_ends_the_command_quietly(digits_run: Path, val_dig
 def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: list, tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """The demo network: occluding a digit's strokes lowers its probability more than occluding blank paper."""
-    from alexnet.occlusion import occlusion_map
-    from alexnet.weights import load_weights
+    from alexnet.inference.occlusion import occlusion_map
+    from alexnet.io.weights import load_weights
 
     path, label = val_digit_files[0]
     out = tmp_path / "heat.png"
@@ -531,8 +531,8 @@ def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: 
 def test_files_are_decoded_ahead_in_order_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """predict's decoding threads keep the given order (failures in place), and stay at most ``ahead`` files in
     front of the reader, so a folder of any size never sits decoded in memory."""
-    from alexnet import imagefiles
     from alexnet.data.preprocess import Preprocess
+    from alexnet.inference import imagefiles
 
     for i in range(40):
         Image.new("RGB", (20 + i, 30), (i, 0, 0)).save(tmp_path / f"{i:02d}.png")

@@ -107,8 +107,8 @@ def test_a_sort_stopped_half_way_finishes_when_run_again(flat: Path, tmp_path: P
                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """Ctrl-C after 3 of 7 files: the next run once refused (moved files counted as "labels without an image"),
     leaving a half-sorted folder; now it places the other 4 (a half-written copy's temporary is removed)."""
-    from alexnet.atomic import temp_name
     from alexnet.data import valprep
+    from alexnet.io.atomic import temp_name
 
     real, calls = valprep._place, []
 

@@ -7,13 +7,13 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
+from .engine.runlog import setup_logging
 from .errors import crash_log_at, describe
 from .options import add_amp, add_device, add_force, add_samples, add_tta, positive, quality, show_defaults, workers
-from .runlog import setup_logging
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from .summary import print_summary
+    from .commands.summary import print_summary
 
     return print_summary(args.model, args.input_size, args.num_classes, args.json)
 
@@ -36,7 +36,7 @@ TRAIN_FLAGS = {"data": "data.path", "model": "model.name", "epochs": "train.epoc
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import run_train
+    from .commands.train import run_train
 
     overrides = list(args.set or []) + [f"{key}={getattr(args, f)}" for f, key in TRAIN_FLAGS.items()
                                         if getattr(args, f) is not None]  # fmt: skip
@@ -91,7 +91,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import run_evaluate
+    from .commands.evaluate import run_evaluate
 
     return run_evaluate(args.weights, args.data, args.split_dir, args.tta, args.batch_size, args.device, args.towers,
                         args.json, args.amp, args.test_size)  # fmt: skip
@@ -137,7 +137,7 @@ def _add_pca_stats(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import predict
+    from .commands.predict import predict
 
     setup_logging(verbose=False)
     return predict(args.weights, args.paths, args.topk, args.tta, args.batch_size, args.device, args.towers, args.json,
@@ -162,7 +162,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _features(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .predict import features
+    from .commands.predict import features
 
     setup_logging(verbose=False)
     return features(args.weights, args.paths, Path(args.out), args.layer, args.batch_size, args.device, args.amp,
@@ -185,7 +185,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export import run_export
+    from .commands.export import run_export
 
     setup_logging(verbose=False)
     return run_export(args.weights, args.format, Path(args.out), args.force, not args.no_lrn_op, args.with_preprocess,
@@ -223,7 +223,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _import_weights(args: argparse.Namespace) -> int:
-    from .import_weights import run_import
+    from .commands.import_weights import run_import
 
     return run_import(args.file, args.out, args.mean, args.force)
 
@@ -239,7 +239,7 @@ def _add_import_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain import run_explain
+    from .commands.explain import run_explain
 
     return run_explain(
         args.weights, args.image, args.out, args.target, args.patch, args.stride, args.device, args.force
@@ -281,7 +281,7 @@ def _add_prepare_val(sub: argparse._SubParsersAction) -> None:
 def _figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .figures import run_figures
+    from .commands.figures import run_figures
 
     return run_figures(args.weights, Path(args.out), args.which, args.data, args.device, args.max_val, args.max_train,
                        args.workers)  # fmt: skip
@@ -304,7 +304,7 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .report import run_report
+    from .commands.report import run_report
 
     return run_report(Path(args.run), args.data, not args.no_data_figures, args.max_val, args.max_train, args.device)
 

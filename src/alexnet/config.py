@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from .atomic import atomic_write_text
 from .data.resolution import ladder_below
 from .errors import UserError
+from .io.atomic import atomic_write_text
 from .models.lrn import PAPER_LRN
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..signals import ignore_stop_signals
+from ..engine.signals import ignore_stop_signals
 from .folder import FolderDataset
 from .store import StoreImages
 

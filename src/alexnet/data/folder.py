@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .. import keyed_random
 from ..errors import UserError
+from . import keyed_random
 from .images import ImageError, is_image_path, load_rgb
 from .index import Listing, build, io_threads, load_cached, save
 
@@ -142,7 +142,7 @@ def scan_folder(split_dir: Path, classes: list[str] | None = None, check: bool =
 def _listing(split_dir: Path, classes: list[str], rank: int, world: int) -> Listing:
     """The cached listing, or a fresh one (saved for next time). Under torchrun rank 0 builds it while the
     others wait, then they read it (each lists the folder itself only if it could not be cached anywhere)."""
-    from .. import distributed
+    from ..parallel import distributed
 
     listing = None
     if rank == 0:

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes
+from ..io.atomic import atomic_write_bytes
 from .images import is_image_path
 
 log = logging.getLogger("alexnet")

@@ -19,11 +19,11 @@ import torch
 
 from ..config import Config
 from ..errors import UserError
-from ..keyed_random import seeded_sample
 from . import digits
 from .batches import Batches, TensorSource
 from .classes import is_imagenet
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
+from .keyed_random import seeded_sample
 from .preprocess import Preprocess
 from .stats import STATS_FILENAME, ColourStats, compute_stats
 from .store import StoreImages, is_store, open_store, read_manifest

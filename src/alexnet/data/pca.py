@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import check_output
 from ..errors import UserError
-from ..keyed_random import seeded_sample
+from ..io.atomic import check_output
 from .folder import FolderDataset, FolderIndex, default_workers, scan_folder
+from .keyed_random import seeded_sample
 from .stats import STATS_FILENAME, ColourStats, compute_stats
 from .store import is_store, open_store
 from .transforms import resize_square
@@ -63,7 +63,7 @@ def folder_stats(index: FolderIndex, size: int, max_images: int, workers: int = 
     loader = torch.utils.data.DataLoader(subset, batch_size=64, num_workers=default_workers(workers))
 
     def batches() -> Iterator[torch.Tensor]:
-        from ..progress import Progress
+        from ..engine.progress import Progress
 
         progress = Progress(len(loader), "colour statistics", True, every=max(1, len(loader) // 10))
         for x, y, _ in loader:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
 from ..errors import UserError
+from ..io.atomic import atomic_write
 
 # ImageNet's colour statistics on the [0, 1] scale, the one home of these numbers: the channel mean and std
 # every torchvision model uses, and the widely copied PCA values (fb.resnet.torch, from Krizhevsky's

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write, atomic_write_text, fsync_dir
+from ..engine.progress import Progress
+from ..engine.signals import ignore_stop_signals
 from ..errors import UserError
-from ..locks import LOCK_NAME, lock_dir, unlock_dir
-from ..progress import Progress
-from ..signals import ignore_stop_signals
+from ..io.atomic import atomic_write, atomic_write_text, fsync_dir
+from ..io.locks import LOCK_NAME, lock_dir, unlock_dir
 from .folder import FolderIndex, default_workers, scan_folder
 from .images import ImageError, load_rgb
 from .transforms import resize_square

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from .. import keyed_random as kr
+from . import keyed_random as kr
 
 
 def resize_square(size: int) -> v2.Compose:

@@ -23,8 +23,8 @@ import re
 import shutil
 from pathlib import Path
 
-from ..atomic import TEMP_GLOB, temp_name
 from ..errors import UserError
+from ..io.atomic import TEMP_GLOB, temp_name
 
 log = logging.getLogger("alexnet")
 WNID = re.compile(r"^n\d{8}$")

@@ -49,13 +49,13 @@ from typing import Any
 
 import torch
 
-from .. import distributed
-from ..atomic import atomic_write_text
 from ..config import parse_duration, save_yaml
 from ..data.resolution import allowed_sizes
 from ..errors import UserError
-from ..optim import Schedule
+from ..io.atomic import atomic_write_text
+from ..parallel import distributed
 from .epoch import epoch_size, steps_per_epoch, total_steps
+from .optim import Schedule
 from .planner import Costs, Pace, Stretch, best_steps, cost, next_check, planned_sizes, warmup_for
 from .probe import probe
 from .setup import Session

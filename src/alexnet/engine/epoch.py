@@ -23,19 +23,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import checkpoint as ckpt_io
-from .. import distributed, keyed_random
+from ..data import keyed_random
 from ..data.resolution import epoch_sizes
 from ..errors import UserError
-from ..hybrid import HybridAlexNet, assemble
 from ..inference import autocast, evaluate
+from ..io import checkpoint as ckpt_io
 from ..models.layers import set_dropout_keys
-from ..optim import total_at
-from ..progress import Progress
-from ..signals import StopFlag
+from ..parallel import distributed
+from ..parallel.hybrid import HybridAlexNet, assemble
 from . import precise_bn
 from .ema import decay_for
+from .optim import total_at
+from .progress import Progress
 from .setup import Session
+from .signals import StopFlag
 from .state import EpochSums, TrainState
 
 log = logging.getLogger("alexnet")

@@ -23,11 +23,11 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from .. import distributed
 from ..data.batches import Batches
 from ..data.transforms import Normalizer, tta_center
-from ..distributed import GlobalBatchNorm2d
 from ..inference import autocast
+from ..parallel import distributed
+from ..parallel.distributed import GlobalBatchNorm2d
 from .setup import Session
 
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint as ckpt_io
-from .. import distributed
 from ..data.transforms import TTA
 from ..inference import evaluate
+from ..io import checkpoint as ckpt_io
+from ..parallel import distributed
 from .epoch import forward
 from .planner import Costs
 from .precise_bn import recalibration_images

@@ -15,19 +15,19 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .. import tuning
 from ..config import Config, save_yaml
 from ..data.loaders import DataBundle, build_data, store_size
 from ..data.transforms import BatchAugment
-from ..distributed import DistInfo, global_batch_norm, new_group, pick_device
 from ..errors import UserError
-from ..hybrid import HybridAlexNet
+from ..io.weights import load_weights
 from ..models import create_model, get_model_info, model_options
-from ..optim import Schedule, build_optimizer
-from ..rundir import check_run_dir, make_run_dir
-from ..runlog import RunLogger
-from ..weights import load_weights
+from ..parallel.distributed import DistInfo, global_batch_norm, new_group, pick_device
+from ..parallel.hybrid import HybridAlexNet
+from . import tuning
 from .ema import Ema
+from .optim import Schedule, build_optimizer
+from .rundir import check_run_dir, make_run_dir
+from .runlog import RunLogger
 from .state import EpochSums, RunInfo, TrainState
 
 log = logging.getLogger("alexnet")

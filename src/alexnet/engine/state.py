@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import FORMAT
 from ..config import Config
 from ..data.preprocess import Preprocess
-from ..optim import Schedule
+from ..io.checkpoint import FORMAT
 from .ema import Ema
+from .optim import Schedule
 
 
 @dataclass
@@ -94,8 +94,8 @@ class TrainState:
         a run resumes with or without the two-tower split or hybrid sharding. ``saved``: convert a loaded
         state (0.1 wrote tower runs in tower form) for this model; None: this optimizer's state, for saving
         (a collective for hybrid runs)."""
-        from ..hybrid import HybridAlexNet, optimizer_state_full, optimizer_state_shard
         from ..models.towers import TowerAlexNet, is_tower_form, optimizer_state_to_grouped, optimizer_state_to_towers
+        from ..parallel.hybrid import HybridAlexNet, optimizer_state_full, optimizer_state_shard
 
         model, norm = self.model, getattr(self.model, "norm", None)
         if saved is None:

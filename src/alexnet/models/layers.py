@@ -7,7 +7,7 @@ import functools
 import torch
 from torch import nn
 
-from .. import keyed_random
+from ..data import keyed_random
 from ..errors import UserValueError
 
 DROPOUT_STREAMS = {"fc6": 106, "fc7": 107}  # keyed_random streams of the two dropout layers

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError, UserValueError
-from ..weights_file import WeightsFile
+from ..io.weights_file import WeightsFile
 
 PRETRAINED = {("alexnet_owt", "torchvision")}
 
@@ -42,8 +42,8 @@ def load_pretrained(model: nn.Module, name: str, weights: str) -> None:
 
 def hub_weights(name: str, spec: str) -> WeightsFile:
     """The Hub repository's ``model.safetensors``, which must hold ``name``'s weights."""
-    from ..hub import download
-    from ..weights_file import read_safetensors
+    from ..io.hub import download
+    from ..io.weights_file import read_safetensors
 
     f = read_safetensors(download(spec))
     if f.variant != name:

@@ -107,7 +107,7 @@ def create_model(
     ``weights="torchvision"`` loads torchvision's IMAGENET1K_V1 weights (``alexnet_owt`` only);
     ``weights="hf-hub:ORG/NAME[@REV]"`` a Hub repository of this package's weights (`alexnet export --format hub`;
     huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works after one download), its architecture options with it
-    (``alexnet.weights.load_weights`` of the same name gives its class names and preprocessing too).
+    (``alexnet.io.weights.load_weights`` of the same name gives its class names and preprocessing too).
     ``num_classes``: default 1000, or the Hub weights' own; another count gets a freshly initialised last layer.
     ``options`` go to the architecture (``dropout``, and ``lrn_size/alpha/beta/k`` for ``alexnet``).
     """

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
+from ..io.atomic import atomic_write_text
 
 log = logging.getLogger("alexnet")
 FILE = "trackers.json"

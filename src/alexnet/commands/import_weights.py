@@ -8,11 +8,18 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from .atomic import check_output
-from .checkpoint import foreign_kind
-from .errors import UserError
-from .foreign import published_for, read_caffemodel, read_mean_binaryproto, read_onnx, read_torchvision_state, to_loaded
-from .weights import save_safetensors
+from ..errors import UserError
+from ..io.atomic import check_output
+from ..io.checkpoint import foreign_kind
+from ..io.foreign import (
+    published_for,
+    read_caffemodel,
+    read_mean_binaryproto,
+    read_onnx,
+    read_torchvision_state,
+    to_loaded,
+)
+from ..io.weights import save_safetensors
 
 
 def run_import(source: str, out: str, mean: str | None = None, force: bool = False) -> int:

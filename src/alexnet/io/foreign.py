@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.classes import imagenet_classes
+from ..data.preprocess import Preprocess
+from ..errors import UserError
+from ..models import create_model
+from ..models.lrn import LRNSpec
 from .checkpoint import FORMAT, plain_state_dict
-from .data.classes import imagenet_classes
-from .data.preprocess import Preprocess
-from .errors import UserError
 from .export_meta import ONNX_KEY
-from .models import create_model
-from .models.lrn import LRNSpec
 from .weights import Loaded, model_from_state
 
 ORDER = "conv lrn pool conv lrn pool conv conv conv pool fc fc fc".split()

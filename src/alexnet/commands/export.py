@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import export_meta
-from .atomic import atomic_write, atomic_write_bytes, check_output
-from .data.preprocess import Preprocess
-from .data.transforms import TTA
-from .errors import UserError
-from .weights import Loaded, load_weights, save_safetensors
+from ..data.preprocess import Preprocess
+from ..data.transforms import TTA
+from ..errors import UserError
+from ..io import export_meta
+from ..io.atomic import atomic_write, atomic_write_bytes, check_output
+from ..io.weights import Loaded, load_weights, save_safetensors
 
 
 def _onnx_lrn(x: Any, size: int, alpha: float, beta: float, k: float, groups: int) -> Any:
@@ -38,7 +38,7 @@ def _onnx_lrn(x: Any, size: int, alpha: float, beta: float, k: float, groups: in
 
 def _with_lrn_op(model: torch.nn.Module) -> torch.nn.Module:
     """A copy whose GroupedLRN layers run as the ``alexnet::lrn`` operator, for the ONNX LRN mapping."""
-    from .models.lrn import GroupedLRN, LRNOp
+    from ..models.lrn import GroupedLRN, LRNOp
 
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
@@ -178,7 +178,7 @@ def run_export(weights: str, fmt: str | None, out: Path, force: bool = False, lr
     """`alexnet export`: never overwrites ``out`` without ``force``; prints what was written."""
     fmt = pick_format(fmt, out)
     if fmt == "hub":
-        from .modelcard import check_folder, read_results, write_hub_folder
+        from ..io.modelcard import check_folder, read_results, write_hub_folder
 
         check_folder(out, force)
         scores = read_results(results) if results else None
@@ -229,6 +229,6 @@ def export(loaded: Loaded, fmt: str, out: Path, lrn_op: bool = True, with_prepro
 
 
 def _has_lrn(model: torch.nn.Module) -> bool:
-    from .models.lrn import GroupedLRN
+    from ..models.lrn import GroupedLRN
 
     return any(isinstance(m, GroupedLRN) for m in model.modules())

@@ -19,15 +19,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .data.batches import TensorSource  # noqa: E402
-from .data.classes import display_name  # noqa: E402
-from .data.folder import default_workers  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .inference import compute_path, feature_fn, predict_probs  # noqa: E402
-from .keyed_random import seeded_sample  # noqa: E402
+from ..data.batches import TensorSource  # noqa: E402
+from ..data.classes import display_name  # noqa: E402
+from ..data.folder import default_workers  # noqa: E402
+from ..data.keyed_random import seeded_sample  # noqa: E402
+from ..engine.runlog import read_metrics  # noqa: E402
+from ..errors import UserError  # noqa: E402
+from ..io.weights import Loaded  # noqa: E402
+from . import compute_path, feature_fn, predict_probs  # noqa: E402
 from .occlusion import OcclusionMap, TopPatches, occlusion_map, top_patches  # noqa: E402
-from .runlog import read_metrics  # noqa: E402
-from .weights import Loaded  # noqa: E402
 
 DEFAULT_FIGURES = ("filters", "predictions", "neighbours", "curves", "confusion")  # `figures` and `report`
 FIGURES = (*DEFAULT_FIGURES, "occlusion", "units")  # a look inside: on request (seconds per image on a CPU)
@@ -240,7 +240,7 @@ class _Source(torch.utils.data.Dataset):
     """(uint8 image, label, index) of one split, and a name per image (file, or ``digits/val[i]``)."""
 
     def __init__(self, split: object, size: int) -> None:
-        from .data.loaders import SplitData
+        from ..data.loaders import SplitData
 
         assert isinstance(split, SplitData)
         self.data, self.names = split.dataset(size), split.names
@@ -256,7 +256,7 @@ class _Source(torch.utils.data.Dataset):
 
 def _sources(loaded: Loaded, data: str | None) -> tuple[_Source, _Source]:
     """The run's own data (its folder, store or the built-in digits), or ``data``; classes must be the model's."""
-    from .data.loaders import data_of, open_split
+    from ..data.loaders import data_of, open_split
 
     path = data_of(data, loaded.config, loaded.source)
     size = loaded.preprocess.resize

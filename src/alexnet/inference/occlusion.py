@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserValueError
-from .inference import autocast
+from ..errors import UserValueError
+from . import autocast
 
 GRID = 28  # ~28 x 28 patch positions per image: 784 forward passes, batched (seconds on a CPU for 227 px)
 

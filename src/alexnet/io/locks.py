@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO
 
-from .errors import UserError
+from ..errors import UserError
 
 # plain modules to the type checker: typeshed declares each on its own platform only, and a test runs the
 # msvcrt branch on Linux (emulated)

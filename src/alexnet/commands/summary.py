@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .models import create_model, get_model_info
-from .models.lrn import GroupedLRN
+from ..models import create_model, get_model_info
+from ..models.lrn import GroupedLRN
 
 LAYER_TYPES = (
     nn.Conv2d,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def fsync_dir(directory: Path) -> None:

@@ -9,15 +9,15 @@ from typing import Any
 
 import yaml
 
-from .atomic import atomic_write_text
-from .data.classes import is_imagenet
-from .distributed import pick_device
-from .errors import UserError
-from .models import PAPER_PUBLISHED
-from .plots import make_figures
-from .runlog import read_metrics, setup_logging
-from .trackers import attach_files
-from .weights import load_weights
+from ..data.classes import is_imagenet
+from ..engine.runlog import read_metrics, setup_logging
+from ..errors import UserError
+from ..inference.plots import make_figures
+from ..io.atomic import atomic_write_text
+from ..io.weights import load_weights
+from ..models import PAPER_PUBLISHED
+from ..parallel.distributed import pick_device
+from ..trackers import attach_files
 
 Block = tuple[str, Any]  # (kind, value); the value's type is the kind's: see build_report
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
+from ..inference import ComputePath, compute_path
 from . import export_meta
-from .errors import UserError
-from .inference import ComputePath, compute_path
 from .weights import Loaded, load_weights
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write, check_output
-from .data.classes import display_name
-from .distributed import pick_device
-from .errors import UserError
-from .imagefiles import collect_files, run
-from .inference import compute_path, feature_fn, predict_probs
-from .onnx_runtime import inference_path, load_for_inference, takes_uint8
-from .weights import Loaded, load_weights
+from ..data.classes import display_name
+from ..errors import UserError
+from ..inference import compute_path, feature_fn, predict_probs
+from ..inference.imagefiles import collect_files, run
+from ..io.atomic import atomic_write, check_output
+from ..io.onnx_runtime import inference_path, load_for_inference, takes_uint8
+from ..io.weights import Loaded, load_weights
+from ..parallel.distributed import pick_device
 
 
 def class_label(loaded: Loaded, index: int) -> str:

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import tuning
-from .config import TrainConfig
-from .data.batches import Batches
-from .data.transforms import TTA, Normalizer
-from .distributed import all_reduce_sum
-from .errors import UserError
+from ..config import TrainConfig
+from ..data.batches import Batches
+from ..data.transforms import TTA, Normalizer
+from ..engine import tuning
+from ..errors import UserError
+from ..parallel.distributed import all_reduce_sum
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .data.folder import default_workers
-from .data.images import ImageError, is_image_path, load_rgb
-from .data.preprocess import Preprocess
-from .data.transforms import resize_square
+from ..data.folder import default_workers
+from ..data.images import ImageError, is_image_path, load_rgb
+from ..data.preprocess import Preprocess
+from ..data.transforms import resize_square
 
 
 @dataclass

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import check_output
-from .data.classes import display_name
-from .data.images import ImageError, load_rgb
-from .data.transforms import resize_square
-from .distributed import pick_device
-from .errors import UserError
-from .inference import compute_path
-from .occlusion import occlusion_map, overlay
-from .runlog import setup_logging
-from .weights import load_weights
+from ..data.classes import display_name
+from ..data.images import ImageError, load_rgb
+from ..data.transforms import resize_square
+from ..engine.runlog import setup_logging
+from ..errors import UserError
+from ..inference import compute_path
+from ..inference.occlusion import occlusion_map, overlay
+from ..io.atomic import check_output
+from ..io.weights import load_weights
+from ..parallel.distributed import pick_device
 
 
 def run_explain(weights: str, image: str, out: str, target: str | None = None, patch: int | None = None,

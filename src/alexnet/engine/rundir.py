@@ -6,10 +6,10 @@ import itertools
 import os
 from pathlib import Path
 
-from .atomic import TEMP_GLOB
-from .distributed import launch_rank
-from .errors import UserError
-from .locks import lock_dir
+from ..errors import UserError
+from ..io.atomic import TEMP_GLOB
+from ..io.locks import lock_dir
+from ..parallel.distributed import launch_rank
 
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:

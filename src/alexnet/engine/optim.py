@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import OptimConfig, ScheduleConfig
+from ..config import OptimConfig, ScheduleConfig
 
 
 class PaperSGD(torch.optim.Optimizer):

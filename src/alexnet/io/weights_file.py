@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from .data.preprocess import Preprocess
-from .errors import UserError
+from ..data.preprocess import Preprocess
+from ..errors import UserError
 
 SAFETENSORS_FORMAT = "alexnet-safetensors/1"
 MEAN_IMAGE_KEY = "__preprocess__.mean_image"  # the mean image travels as a tensor beside the weights

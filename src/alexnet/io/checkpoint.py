@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from .atomic import atomic_write, fsync_dir, temp_name
-from .errors import UserError
 
 log = logging.getLogger("alexnet")
 FORMAT = "alexnet-checkpoint/1"

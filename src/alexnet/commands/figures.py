@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .checkpoint import run_dir_of
-from .distributed import pick_device
-from .errors import UserError
-from .plots import DEFAULT_FIGURES, make_figures
-from .runlog import setup_logging
-from .weights import load_weights
+from ..engine.runlog import setup_logging
+from ..errors import UserError
+from ..inference.plots import DEFAULT_FIGURES, make_figures
+from ..io.checkpoint import run_dir_of
+from ..io.weights import load_weights
+from ..parallel.distributed import pick_device
 
 
 def run_figures(weights: str, out: Path, which: str | None, data: str | None = None, device: str = "auto",

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
-from .distributed import launch_rank
-from .errors import UserError
-from .trackers import Trackers
+from ..errors import UserError
+from ..io.atomic import atomic_write_text
+from ..parallel.distributed import launch_rank
+from ..trackers import Trackers
 
 log = logging.getLogger("alexnet")
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from .errors import UserError
+from ..errors import UserError
 
 PREFIX = "hf-hub:"
 WEIGHTS_FILE = "model.safetensors"

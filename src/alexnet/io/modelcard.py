@@ -13,13 +13,13 @@ from typing import Any
 
 import yaml
 
+from ..config import load_recipe
+from ..data.classes import is_imagenet
+from ..engine.runlog import read_metrics
+from ..errors import UserError
+from ..models import get_model_info
 from . import export_meta, hub
 from .atomic import atomic_write_text
-from .config import load_recipe
-from .data.classes import is_imagenet
-from .errors import UserError
-from .models import get_model_info
-from .runlog import read_metrics
 from .weights import Loaded, save_safetensors
 
 # set by the run itself, not by its command: its own statistics file; the plan of a --budget run

@@ -40,8 +40,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .data.preprocess import Preprocess
-from .errors import UserError
+from ..data.preprocess import Preprocess
+from ..errors import UserError
 from .weights import Loaded
 
 EXPORT_FORMAT = "alexnet-export/1"

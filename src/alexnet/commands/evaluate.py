@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 
-from . import distributed
-from .config import Config
-from .data.classes import display_name, is_imagenet
-from .data.loaders import build_eval_data, data_of
-from .errors import UserError
-from .inference import EvalResult, evaluate
-from .models import PAPER_PUBLISHED, get_model_info
-from .onnx_runtime import inference_path, load_for_inference, takes_uint8
-from .runlog import setup_logging
+from ..config import Config
+from ..data.classes import display_name, is_imagenet
+from ..data.loaders import build_eval_data, data_of
+from ..engine.runlog import setup_logging
+from ..errors import UserError
+from ..inference import EvalResult, evaluate
+from ..io.onnx_runtime import inference_path, load_for_inference, takes_uint8
+from ..models import PAPER_PUBLISHED, get_model_info
+from ..parallel import distributed
 
 
 def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = None, tta: str = "center",

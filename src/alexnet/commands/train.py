@@ -15,19 +15,20 @@ from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt_io
-from . import distributed, hub
-from .config import Config, apply_overrides, from_dict, load_recipe, parse_duration, resume_overrides
-from .engine.budget import command_age, plan_run
-from .engine.epoch import end_of_epoch, finished, train_one_epoch
-from .engine.setup import Session, setup, write_run_files
-from .engine.state import TrainState
-from .errors import UserError, crash_log_at
-from .locks import lock_dir, unlock_dir
-from .rundir import claim_run_dir, remove_if_empty
-from .runlog import setup_logging
-from .signals import StopFlag
-from .trackers import check_installed
+from ..config import Config, apply_overrides, from_dict, load_recipe, parse_duration, resume_overrides
+from ..engine.budget import command_age, plan_run
+from ..engine.epoch import end_of_epoch, finished, train_one_epoch
+from ..engine.rundir import claim_run_dir, remove_if_empty
+from ..engine.runlog import setup_logging
+from ..engine.setup import Session, setup, write_run_files
+from ..engine.signals import StopFlag
+from ..engine.state import TrainState
+from ..errors import UserError, crash_log_at
+from ..io import checkpoint as ckpt_io
+from ..io import hub
+from ..io.locks import lock_dir, unlock_dir
+from ..parallel import distributed
+from ..trackers import check_installed
 
 log = logging.getLogger("alexnet")
 

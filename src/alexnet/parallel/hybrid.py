@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .models.alexnet import AlexNet
-from .models.layers import KeyedDropout, check_input_size, keyed_dropout, pool_to_grid
-from .models.owt import AlexNetOWT
+from ..models.alexnet import AlexNet
+from ..models.layers import KeyedDropout, check_input_size, keyed_dropout, pool_to_grid
+from ..models.owt import AlexNetOWT
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from .conftest import FAST
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     from .conftest import make_imagefolder
 
     root = tmp_path_factory.mktemp("eval")
@@ -23,7 +25,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # lr 0.0002: at 0.002 the loss climbed to ~18 and, on a 2-core AVX-512 BF16/AMX CPU, the network died (the same
     # output for every image, so a 72 px view scored as the 67 px one); at 0.0002 train loss 2.48 -> 2.09
     assert main([*args, "--set", "optim.lr=0.0002"]) == 0
-    return run, data
+    yield run, data
+    shutil.rmtree(root, ignore_errors=True)  # its checkpoints: RAM the next files need (tests/conftest.py)
 
 
 @pytest.mark.parametrize("tta", ["center", "flip", "10crop"])

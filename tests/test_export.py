@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ CLASSES = [f"c{i}" for i in range(10)]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """One random network (He init, its last layer scaled so that the classes' scores lie apart) with channel
     mean/std and with a mean image of another size than the resize (the normaliser resamples it), as weights
     files; and three ONNX exports: the mean-image one plain and --with-preprocess, the channel one
@@ -51,7 +52,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                              ("ch_u8.onnx", "ch", ["--with-preprocess"])):  # fmt: skip
         assert main(["export", str(files[src]), "--out", str(d / name), *flags]) == 0
         files[name] = d / name
-    return files
+    yield files
+    shutil.rmtree(d, ignore_errors=True)  # its checkpoints: RAM the next files need (tests/conftest.py)
 
 
 def _metadata(path: Path) -> dict:

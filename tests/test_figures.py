@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from .conftest import FAST, make_imagefolder
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def folder_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     root = tmp_path_factory.mktemp("figs")
     data = make_imagefolder(root / "data", classes=4, per_class=10, val_per_class=4)
     run = root / "run"
@@ -28,7 +30,8 @@ def folder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # lr 0.0002: at 0.002 the network died on a 2-core AVX-512 BF16/AMX CPU (fc7 the same for every image)
     args += "--epochs 2 --set data.normalize=channel --set optim.lr=0.0002".split()
     assert main(args) == 0
-    return run, data
+    yield run, data
+    shutil.rmtree(root, ignore_errors=True)  # its checkpoints: RAM the next files need (tests/conftest.py)
 
 
 def _check_png(path: Path) -> np.ndarray:

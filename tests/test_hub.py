@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ REV = "5c0a4e1d0b7f6e2a9c3d8b1f4e6a7c2d9b0e1f3a"  # a commit hash, as the Hub's 
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     d = tmp_path_factory.mktemp("hub")
     data = make_imagefolder(d / "data")
     run = d / "run"
@@ -37,7 +38,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (repo / "refs" / "main").write_text(REV)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(d / "cache"), PYTHONPATH=str(REPO / "src"))
     image = next((data / "val" / "class_1").iterdir())
-    return {"dir": d, "data": data, "run": run, "folder": folder, "env": env, "image": image}
+    yield {"dir": d, "data": data, "run": run, "folder": folder, "env": env, "image": image}
+    shutil.rmtree(d, ignore_errors=True)  # its checkpoints: RAM the next files need (tests/conftest.py)
 
 
 def _run(hub: dict, *args: str) -> subprocess.CompletedProcess:

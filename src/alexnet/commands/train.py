@@ -70,9 +70,13 @@ def train(cfg: Config, run_dir: Path, resume: dict[str, Any] | None = None, verb
                 if signal is None:
                     t_end = time.monotonic()
                     history.append(end_of_epoch(s, st))
+                    # one all-reduce: a stop any rank saw, and the slowest rank's epoch end (rank 0 alone writes
+                    # the checkpoint), so that every rank's budget plans from the same numbers
+                    got = torch.tensor([stop.signal or 0, time.monotonic() - t_end], device=s.device)
+                    sig, end_s = distributed.all_reduce_max(got).tolist()
                     if budget is not None:
-                        budget.after_end(time.monotonic() - t_end, "val_top1" in history[-1])
-                    signal = int(distributed.all_reduce_max(torch.tensor(stop.signal or 0, device=s.device))) or None
+                        budget.after_end(end_s, "val_top1" in history[-1])
+                    signal = int(sig) or None
                 if signal is not None:
                     code = 128 + signal
                     return _stopped(s, st, signal, history)

@@ -6,26 +6,29 @@ This is exactly ``nn.LocalResponseNorm``'s function (alpha divided by n, as cuda
 the window at the edges is zero-padded), applied separately inside each of ``groups`` channel groups.
 
 LRN is memory-bound: a five-channel window sum and a few elementwise steps. PyTorch computes it with
-``avg_pool3d`` over a padded 5-d copy (no channels_last or bf16 fast path), and a pass-by-pass version on
-whole tensors still reads and writes ~25 full-size tensors per training step. Three implementations of the
-one function, chosen by where the tensor is:
+``avg_pool3d`` over a padded 5-d copy (no channels_last or bf16 fast path); done pass by pass on whole
+tensors it allocated 15 full-size fp32 temporaries per layer and training step. Three implementations of the one
+function, chosen by where the tensor is:
 
 - eager, any device but CUDA (lrn_blocks.py): plain tensor ops on cache-sized blocks, in fp32 whatever the
-  input dtype; a custom autograd function whose backward is the closed form below. The forward keeps the
-  input and one normaliser ``d`` in the input's dtype; the only full-size tensors it allocates are its
-  output and ``d``, and the backward's only one is its result, so the allocator setting
-  (tuning.keep_freed_memory) matters no more for it than for a convolution.
+  input dtype, and a custom autograd function whose backward is the closed form below. The forward keeps
+  the input and one normaliser ``d`` in the input's dtype; the only full-size tensors it allocates are its
+  output and ``d``, and the backward's only one is its result.
 - CUDA (lrn_triton.py, imported only there): one fused Triton kernel each way, registered with
   ``torch.library.triton_op`` and its autograd formula, so torch.compile and compiled DDP graphs keep it.
 - traced (torch.compile off CUDA, torch.export, ONNX, jit.trace, torch.func transforms): the same formula as
-  whole-tensor ops (Pad, Slice, Add, Mul, Pow), which every runtime has and compilers fuse.
+  whole-tensor ops (Pad, Slice, Add, Mul, Pow), which every runtime has and compilers fuse. Which one runs
+  is decided by the tensor (its device and type) and by torch.compiler.is_compiling, never by is_exporting
+  (before torch 2.14 that also read True under torch.compile).
 
     d_c = k + alpha/n * S_c,   y_c = a_c * d_c^-beta
     dL/da_c = g_c * d_c^-beta - (2 alpha beta / n) * a_c * sum_{i : c in W(i)} g_i * a_i * d_i^(-beta-1)
 
-Measured by benchmarks/train_step.py on a 2-core Intel Xeon with AVX-512 BF16 and AMX (bf16 autocast,
-channels_last, batch 64, torch 2.14): LRN took 62 % of the paper net's training step with the previous
-whole-tensor version and MEASURED_NEW with this one (against the same net with LRN removed, same run).
+Measured on a 2-core Intel Xeon with AVX-512 BF16 and AMX, torch 2.14, one SGD step of the paper net at
+batch 64 in bf16 autocast + channels_last against the same net with LRN removed, in the quiet spells of a
+shared machine: LRN took 27-31 % of the step with these blocks, 38-39 % with the same formula as whole-tensor
+bf16 ops, and 47 % with the pass-by-pass fp32 version before (62 % by benchmarks/train_step.py under load).
+While other processes share the cores, blocks lose more: each is a parallel region that waits for threads.
 """
 
 from __future__ import annotations

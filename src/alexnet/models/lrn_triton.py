@@ -89,6 +89,14 @@ def _backward_kernel(g_ptr, x_ptr, d_ptr, dx_ptr, P, HW, s_b, s_c, s_hw, CG, alp
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+def _wrap(kernel):
+    """wrap_triton(kernel), which traces into graphs; torch 2.6 refuses the interpreter's kernels (eager only)."""
+    try:
+        return wrap_triton(kernel)
+    except RuntimeError:
+        return kernel
+
+
 def _launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict, tuple]:
     """Grid, tile constants and the shape/stride arguments both kernels take."""
     b, c, h, w = x.shape
@@ -111,7 +119,7 @@ def lrn_forward(
     y = torch.empty_like(x)
     d = torch.empty_like(x) if save else x.new_empty(0)
     grid, consts, dims = _launch(x, groups)
-    wrap_triton(_forward_kernel)[grid](x, y, d if save else y, *dims, alpha / size, beta, k, SIZE=size, SAVE=save,
+    _wrap(_forward_kernel)[grid](x, y, d if save else y, *dims, alpha / size, beta, k, SIZE=size, SAVE=save,
                                        **consts)  # fmt: skip
     return y, d
 
@@ -124,7 +132,7 @@ def lrn_backward(
     g = g.contiguous(memory_format=torch.contiguous_format if x.is_contiguous() else torch.channels_last)
     dx = torch.empty_like(x)
     grid, consts, dims = _launch(x, groups)
-    wrap_triton(_backward_kernel)[grid](g, x, d, dx, *dims, alpha / size, beta, SIZE=size, **consts)
+    _wrap(_backward_kernel)[grid](g, x, d, dx, *dims, alpha / size, beta, SIZE=size, **consts)
     return dx
 
 

@@ -1,18 +1,25 @@
 """Training-step images/s on synthetic batches: ours vs torchvision's AlexNet, fp32 eager, plain loop.
 
-    python benchmarks/train_step.py [--batch 64] [--iters 5] [--device cpu]
+    python benchmarks/train_step.py [--batch 64] [--iters 5] [--rounds 3] [--device cpu]
 
-Baseline (same invocation, run first): torchvision.models.alexnet, fp32, NCHW, torch.optim.SGD defaults.
-Ours on the compute path `auto` picks for this device (tuning.py: bf16 autocast where the device has it
-natively, else fp32; channels_last; fused SGD), with freed memory kept for reuse on Linux CPUs
-(tuning.keep_freed_memory). The paper's network (alexnet) three ways: with this package's LRN, with the
-previous LRN (nn.LocalResponseNorm on each tower, as 0.1 had it), and with LRN replaced by the identity, so
-that LRN's share of the step is (t_with - t_without) / t_with, measured in the same run.
+Baseline (same invocation): torchvision.models.alexnet, fp32, NCHW, torch.optim.SGD defaults, in a process
+as a user's own loop runs it. Ours on the compute path `auto` picks for this device (tuning.py: bf16 autocast
+where the device has it natively, else fp32; channels_last; fused SGD), with freed memory kept for reuse on
+Linux CPUs (tuning.keep_freed_memory), as `alexnet train` runs it. The paper's network (alexnet) three ways:
+with this package's LRN, with the previous LRN (nn.LocalResponseNorm on each tower, as 0.1 had it), and with
+LRN replaced by the identity, so that LRN's share of the step is (t_with - t_without) / t_with.
+
+The allocator setting is process-wide, so every measurement runs in a fresh process, and the measurements
+take turns (--rounds rounds, each a median of --iters steps; the table shows the median round), so that load
+from elsewhere falls on all of them alike. The second table runs torchvision's net and the paper net with
+and without the allocator setting: the paper net should gain from it no more than torchvision's does.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,13 +28,24 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import batch_args, matmul_peak, table, timeit  # noqa: E402
+from common import matmul_peak, table, timeit  # noqa: E402
 
 from alexnet import create_model
 from alexnet.commands.summary import summarize  # noqa: E402
 from alexnet.config import TrainConfig  # noqa: E402
 from alexnet.engine import tuning  # noqa: E402
 from alexnet.models.lrn import GroupedLRN  # noqa: E402
+
+# job: (model name, LRN: ours/previous/identity, input size, our compute path, allocator setting kept)
+JOBS = {
+    "tv": ("tv", "", 224, False, False),
+    "owt": ("alexnet_owt", "ours", 224, True, True),
+    "paper": ("alexnet", "ours", 227, True, True),
+    "previous": ("alexnet", "previous", 227, True, True),
+    "identity": ("alexnet", "identity", 227, True, True),
+    "tv_kept": ("tv", "", 224, False, True),
+    "paper_unkept": ("alexnet", "ours", 227, True, False),
+}
 
 
 class PreviousLRN(nn.Module):
@@ -59,10 +77,21 @@ def step_fn(model, opt, x, y, amp: bool, device: str):
     return step
 
 
-def run(label: str, name: str, lrn: str, size: int, amp: bool, cl: bool, args: argparse.Namespace) -> tuple:
+def our_path(dev: torch.device) -> tuple[bool, bool, str]:
+    path = tuning.resolve(TrainConfig(), dev)
+    amp, cl = path.amp == "bf16", bool(path.channels_last)
+    return amp, cl, f"{'bf16' if amp else 'fp32'}{' + channels_last' if cl else ''} + fused SGD"
+
+
+def run_job(key: str, args: argparse.Namespace) -> dict:
+    """One measurement, in this process: images/s of the median of ``args.iters`` steps after 2 warm-up steps."""
     import torchvision
 
+    name, lrn, size, ours, kept = JOBS[key]
     dev = args.device
+    if kept:
+        tuning.keep_freed_memory(torch.device(dev))
+    amp, cl, _ = our_path(torch.device(dev)) if ours else (False, False, "")
     torch.manual_seed(0)
     if name == "tv":
         model = torchvision.models.alexnet().to(dev)
@@ -79,41 +108,64 @@ def run(label: str, name: str, lrn: str, size: int, amp: bool, cl: bool, args: a
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     s = timeit(step_fn(model, opt, x, y, amp, dev), warmup=2, iters=args.iters, sync=sync)
     macs = summarize("alexnet_owt" if name == "tv" else name, size)["macs"]
-    return label, args.batch / s, 6 * macs * args.batch / s / 1e9, amp
+    return {"ips": args.batch / s, "gflops": 6 * macs * args.batch / s / 1e9, "amp": amp}
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict]:
+    """Every job in a fresh process, ``args.rounds`` times in turn; per job the round with the median img/s."""
+    runs: dict[str, list[dict]] = {key: [] for key in JOBS}
+    for _ in range(args.rounds):
+        for key in JOBS:
+            cmd = [sys.executable, __file__, "--job", key, "--batch", str(args.batch), "--iters", str(args.iters),
+                   "--device", args.device]  # fmt: skip
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            runs[key].append(json.loads(out.strip().splitlines()[-1]))
+    return {key: sorted(r, key=lambda m: m["ips"])[len(r) // 2] for key, r in runs.items()}
 
 
 def main() -> None:
-    args = batch_args()
-    dev = torch.device(args.device)
-    path = tuning.resolve(TrainConfig(), dev)
-    amp, cl = path.amp == "bf16", bool(path.channels_last)
-    mode = f"{'bf16' if amp else 'fp32'}{' + channels_last' if cl else ''} + fused SGD"
-    results = [
-        run("torchvision alexnet, fp32 eager (baseline)", "tv", "", 224, False, False, args)
-    ]  # before the allocator change
-    kept = tuning.keep_freed_memory(dev)
-    results += [
-        run(f"ours alexnet_owt, {mode}", "alexnet_owt", "ours", 224, amp, cl, args),
-        run(f"ours alexnet (paper, this LRN), {mode}", "alexnet", "ours", 227, amp, cl, args),
-        run(f"ours alexnet (paper, previous LRN), {mode}", "alexnet", "previous", 227, amp, cl, args),
-        run(f"ours alexnet (paper, LRN removed), {mode}", "alexnet", "identity", 227, amp, cl, args),
-    ]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--job", choices=list(JOBS), help=argparse.SUPPRESS)  # one measurement (a worker process)
+    args = ap.parse_args()
+    if args.job:
+        print(json.dumps(run_job(args.job, args)))
+        return
+    amp, _, mode = our_path(torch.device(args.device))
+    got = measure(args)
     peak16 = matmul_peak(torch.bfloat16, args.device) if amp else 0.0
     peak32 = matmul_peak(torch.float32, args.device)
-    base = results[0][1]
+    base = got["tv"]["ips"]
+    labels = {"tv": "torchvision alexnet, fp32 eager (baseline)", "owt": f"ours alexnet_owt, {mode}",
+              "paper": f"ours alexnet (paper, this LRN), {mode}", "previous": f"ours alexnet (paper, previous LRN), {mode}",
+              "identity": f"ours alexnet (paper, LRN removed), {mode}"}  # fmt: skip
     rows = [["config", "img/s", "vs baseline", "GFLOP/s", "% of matmul peak"]]
-    for label, ips, gflops, use_bf16 in results:
-        peak = peak16 if use_bf16 else peak32
-        rows.append([label, f"{ips:.1f}", f"{ips / base:.2f}x", f"{gflops:.0f}", f"{100 * gflops / peak:.0f} %"])
+    for key, label in labels.items():
+        m = got[key]
+        peak = peak16 if m["amp"] else peak32
+        rows.append([label, f"{m['ips']:.1f}", f"{m['ips'] / base:.2f}x", f"{m['gflops']:.0f}",
+                     f"{100 * m['gflops'] / peak:.0f} %"])  # fmt: skip
     print(f"device {args.device}, batch {args.batch}, threads {torch.get_num_threads()}, compute path {mode}, "
-          f"freed memory kept: {kept}; measured matmul peak: fp32 {peak32:.0f} GFLOP/s"
-          + (f", bf16 {peak16:.0f}" if amp else ""))  # fmt: skip
+          f"{args.rounds} rounds of {args.iters} steps; freed memory kept for ours, not for the baseline; measured "
+          f"matmul peak: fp32 {peak32:.0f} GFLOP/s" + (f", bf16 {peak16:.0f}" if amp else ""))  # fmt: skip
     print(table(rows))
-    without = results[4][1]
-    for label, ips in ((results[2][0], results[2][1]), (results[3][0], results[3][1])):
-        print(f"LRN share of the step, {label.split('(')[1].split(')')[0]}: {100 * (1 - ips / without) if without else 0:.0f} %"
+    without = got["identity"]["ips"]
+    for key in ("paper", "previous"):
+        ips = got[key]["ips"]
+        print(f"LRN share of the step, {labels[key].split('(')[1].split(')')[0]}: {100 * (1 - ips / without):.0f} %"
               f" ({1000 * args.batch / ips:.0f} ms vs {1000 * args.batch / without:.0f} ms without LRN)")  # fmt: skip
-    print(f"paper net / alexnet_owt: {results[2][1] / results[1][1]:.2f}")
+    print(f"paper net / alexnet_owt: {got['paper']['ips'] / got['owt']['ips']:.2f}")
+    print()
+    rows = [["config", "img/s, setting off", "img/s, setting on", "on / off"]]
+    for label, off, on in (("torchvision alexnet, fp32 eager", "tv", "tv_kept"),
+                           (f"ours alexnet (paper), {mode}", "paper_unkept", "paper")):  # fmt: skip
+        a, b = got[off]["ips"], got[on]["ips"]
+        rows.append([label, f"{a:.1f}", f"{b:.1f}", f"{b / a:.2f}x"])
+    print("the allocator setting (tuning.keep_freed_memory), off vs on, same rounds:")
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -5,26 +5,43 @@
 This is exactly ``nn.LocalResponseNorm``'s function (alpha divided by n, as cuda-convnet and PyTorch do;
 the window at the edges is zero-padded), applied separately inside each of ``groups`` channel groups.
 
-PyTorch computes it with ``avg_pool3d`` over a padded 5-d copy, which has no channels_last or bf16 fast path;
-the profiler put LRN at about 60 % of a bf16 training step of the paper's network on a 2-core AVX-512 BF16 CPU.
-Here the channel window is a handful of shifted adds on a (B, groups, C/groups, H, W) view (the channel
-axis is the contiguous one in channels_last), computed in fp32 whatever the input dtype, and the backward
-is the closed form below instead of autograd through ~10 saved intermediates:
+LRN is memory-bound: a five-channel window sum and a few elementwise steps. PyTorch computes it with
+``avg_pool3d`` over a padded 5-d copy (no channels_last or bf16 fast path); done pass by pass on whole
+tensors it allocated 15 full-size fp32 temporaries per layer and training step. Three implementations of the one
+function, chosen by where the tensor is:
+
+- eager, any device but CUDA (lrn_blocks.py): plain tensor ops on cache-sized blocks, in fp32 whatever the
+  input dtype, and a custom autograd function whose backward is the closed form below. The forward keeps
+  the input and one normaliser ``d`` in the input's dtype; the only full-size tensors it allocates are its
+  output and ``d``, and the backward's only one is its result.
+- CUDA (lrn_triton.py, imported only there): one fused Triton kernel each way, registered with
+  ``torch.library.triton_op`` and its autograd formula, so torch.compile and compiled DDP graphs keep it.
+- traced (torch.compile off CUDA, torch.export, ONNX, jit.trace, torch.func transforms): the same formula as
+  whole-tensor ops (Pad, Slice, Add, Mul, Pow), which every runtime has and compilers fuse. Which one runs
+  is decided by the tensor (its device and type) and by torch.compiler.is_compiling, never by is_exporting
+  (before torch 2.14 that also read True under torch.compile).
 
     d_c = k + alpha/n * S_c,   y_c = a_c * d_c^-beta
-    dL/da_c = g_c * d_c^-beta - (2 alpha beta / n) * a_c * sum_{i : c in W(i)} g_i * y_i / d_i
+    dL/da_c = g_c * d_c^-beta - (2 alpha beta / n) * a_c * sum_{i : c in W(i)} g_i * a_i * d_i^(-beta-1)
 
-For the paper's beta = 0.75, d^-beta is rsqrt(d) * sqrt(rsqrt(d)): two cheap instructions instead of pow's
-log and exp. Measured numbers are in benchmarks/lrn.py and the README.
+Measured on a 2-core Intel Xeon with AVX-512 BF16 and AMX, torch 2.14, one SGD step of the paper net at
+batch 64 in bf16 autocast + channels_last against the same net with LRN removed, in the quiet spells of a
+shared machine: LRN took 27-31 % of the step with these blocks, 38-39 % with the same formula as whole-tensor
+bf16 ops, and 47 % with the pass-by-pass fp32 version before (62 % by benchmarks/train_step.py under load).
+While other processes share the cores, blocks lose more: each is a parallel region that waits for threads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from . import lrn_blocks
 
 
 @dataclass(frozen=True)
@@ -38,66 +55,54 @@ class LRNSpec:
 PAPER_LRN = LRNSpec()
 
 
-def _window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """out[:, :, c] = sum of t[:, :, c - before .. c + after] along dim 2 (zero outside): shifted in-place adds;
-    under torch.export (pt2 and ONNX) the same sum as Pad + Slice + Add, operators every runtime has."""
-    if torch.compiler.is_exporting():
-        c, padded = t.shape[2], torch.nn.functional.pad(t, (0, 0, 0, 0, before, after))
-        return sum(padded[:, :, i : i + c] for i in range(1, before + after + 1)) + padded[:, :, :c]
-    out = t.clone()
-    for s in range(1, before + 1):
-        out[:, :, s:] += t[:, :, :-s]
-    for s in range(1, after + 1):
-        out[:, :, :-s] += t[:, :, s:]
-    return out
+def _traced(x: torch.Tensor) -> bool:
+    """Whether ``x`` is being traced rather than computed: torch.compile (dynamo), jit.trace, torch.export and
+    make_fx (fake and functional tensor subclasses), torch.func transforms (wrapped tensors)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or type(x) not in (torch.Tensor, nn.Parameter):
+        return True
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(wrapped is not None and wrapped(x))
 
 
-def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
+def _plain(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """The function as whole-tensor ops with no in-place writes (an exported graph has no ScatterND)."""
     b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w)  # a view in both NCHW and channels_last
-
-
-def _neg_pow(d: torch.Tensor, beta: float) -> torch.Tensor:
-    if beta == 0.75:
-        r = torch.rsqrt(d)
-        return r.mul_(torch.sqrt(r))
-    if beta == 0.5:
-        return torch.rsqrt(d)
-    return d.pow(-beta)
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)  # fp32 for bf16/fp16 inputs, float64 stays float64
-
-
-def _forward(
-    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, d): the output in x's dtype and the normaliser base d = k + alpha/n * window sum of squares."""
-    xf = _grouped(x, groups).to(_compute_dtype(x))
-    d = _window_sum(xf * xf, size // 2, (size - 1) // 2).mul_(alpha / size).add_(k)
-    return (xf * _neg_pow(d, beta)).to(x.dtype).view_as(x), d
+    xf = x.view(b, groups, c // groups, h, w).to(torch.promote_types(x.dtype, torch.float32))
+    cg, padded = c // groups, F.pad(xf * xf, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+    s = sum((padded[:, :, i : i + cg] for i in range(1, size)), padded[:, :, :cg])
+    return (xf * (s * (alpha / size) + k).pow(-beta)).to(x.dtype).view_as(x)
 
 
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
-        y, d = _forward(x, size, alpha, beta, k, groups)
+        y, d = lrn_blocks.forward(x, size, alpha, beta, k, groups, save=True)
         ctx.save_for_backward(x, d)
         ctx.params = (size, alpha, beta, groups)
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
         x, d = ctx.saved_tensors
-        size, alpha, beta, groups = ctx.params
-        xf = _grouped(x, groups).to(d.dtype)
-        gf = _grouped(g, groups).to(d.dtype)
-        r = _neg_pow(d, beta)
-        t = gf * xf * r / d  # g_i * y_i / d_i
-        s = _window_sum(t, (size - 1) // 2, size // 2)  # the transposed window
-        dx = (gf * r).sub_(s.mul_(xf).mul_(2.0 * alpha * beta / size))
-        return dx.to(x.dtype).view_as(x), None, None, None, None, None
+        return lrn_blocks.backward(g, x, d, *ctx.params), None, None, None, None, None
+
+
+LRN = Callable[[torch.Tensor, int, float, float, float, int], torch.Tensor]  # (x, size, alpha, beta, k, groups)
+_TRITON: LRN | bool | None = None  # None: not looked for yet; False: not there
+
+
+def _triton_lrn() -> LRN | None:
+    """lrn_triton.lrn where Triton and torch.library.triton_op are there, else None (checked once)."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            from .lrn_triton import lrn
+
+            _TRITON = lrn
+        except ImportError:  # no triton (e.g. Windows wheels) or a torch before triton_op
+            _TRITON = False
+    return _TRITON if callable(_TRITON) else None
 
 
 def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0,
@@ -109,9 +114,15 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: f
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
     if not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous()
-    if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing():
+    if x.is_cuda and not torch.jit.is_tracing() and type(x) in (torch.Tensor, nn.Parameter):
+        fused = _triton_lrn()  # under torch.compile too: the op and its backward are in the graph
+        if fused is not None:
+            return fused(x, size, alpha, beta, k, groups)
+    if _traced(x):
+        return _plain(x, size, alpha, beta, k, groups)
+    if torch.is_grad_enabled() and x.requires_grad:
         return _LRNFunction.apply(x, size, alpha, beta, k, groups)
-    return _forward(x, size, alpha, beta, k, groups)[0]  # inference, tracing and export: plain tensor ops
+    return lrn_blocks.forward(x, size, alpha, beta, k, groups, save=False)[0]
 
 
 class GroupedLRN(nn.Module):
@@ -136,7 +147,9 @@ class GroupedLRN(nn.Module):
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
 def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """The LRN as one opaque operator, for exporters that map it to a runtime's own (ONNX ``LRN``)."""
-    return _forward(x, size, alpha, beta, k, groups)[0]
+    if not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous()
+    return lrn_blocks.forward(x, size, alpha, beta, k, groups, save=False)[0]
 
 
 @lrn_op.register_fake

@@ -110,6 +110,12 @@ def create_model(
     (``alexnet.io.weights.load_weights`` of the same name gives its class names and preprocessing too).
     ``num_classes``: default 1000, or the Hub weights' own; another count gets a freshly initialised last layer.
     ``options`` go to the architecture (``dropout``, and ``lrn_size/alpha/beta/k`` for ``alexnet``).
+
+    Training in your own loop on a Linux CPU: call ``alexnet.tuning.keep_freed_memory(torch.device("cpu"))``
+    once before the first step, as ``alexnet train`` does, or start Python with the glibc variables
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``. Without it glibc returns every freed block over
+    32 MB to the system and the next step's activations of the same size are page-faulted in again; both
+    torchvision's net and these gain from it (benchmarks/train_step.py measures both, with and without).
     """
     info = get_model_info(name)
     hub_file = None

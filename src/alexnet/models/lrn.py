@@ -17,7 +17,7 @@ function, chosen by where the tensor is:
 - CUDA (lrn_triton.py, imported only there): one fused Triton kernel each way, registered with
   ``torch.library.triton_op`` and its autograd formula, so torch.compile and compiled DDP graphs keep it.
 - traced (torch.compile off CUDA, torch.export, ONNX, jit.trace, torch.func transforms): the same formula as
-  whole-tensor ops (Pad, Slice, Add, Mul, Pow), which every runtime has and compilers fuse. Which one runs
+  whole-tensor ops (Pad, Slice, Add, Mul, Sqrt, Reciprocal), which every runtime has and compilers fuse. Which one runs
   is decided by the tensor (its device and type) and by torch.compiler.is_compiling, never by is_exporting
   (before torch 2.14 that also read True under torch.compile).
 
@@ -70,7 +70,10 @@ def _plain(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, grou
     xf = x.view(b, groups, c // groups, h, w).to(torch.promote_types(x.dtype, torch.float32))
     cg, padded = c // groups, F.pad(xf * xf, (0, 0, 0, 0, size // 2, (size - 1) // 2))
     s = sum((padded[:, :, i : i + cg] for i in range(1, size)), padded[:, :, :cg])
-    return (xf * (s * (alpha / size) + k).pow(-beta)).to(x.dtype).view_as(x)
+    d = s * (alpha / size) + k
+    # d^-0.75 (the paper's beta) as Sqrt, Mul, Reciprocal, which runtimes without Pow have too
+    r = (d.sqrt() * d.sqrt().sqrt()).reciprocal() if beta == 0.75 else d.pow(-beta)
+    return (xf * r).to(x.dtype).view_as(x)
 
 
 class _LRNFunction(torch.autograd.Function):

@@ -60,7 +60,7 @@ class Trivial(nn.Module):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
-def session(world: int, batch: int, run_dir: Path, dev: torch.device) -> tuple[Session, TrainState]:
+def engine_for(world: int, batch: int, run_dir: Path, dev: torch.device) -> tuple[Session, TrainState]:
     """A `fast`-recipe Session and TrainState over the ImageNet-sized source, built as engine/setup.py builds them
     but around the trivial module (setup() itself would build an AlexNet)."""
     sets = ["data.res_start=null", "data.res_end=null", "train.amp=none",
@@ -160,7 +160,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for world in args.worlds:
             for batch in args.batches:
-                s, st = session(world, batch, Path(tmp), dev)
+                s, st = engine_for(world, batch, Path(tmp), dev)
                 engine, bare = [], []
                 for _ in range(args.rounds):  # interleaved: a noisy stretch hits both sides alike
                     engine += engine_rounds(s, st, args.steps, 1)

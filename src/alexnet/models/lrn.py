@@ -17,18 +17,18 @@ function, chosen by where the tensor is:
 - CUDA (lrn_triton.py, imported only there): one fused Triton kernel each way, registered with
   ``torch.library.triton_op`` and its autograd formula, so torch.compile and compiled DDP graphs keep it.
 - traced (torch.compile off CUDA, torch.export, ONNX, jit.trace, torch.func transforms): the same formula as
-  whole-tensor ops (Pad, Slice, Add, Mul, Sqrt, Reciprocal), which every runtime has and compilers fuse. Which one runs
-  is decided by the tensor (its device and type) and by torch.compiler.is_compiling, never by is_exporting
-  (before torch 2.14 that also read True under torch.compile).
+  whole-tensor ops (Pad, Slice, Add, Mul, Sqrt, Reciprocal), which every runtime has and compilers fuse.
+  Which one runs is decided by the tensor (its device and type) and by torch.compiler.is_compiling, never by
+  is_exporting (before torch 2.14 that also read True under torch.compile).
 
     d_c = k + alpha/n * S_c,   y_c = a_c * d_c^-beta
     dL/da_c = g_c * d_c^-beta - (2 alpha beta / n) * a_c * sum_{i : c in W(i)} g_i * a_i * d_i^(-beta-1)
 
-Measured on a 2-core Intel Xeon with AVX-512 BF16 and AMX, torch 2.14, one SGD step of the paper net at
-batch 64 in bf16 autocast + channels_last against the same net with LRN removed, in the quiet spells of a
-shared machine: LRN took 27-31 % of the step with these blocks, 38-39 % with the same formula as whole-tensor
-bf16 ops, and 47 % with the pass-by-pass fp32 version before (62 % by benchmarks/train_step.py under load).
-While other processes share the cores, blocks lose more: each is a parallel region that waits for threads.
+Measured by benchmarks/train_step.py on a 2-core Intel Xeon with AVX-512 BF16 and AMX (torch 2.14.1, one SGD
+step of the paper net at batch 64 in bf16 autocast + channels_last, against the same net with LRN removed):
+LRN is 32 % of the step with these blocks, 74 % with nn.LocalResponseNorm per tower
+(benchmarks/results/train_step-cpu-amx.log). While other processes share the cores, blocks lose more: each
+is a parallel region that waits for threads.
 """
 
 from __future__ import annotations
@@ -64,6 +64,13 @@ def _traced(x: torch.Tensor) -> bool:
     return bool(wrapped is not None and wrapped(x))
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the kernels take it: contiguous or channels_last (a copy only for other strides)."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
 def _plain(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """The function as whole-tensor ops with no in-place writes (an exported graph has no ScatterND)."""
     b, c, h, w = x.shape
@@ -72,7 +79,11 @@ def _plain(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, grou
     s = sum((padded[:, :, i : i + cg] for i in range(1, size)), padded[:, :, :cg])
     d = s * (alpha / size) + k
     # d^-0.75 (the paper's beta) as Sqrt, Mul, Reciprocal, which runtimes without Pow have too
-    r = (d.sqrt() * d.sqrt().sqrt()).reciprocal() if beta == 0.75 else d.pow(-beta)
+    if beta == 0.75:
+        q = d.sqrt()
+        r = (q * q.sqrt()).reciprocal()
+    else:
+        r = d.pow(-beta)
     return (xf * r).to(x.dtype).view_as(x)
 
 
@@ -115,8 +126,7 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: f
         raise ValueError(f"local_response_norm expects (B, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
-    if not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
-        x = x.contiguous()
+    x = _dense(x)
     if x.is_cuda and not torch.jit.is_tracing() and type(x) in (torch.Tensor, nn.Parameter):
         fused = _triton_lrn()  # under torch.compile too: the op and its backward are in the graph
         if fused is not None:
@@ -150,9 +160,7 @@ class GroupedLRN(nn.Module):
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
 def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """The LRN as one opaque operator, for exporters that map it to a runtime's own (ONNX ``LRN``)."""
-    if not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
-        x = x.contiguous()
-    return lrn_blocks.forward(x, size, alpha, beta, k, groups, save=False)[0]
+    return lrn_blocks.forward(_dense(x), size, alpha, beta, k, groups, save=False)[0]
 
 
 @lrn_op.register_fake

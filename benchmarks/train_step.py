@@ -12,7 +12,8 @@ LRN replaced by the identity, so that LRN's share of the step is (t_with - t_wit
 The allocator setting is process-wide, so every measurement runs in a fresh process, and the measurements
 take turns (--rounds rounds, each a median of --iters steps; the table shows the median round), so that load
 from elsewhere falls on all of them alike. The second table runs torchvision's net and the paper net with
-and without the allocator setting: the paper net should gain from it no more than torchvision's does.
+and without the allocator setting: the paper net should gain from it no more than torchvision's does, and
+no more than the same net without its LRN (what the rest of the compute path gains).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ JOBS = {
     "identity": ("alexnet", "identity", 227, True, True),
     "tv_kept": ("tv", "", 224, False, True),
     "paper_unkept": ("alexnet", "ours", 227, True, False),
+    "identity_unkept": ("alexnet", "identity", 227, True, False),
 }
 
 
@@ -161,7 +163,8 @@ def main() -> None:
     print()
     rows = [["config", "img/s, setting off", "img/s, setting on", "on / off"]]
     for label, off, on in (("torchvision alexnet, fp32 eager", "tv", "tv_kept"),
-                           (f"ours alexnet (paper), {mode}", "paper_unkept", "paper")):  # fmt: skip
+                           (f"ours alexnet (paper), {mode}", "paper_unkept", "paper"),
+                           (f"ours alexnet (paper, LRN removed), {mode}", "identity_unkept", "identity")):  # fmt: skip
         a, b = got[off]["ips"], got[on]["ips"]
         rows.append([label, f"{a:.1f}", f"{b:.1f}", f"{b / a:.2f}x"])
     print("the allocator setting (tuning.keep_freed_memory), off vs on, same rounds:")

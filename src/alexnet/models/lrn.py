@@ -12,8 +12,8 @@ function, chosen by where the tensor is:
 
 - eager, any device but CUDA (lrn_blocks.py): plain tensor ops on cache-sized blocks, in fp32 whatever the
   input dtype, and a custom autograd function whose backward is the closed form below. The forward keeps
-  the input and one normaliser ``d`` in the input's dtype; the only full-size tensors it allocates are its
-  output and ``d``, and the backward's only one is its result.
+  the input and one normaliser ``r = d^-beta`` in the input's dtype; the only full-size tensors it allocates
+  are its output and ``r``, and the backward's only one is its result.
 - CUDA (lrn_triton.py, imported only there): one fused Triton kernel each way, registered with
   ``torch.library.triton_op`` and its autograd formula, so torch.compile and compiled DDP graphs keep it.
 - traced (torch.compile off CUDA, torch.export, ONNX, jit.trace, torch.func transforms): the same formula as
@@ -90,16 +90,16 @@ def _plain(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, grou
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
-        y, d = lrn_blocks.forward(x, size, alpha, beta, k, groups, save=True)
-        ctx.save_for_backward(x, d)
-        ctx.params = (size, alpha, beta, groups)
+        y, r = lrn_blocks.forward(x, size, alpha, beta, k, groups, save=True)
+        ctx.save_for_backward(x, r)
+        ctx.params = (size, alpha, beta, k, groups)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
-        x, d = ctx.saved_tensors
-        return lrn_blocks.backward(g, x, d, *ctx.params), None, None, None, None, None
+        x, r = ctx.saved_tensors
+        return lrn_blocks.backward(g, x, r, *ctx.params), None, None, None, None, None
 
 
 LRN = Callable[[torch.Tensor, int, float, float, float, int], torch.Tensor]  # (x, size, alpha, beta, k, groups)

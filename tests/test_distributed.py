@@ -171,7 +171,7 @@ def _agree_worker(rank: int, port: int, out: str) -> None:
 
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:  # rank 1 alone saw a NaN at step 7 and a SIGTERM; rank 0 saw nothing
-        bad, sig = distributed.agree_stop(torch.tensor(7 if rank else 0), 15 if rank else None)
+        bad, sig = distributed.agree_stop(7 if rank else 0, 15 if rank else None, torch.device("cpu"))
         Path(out, f"{rank}.json").write_text(json.dumps([bad, sig]))
     finally:
         torch.distributed.destroy_process_group()
@@ -225,9 +225,9 @@ def test_towers_keep_frozen_features_frozen(tiny_folder: Path, tmp_path: Path) -
 def test_ranks_agree_on_a_budget_plan(odd_folder: Path, tmp_path: Path) -> None:
     """Every rank probes, the timings are agreed by a max all-reduce, every rank plans from them, and so at every
     check: the ranks run the same number of steps (a rank planning one step more would wait forever in its
-    gradient all-reduce)."""
+    gradient all-reduce). 60 s: on a loaded 2-core AMD EPYC start-up and the probe took 22 s."""
     run = tmp_path / "run"
-    _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(run), *COMMON, "--epochs", "3", "--budget", "35s"])
+    _torchrun(2, ["train", "--data", str(odd_folder), "--out", str(run), *COMMON, "--epochs", "3", "--budget", "60s"])
     plan = json.loads((run / "plan.json").read_text())
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"] >= 5
     assert len((run / "metrics.jsonl").read_text().splitlines()) == plan["epochs"]

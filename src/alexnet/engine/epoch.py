@@ -14,9 +14,10 @@ instead of one waiting forever in the next gradient all-reduce.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,36 +49,45 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class StepSums:
-    """This epoch's running sums: the loss and the right answers on the device (nothing is read from it until a
-    sync step), the image counts on the host (the labels are there before they are copied)."""
+    """This epoch's sums since the last drain. Between sync steps each step's loss and number of right answers
+    stay on the device as the step left them (no op adds them up: on a GPU a step's host time is its ops'
+    launches); a sync step reads them all at once (``read``, one read of the device) and sums them on the host.
+    The image counts are host numbers throughout (the labels are there before they are copied)."""
 
-    loss: torch.Tensor
-    correct: torch.Tensor
-    bad_step: torch.Tensor  # first step with a non-finite loss (0: none)
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, int]] = field(default_factory=list)  # step, loss, right, n
+    loss: float = 0.0  # over the steps read: the sum of each loss times its images
+    correct: float = 0.0
     count: int = 0
     unreadable: int = 0  # images that failed to decode
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> StepSums:
-        f = lambda dt: torch.zeros((), dtype=dt, device=device)  # noqa: E731
-        return cls(f(torch.float32), f(torch.int64), f(torch.int64))
+    first_bad: int = 0  # first step with a non-finite loss (0: none)
+    last_loss: float = math.nan  # the loss of the last step read
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int, valid: int) -> None:
-        """Step ``step``'s loss and predictions over its ``valid`` decoded images; marks it as the first bad step if
-        its loss is not finite."""
+        """Step ``step``'s loss and predictions over its ``valid`` decoded images (three ops on the device)."""
         with torch.no_grad():
-            self.bad_step = torch.where(torch.isfinite(loss) | (self.bad_step > 0), self.bad_step, step)
-            self.loss += loss.detach() * valid
-            self.correct += (logits.argmax(1) == y).sum()
-        self.count, self.unreadable = self.count + valid, self.unreadable + y.numel() - valid
+            self.pending.append((step, loss.detach(), (logits.argmax(1) == y).sum(), valid))
+        self.unreadable += y.numel() - valid
+
+    def read(self) -> None:
+        """The pending steps' values into the host sums, in one read of the device; notes the first non-finite
+        loss. Right answers per step are exact in float32 (at most a batch)."""
+        if not self.pending:
+            return
+        steps, losses, rights, images = zip(*self.pending)
+        n, self.pending = len(steps), []
+        values = torch.cat([torch.stack(losses).float(), torch.stack(rights).float()]).tolist()
+        for step, loss, right, valid in zip(steps, values[:n], values[n:], images):
+            if not (self.first_bad or math.isfinite(loss)):
+                self.first_bad = step
+            self.loss, self.correct, self.count = self.loss + loss * valid, self.correct + right, self.count + valid
+        self.last_loss = values[n - 1]
 
     def drain(self, into: EpochSums, seconds: float) -> EpochSums:
-        """Move the sums into ``into`` (host floats; one read of the device) and start again from zero."""
-        loss, correct = torch.stack([self.loss, self.correct.float()]).tolist()  # exact below 2**24 right answers
-        # an epoch and rank (ImageNet: 1.28 M images); no float64 (MPS has none)
-        self.loss.zero_(), self.correct.zero_()
-        count, self.count = self.count, 0
-        return into.plus(loss, correct, float(count), seconds)
+        """Move the sums into ``into`` and start again from zero."""
+        self.read()
+        out = into.plus(self.loss, self.correct, float(self.count), seconds)
+        self.loss, self.correct, self.count = 0.0, 0.0, 0
+        return out
 
 
 def is_sync_step(s: Session, st: TrainState) -> bool:
@@ -189,7 +199,7 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
     done = lambda: st.step_in_epoch >= steps() or (until is not None and st.global_step >= until)  # noqa: E731
     if st.step_in_epoch == 0:
         st.partial = EpochSums()
-    sums, t0 = StepSums.zeros(s.device), time.perf_counter()
+    sums, t0 = StepSums(), time.perf_counter()
     label = f"epoch {st.epoch + 1}/{t.epochs}" + (
         f" {size}px" if s.cfg.data.res_start or size != s.cfg.data.crop else ""
     )
@@ -208,7 +218,7 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
         sums.add(loss, logits, y, st.global_step, valid)
         progress.advance()
         if is_sync_step(s, st):
-            signal = sync_point(s, st, stop, sums, loss, progress, shown, t0)
+            signal = sync_point(s, st, stop, sums, progress, shown, t0)
             if after_sync is not None:
                 after_sync(st.global_step)
             want_ckpt = t.checkpoint_every and st.global_step % t.checkpoint_every == 0
@@ -236,22 +246,23 @@ class Shown:
     step: int
 
 
-def sync_point(s: Session, st: TrainState, stop: StopFlag, sums: StepSums, loss: torch.Tensor, progress: Progress,
-               shown: Shown, t0: float) -> int | None:  # fmt: skip
-    """Where the host reads the device (a sync step): the ranks agree on NaNs and stop signals (one read), and the
-    progress bar, log line and step scalars that are due are written from one more read. Returns the signal."""
-    first_bad, signal = distributed.agree_stop(sums.bad_step, stop.signal)
+def sync_point(s: Session, st: TrainState, stop: StopFlag, sums: StepSums, progress: Progress, shown: Shown,
+               t0: float) -> int | None:  # fmt: skip
+    """Where the host reads the device (a sync step): the steps' sums (one read), the ranks' agreement on NaNs and
+    stop signals (under DDP one more), then the progress bar, log line and step scalars that are due, from host
+    numbers. Returns the signal."""
+    sums.read()
+    first_bad, signal = distributed.agree_stop(sums.first_bad, stop.signal, s.device)
     check_finite(first_bad, st.epoch, s.run_dir)
     every, k = s.cfg.train.log_every, st.global_step
     scalars = s.main and every > 0 and k // every > shown.step // every
-    if scalars or progress.due():
-        (value, correct), count = torch.stack([loss.detach(), sums.correct.float()]).tolist(), sums.count
-        if scalars:
-            s.logger.step(k, value, st.schedule.lr)
-            shown.step = k
+    if scalars:
+        s.logger.step(k, sums.last_loss, st.schedule.lr)
+        shown.step = k
+    if progress.due():
         seconds = max(time.perf_counter() - t0, 1e-9)
-        progress.show(loss=value, acc=correct / max(count, 1.0), img_s=count * s.dist.world / seconds,
-                      lr=st.schedule.lr)  # fmt: skip
+        progress.show(loss=sums.last_loss, acc=sums.correct / max(sums.count, 1),
+                      img_s=sums.count * s.dist.world / seconds, lr=st.schedule.lr)  # fmt: skip
     return signal
 
 

@@ -96,11 +96,13 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def agree_stop(bad_step: torch.Tensor, signal: int | None) -> tuple[int, int | None]:
-    """(first non-finite step, signal) as every rank must see them: the max over ranks. Called at the same
-    steps on all ranks, so a NaN or a SIGTERM on one rank stops them all together."""
-    flags = torch.stack([bad_step.long(), torch.full_like(bad_step.long(), signal or 0)])
-    bad, sig = all_reduce_max(flags).tolist()  # one read of the device
+def agree_stop(bad_step: int, signal: int | None, device: torch.device) -> tuple[int, int | None]:
+    """(first non-finite step, signal) as every rank must see them: the max over ranks (one all-reduce on
+    ``device`` and one read; nothing in one process). Called at the same steps on all ranks, so a NaN or a
+    SIGTERM on one rank stops them all together."""
+    if not dist.is_initialized():
+        return bad_step, signal
+    bad, sig = all_reduce_max(torch.tensor([bad_step, signal or 0], device=device)).tolist()
     return bad, sig or None
 
 

@@ -1,6 +1,6 @@
 """The training loop's host path at ImageNet scale: what the engine does around each step besides the step.
 
-    python benchmarks/host_overhead.py [--steps 300] [--worlds 1 8 64] [--batches 128 256]
+    python benchmarks/host_overhead.py [--steps 200] [--worlds 1 8 64] [--batches 128 256]
 
 One rank of a run on ImageNet's 1,281,167 training samples at world size W (rank 0 simulated: the other ranks'
 collectives are no-ops without a process group), per-rank batch B, the `fast` recipe's loop (onecycle lr per
@@ -14,8 +14,9 @@ step on pre-built batches. Printed per configuration:
 
     host overhead: X ms per step, ratio R (world W, batch B)
 
-where R is the engine's seconds per step over the bare loop's, both the median of five interleaved rounds. Also
-printed: what building the epoch's order costs (once per epoch; before, ``len()`` of the batches built it, up to
+where R is the engine's seconds per step over the bare loop's, both the median of eleven interleaved rounds. Also
+printed: the ATen ops dispatched per step by each (a count, free of the machine's noise: on a GPU each is a
+launch), and what building the epoch's order costs (once per epoch; before, ``len()`` of the batches built it, up to
 six times a step on GPUs).
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from alexnet.config import apply_overrides, load_recipe
 from alexnet.data.batches import Batches, TensorSource, epoch_indices
@@ -138,6 +140,27 @@ def bare_rounds(batch: int, steps: int, rounds: int, dev: torch.device) -> list[
     return out
 
 
+class OpCount(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside it (every op a GPU would launch, views included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(s: Session, st: TrainState, batch: int, dev: torch.device, steps: int = 40) -> tuple[float, float]:
+    """(engine, bare loop): ATen ops per step, counted over ``steps`` steps and their 20 warm-up steps each."""
+    with OpCount() as engine:
+        engine_rounds(s, st, steps, 1)
+    with OpCount() as bare:
+        bare_rounds(batch, steps, 1, dev)
+    return engine.ops / (steps + 20), bare.ops / (steps + 20)
+
+
 def order_ms(world: int) -> float:
     """Milliseconds to draw one epoch's order of ImageNet for one rank (once per epoch)."""
     t0 = time.perf_counter()
@@ -147,8 +170,8 @@ def order_ms(world: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300, help="steps per timed round (default 300)")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=200, help="steps per timed round (default 200)")
+    ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--batches", type=int, nargs="+", default=[128, 256], help="per-rank batch sizes")
     ap.add_argument("--device", default="cpu", help="cpu (default), or cuda: the same loop's host path there")
@@ -168,6 +191,8 @@ def main() -> None:
                 e, b = statistics.median(engine), statistics.median(bare)
                 print(f"host overhead: {1000 * (e - b):.2f} ms per step, ratio {e / b:.2f} (world {world}, batch "
                       f"{batch}); bare loop {1000 * b:.2f} ms per step")  # fmt: skip
+                ops, bare_ops = ops_per_step(s, st, batch, dev)
+                print(f"ops dispatched: {ops:.0f} per step, bare loop {bare_ops:.0f} (world {world}, batch {batch})")
             ms = statistics.median(order_ms(world) for _ in range(3))
             print(f"epoch order: {ms:.1f} ms once per epoch (world {world}); before, every len() of the batches "
                   f"built it: 4 a step on GPUs (6 with train.ema) = {4 * ms:.0f}-{6 * ms:.0f} ms per step")  # fmt: skip

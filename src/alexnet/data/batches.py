@@ -8,6 +8,7 @@ steps) and split exactly, without padding, for evaluation.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections import deque
@@ -66,6 +67,7 @@ class Batches:
         # on a 16-core H200 host (benchmarks/results/gpu-h200-run2.log), 1 thread at 20k
         self.gather_threads = max(1, min(4, (os.cpu_count() or 1) // 4))
         self.prefetch_depth = 2 * self.gather_threads + 2
+        self._orders: dict[int, Future[torch.Tensor]] = {}  # this epoch's order and the next's (training)
 
     def __len__(self) -> int:
         """Batches per epoch, by arithmetic (``epoch_indices``' lengths): no permutation is built. The engine asks
@@ -82,9 +84,9 @@ class Batches:
     def epoch(self, epoch: int, start_batch: int = 0, size: int | None = None) -> Iterator[Batch]:
         """The batches of ``epoch`` from ``start_batch``; ``size``: the side a folder's workers crop to this epoch
         (progressive resizing; in-memory sources are cropped on the batch)."""
-        idx = epoch_indices(len(self.source), epoch, self.seed, self.rank, self.world, self.shuffle)
-        batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)][start_batch:]
+        batches = list(self._order(epoch).split(self.batch_size))[start_batch:]
         if isinstance(self.source, TensorSource):
+            self._draw_ahead(epoch + 1)
             if self.pin_memory:  # GPU: gather the next batches into pinned memory on threads while it computes
                 yield from prefetch(self._tensor_batch, batches, self.prefetch_depth, self.gather_threads)
             else:
@@ -103,7 +105,29 @@ class Batches:
             prefetch_factor=4 if self.workers else None,
             worker_init_fn=ignore_stop_signals if self.workers else None,  # the main process handles SIGTERM
         )
-        yield from loader
+        it = iter(loader)  # the workers start (a fork on Linux) before a thread draws the next order
+        self._draw_ahead(epoch + 1)
+        yield from it
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        """This rank's samples of ``epoch`` in order: drawn ahead on a thread while the epoch before trained, or
+        now (the first epoch, a resumed one, evaluation)."""
+        ahead = self._orders.get(epoch)
+        if ahead is not None:
+            return ahead.result()
+        idx = epoch_indices(len(self.source), epoch, self.seed, self.rank, self.world, self.shuffle)
+        if self.shuffle:  # kept: a --budget or mid-epoch restart of the same epoch asks again
+            self._orders = {epoch: Future()}
+            self._orders[epoch].set_result(idx)
+        return idx
+
+    def _draw_ahead(self, epoch: int) -> None:
+        """Draw ``epoch``'s order on a thread (training): a permutation of ImageNet's 1.28 M samples takes 11-27 ms
+        on a 2-core CPU (benchmarks/host_overhead.py), and at 64 ranks of batch 256 an epoch is 78 steps."""
+        if self.shuffle and epoch not in self._orders:
+            args = (len(self.source), epoch, self.seed, self.rank, self.world, True)
+            kept = {e: f for e, f in self._orders.items() if e == epoch - 1}
+            self._orders = kept | {epoch: _order_thread().submit(epoch_indices, *args)}
 
     def _tensor_batch(self, b: torch.Tensor) -> Batch:
         src = self.source
@@ -116,6 +140,12 @@ class Batches:
         if self.pin_memory:  # labels and indices too, so that their copies to the GPU are asynchronous
             y, b = y.pin_memory(), b.pin_memory()
         return x, y, b
+
+
+@functools.cache
+def _order_thread() -> ThreadPoolExecutor:
+    """One thread for drawing epoch orders ahead (torch.randperm releases the GIL)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexnet-order")
 
 
 def prefetch(fn: Callable[[Any], Batch], items: list[Any], depth: int, threads: int) -> Iterator[Batch]:

@@ -56,11 +56,15 @@ def epoch_sizes(crop: int, start: int | None, ramp: tuple[float, float] | list[f
                 total_steps: int) -> list[int]:  # fmt: skip
     """One size per epoch of a run of ``total_steps`` steps (the last epoch may be partial)."""
     epochs = max(1, math.ceil(total_steps / steps_per_epoch))
-    sizes = []
-    for e in range(epochs):
-        steps = min(steps_per_epoch, total_steps - e * steps_per_epoch)
-        sizes.append(size_at((e * steps_per_epoch + steps / 2) / total_steps, crop, start, ramp))
-    return sizes
+    return [epoch_size_at(e, crop, start, ramp, steps_per_epoch, total_steps) for e in range(epochs)]
+
+
+def epoch_size_at(epoch: int, crop: int, start: int | None, ramp: tuple[float, float] | list[float],
+                  steps_per_epoch: int, total_steps: int) -> int:  # fmt: skip
+    """``epoch_sizes(...)[epoch]``, an epoch past the run's end taking the last one's, without the list."""
+    epoch = min(epoch, max(1, math.ceil(total_steps / steps_per_epoch)) - 1)
+    steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+    return size_at((epoch * steps_per_epoch + steps / 2) / total_steps, crop, start, ramp)
 
 
 def rising(sizes: list[int], floor: int = 0) -> list[int]:

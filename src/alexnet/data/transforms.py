@@ -38,9 +38,12 @@ def pca_noise(x: torch.Tensor, alpha: torch.Tensor, eigval: torch.Tensor, eigvec
     return x + shift[:, :, None, None].to(x.dtype)
 
 
+PCA_STREAMS = [10, 11, 12]  # keyed_random streams of the three alphas
+
+
 def pca_alpha(key: torch.Tensor, pca_std: float) -> torch.Tensor:
     """(B, 3): the paper's alpha_i ~ N(0, pca_std), one draw per image and presentation (keyed)."""
-    return kr.normals(key, [10, 11, 12]) * pca_std
+    return kr.normals(key, PCA_STREAMS) * pca_std
 
 
 def pca_shift(alpha: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor) -> torch.Tensor:
@@ -162,24 +165,27 @@ class Normalizer:
         """uint8 -> ``finish(scale(x))`` in two passes over the batch, ``x * a + b`` per image and channel
         (channel-mean mode only): ((x / 255 + pca shift) - mean) / std."""
         assert self.mean_image is None
-        dev = x.device
-        std, (scale, bias) = self.std.to(dev), self._affine(dev)
-        if pca_std > 0 and self.eigval is not None and self.eigvec is not None and key is not None:
-            k = key.to(dev)
-            alpha = pca_alpha(k, pca_std)
-            bias = bias + pca_shift(alpha, self.eigval.to(dev), self.eigvec.to(dev)) / std
+        scale, bias, pca = self._affine(x.device, pca_std)
+        if pca is not None and key is not None:  # the PCA shift in std units: N(0, 1) draws @ (3, 3), two ops
+            bias = bias + kr.normals(key.to(x.device), PCA_STREAMS) @ pca
         out = x.to(torch.float32, memory_format=memory_format)
         return out.mul_(scale).add_(bias.view(-1, 3, 1, 1))
 
-    def _affine(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1 / (255 std), -mean / std) as (1, 3, 1, 1) and (1, 3), once per device: a run's constants, not a
-        step's ops."""
+    def _affine(
+        self, dev: torch.device, pca_std: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(1 / (255 std), -mean / std) as (1, 3, 1, 1) and (1, 3), and the PCA noise's (3, 3) map from N(0, 1)
+        draws to offsets in std units (pca_std * lambda_i * p_i / std; None without it), once per device and
+        pca_std: a run's constants, not a step's ops."""
         cached = self.__dict__.get("_affine_cache")
-        if cached is None or cached[0].device != dev:
+        if cached is None or cached[0] != (dev, pca_std):
             std, mean = self.std.to(dev), self.mean.to(dev)
-            cached = ((1.0 / (255.0 * std)).view(1, 3, 1, 1), (-mean / std).view(1, 3))
+            pca = None
+            if pca_std > 0 and self.eigval is not None and self.eigvec is not None:
+                pca = pca_std * self.eigval.to(dev)[:, None] * self.eigvec.to(dev).T / std[None, :]
+            cached = ((dev, pca_std), (1.0 / (255.0 * std)).view(1, 3, 1, 1), (-mean / std).view(1, 3), pca)
             self.__dict__["_affine_cache"] = cached
-        return cached
+        return cached[1], cached[2], cached[3]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic path (evaluation, prediction): uint8 (B, 3, H, W) -> normalised float."""

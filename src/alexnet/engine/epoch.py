@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import keyed_random
-from ..data.resolution import epoch_sizes
+from ..data.resolution import epoch_size_at
 from ..errors import UserError
 from ..inference import autocast, evaluate
 from ..io import checkpoint as ckpt_io
@@ -129,9 +129,11 @@ def epoch_size(s: Session, epoch: int) -> int:
     never below an earlier epoch's crop (a check that lengthens the run moves the ramp later)."""
     d, spe, retargets, total = s.cfg.data, steps_per_epoch(s), s.cfg.schedule.retargets, total_steps(s)
 
+    if d.res_start is None or d.res_start >= d.train_end:
+        return d.train_end
+
     def planned(e: int) -> int:  # epoch e's crop under the plan in force when it began
-        sizes = epoch_sizes(d.train_end, d.res_start, d.res_ramp, spe, total_at(retargets, e * spe, total))
-        return sizes[min(e, len(sizes) - 1)]
+        return epoch_size_at(e, d.train_end, d.res_start, d.res_ramp, spe, total_at(retargets, e * spe, total))
 
     return max(planned(e) for e in range(epoch + 1))
 

@@ -5,6 +5,7 @@ with the dataset shows up there; neither depends on the device, so both are coun
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -158,6 +159,14 @@ def test_the_host_reads_the_device_only_at_sync_steps(folder: Path, tmp_path: Pa
     batch; one epoch order drawn per epoch. (A CPU run reads at every step by default: sync_every auto is 1.)"""
     args = ["--data", str(folder), *FAST, "--epochs", "2", "--batch-size", "2", "--set", "train.sync_every=50",
             "--set", "train.checkpoint_every=45", "--set", "train.log_every=20"]  # fmt: skip
+    orders, real_indices = [], alexnet.data.batches.epoch_indices
+
+    def counted(n: int, epoch: int, seed: int, rank: int, world: int, shuffle: bool) -> torch.Tensor:
+        if shuffle:  # (epoch, drawn in the training thread)
+            orders.append((epoch, threading.current_thread() is threading.main_thread()))
+        return real_indices(n, epoch, seed, rank, world, shuffle)
+
+    monkeypatch.setattr(alexnet.data.batches, "epoch_indices", counted)
     mode, s = _run_counted(tmp_path / "run", args, monkeypatch)
     spe, total = len(s.data.train), 2 * len(s.data.train)
     assert spe == 60 and s.cfg.train.sync_every == 50  # 120 images in batches of 2
@@ -166,7 +175,8 @@ def test_the_host_reads_the_device_only_at_sync_steps(folder: Path, tmp_path: Pa
     assert train_steps and set(train_steps) <= allowed, train_steps
     evals = [r for r in mode.reads if r[0] == "eval"]
     assert len(s.data.val) == 6 and 0 < len(evals) <= 2 * 3, evals  # two validations, three reads each at most
-    assert len([r for r in mode.randperms if r[0] == "train" and r[1] >= 1]) == 1  # epoch 2's order, once
+    assert not [r for r in mode.randperms if r[0] == "train" and r[1] >= 1]  # no permutation in the steps' thread
+    assert orders == [(0, True), (1, False)]  # each epoch's order once: the first's at its start, the second's ahead
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # the run itself is whole
 
@@ -213,9 +223,9 @@ def test_no_step_does_work_that_grows_with_the_dataset(tmp_path: Path, monkeypat
         assert len(s.data.train) == math.ceil(math.ceil(N_IMAGENET / 8) / 6)
         with StopFlag() as stop:
             for until in (3, 12):
-                calls.clear()
                 assert alexnet.engine.epoch.train_one_epoch(s, st, stop, until) is None and st.global_step == until
-                assert len(calls) == 1, (until, len(calls))  # the epoch's own order, drawn when it (re)starts
+        list(s.data.train.epoch(1, len(s.data.train)))  # the next epoch's order, drawn ahead on a thread: waits for it
+        assert len(calls) == 2, len(calls)  # epoch 1's when it started and epoch 2's ahead; none per step or restart
     finally:
         s.logger.close()
     batches = Batches(TensorSource(image.expand(N_IMAGENET, -1, -1, -1), torch.zeros(N_IMAGENET)), 256, True, 0, 3, 8)

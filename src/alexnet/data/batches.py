@@ -81,12 +81,14 @@ class Batches:
     def num_samples(self) -> int:
         return len(self.source)
 
-    def epoch(self, epoch: int, start_batch: int = 0, size: int | None = None) -> Iterator[Batch]:
+    def epoch(self, epoch: int, start_batch: int = 0, size: int | None = None, ahead: bool = False) -> Iterator[Batch]:
         """The batches of ``epoch`` from ``start_batch``; ``size``: the side a folder's workers crop to this epoch
-        (progressive resizing; in-memory sources are cropped on the batch)."""
+        (progressive resizing; in-memory sources are cropped on the batch); ``ahead``: another epoch follows, so
+        draw its order on a thread meanwhile."""
         batches = list(self._order(epoch).split(self.batch_size))[start_batch:]
         if isinstance(self.source, TensorSource):
-            self._draw_ahead(epoch + 1)
+            if ahead:
+                self._draw_ahead(epoch + 1)
             if self.pin_memory:  # GPU: gather the next batches into pinned memory on threads while it computes
                 yield from prefetch(self._tensor_batch, batches, self.prefetch_depth, self.gather_threads)
             else:
@@ -106,7 +108,8 @@ class Batches:
             worker_init_fn=ignore_stop_signals if self.workers else None,  # the main process handles SIGTERM
         )
         it = iter(loader)  # the workers start (a fork on Linux) before a thread draws the next order
-        self._draw_ahead(epoch + 1)
+        if ahead:
+            self._draw_ahead(epoch + 1)
         yield from it
 
     def _order(self, epoch: int) -> torch.Tensor:

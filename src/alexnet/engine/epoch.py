@@ -209,7 +209,8 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
     shown = Shown(st.global_step)
     s.model.train()
     assert s.data.train is not None
-    batches = s.data.train.epoch(st.epoch, start_batch=st.step_in_epoch, size=size) if not done() else iter(())
+    ahead = start + steps_per_epoch(s) < total_steps(s)  # another epoch follows: its order is drawn meanwhile
+    batches = s.data.train.epoch(st.epoch, st.step_in_epoch, size, ahead) if not done() else iter(())
     for x, y, idx in batches:
         valid = decoded(y)  # y is still on the host: no sync
         update = s.dist.enabled or valid > 0

@@ -141,9 +141,8 @@ class BudgetRun:
 
     def after_end(self, seconds: float, validated: bool) -> None:
         """An epoch's end took ``seconds`` (its checkpoint, and its validation when ``validated``)."""
-        if validated:
-            before = self.pace.stretches[-1] if self.pace.stretches else None
-            self.pace.vals.append((max(seconds - self.base.save_s, 1e-3), before))
+        if validated:  # with the index of the stretch before it (-1: none)
+            self.pace.vals.append((max(seconds - self.base.save_s, 1e-3), len(self.pace.stretches) - 1))
 
     def hook(self, s: Session, st: TrainState) -> Callable[[int], None]:
         """What train_one_epoch calls at every sync step: the clock, and the checks that fall there."""

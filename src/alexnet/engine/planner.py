@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..config import Config
@@ -86,10 +87,11 @@ class Pace:
     that times the present load, the last quarter of the latest stretch's over it, when that is LOADED or more: a
     load that lasts is planned for at once, one that goes is outvoted at the next check. Validations, the BatchNorm
     recalibration and a new crop's warm-up scale with the machine's present pace over the probe's (the same crop's,
-    through the probe's fit): the probe timed them at its own."""
+    through the probe's fit): the probe timed them at its own; a validation timed in training is taken at the
+    slower pace of the stretches around it."""
 
     stretches: list[Stretch] = field(default_factory=list)
-    vals: list[tuple[float, Stretch | None]] = field(default_factory=list)  # seconds, and the stretch before it
+    vals: list[tuple[float, int]] = field(default_factory=list)  # seconds, and the index of the stretch before it
 
     def costs(self, probed: Costs, now: Stretch | None = None) -> Costs:
         crops = {r.size for r in self.stretches}
@@ -100,11 +102,19 @@ class Pace:
         c = replace(probed, step_s=step_s, timed=timed, load=1.0)
         now = now or (self.stretches[-1] if self.stretches else None)
         pace = lambda r: r.pace / probed.step(r.size) if r is not None else 1.0  # noqa: E731 - in probe units
-        val = statistics.median([probed.val_s] + [v / pace(r) for v, r in self.vals])  # at the probe's pace
+        val = statistics.median([probed.val_s] + [v / self._pace_around(i, pace) for v, i in self.vals])  # probe's
         c.val_s, c.recal_s, c.warm_s = (x * pace(now) for x in (val, probed.recal_s, probed.warm_s))
         load = now.pace / c.step(now.size) if now is not None else 1.0
         c.load = load if load > LOADED else 1.0
         return c
+
+    def _pace_around(self, i: int, pace: Callable[[Stretch], float]) -> float:
+        """The machine's pace during a validation: the slower of the stretches before (``i``) and after it. A load
+        that began during the validation is not its own cost: priced at the quiet pace before it alone, a
+        validation slowed 5x became five times dearer and was then slowed by the load again, and a simulated run
+        (tests/test_budget.py) ended at 86 % of its budget."""
+        around = [self.stretches[j] for j in (i, i + 1) if 0 <= j < len(self.stretches)]
+        return max((pace(r) for r in around), default=1.0)
 
 
 def _weighted_median(stretches: list[Stretch]) -> float:

@@ -496,3 +496,16 @@ def test_a_load_that_begins_in_a_validation_is_not_the_validations_cost() -> Non
     (that priced the last validation at 5 x 5 = 25 times its cost, and the run ended at 86 % of its budget)."""
     share = _simulated_run(360.0, 148, 0.25, lambda t: 5.0 if t >= 180.0 else 1.0)
     assert 0.97 <= share <= 1.01, share
+
+
+def test_the_present_pace_is_not_one_steps_time() -> None:
+    """Under a load the checks come every 4 steps, and one slow step among them is noise, not the machine's pace:
+    the last quarter's seconds are at the median pace of the last three intervals (one step at 6.2x the usual once
+    priced a run's final validation at 115 s for the 40 it took, and the run ended at 76 % of its budget)."""
+    from alexnet.engine.budget import BudgetRun
+
+    b = BudgetRun(None, 0.0, None, None)  # type: ignore[arg-type]
+    b.times = [(0.0, 10), (1.0, 11), (2.0, 12), (3.0, 13), (9.0, 14)]  # (clock, global step) at sync steps
+    assert b.stretch() == (4, 9.0, 1, 1.0)  # the whole stretch as it ran; its last step at the median pace
+    b.times = [(0.0, 0), (20.0, 20), (40.0, 40), (60.0, 60), (100.0, 80), (140.0, 100)]  # sync every 20 steps
+    assert b.stretch() == (100, 140.0, 40, 80.0)  # a load the last two of three intervals share: the pace

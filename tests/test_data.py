@@ -13,6 +13,7 @@ from alexnet.data import keyed_random
 from alexnet.data.digits import load_digits_split
 from alexnet.data.stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, ColourStats
 from alexnet.data.transforms import (
+    AUGMENT_STREAMS,
     BatchAugment,
     Normalizer,
     crop_flip,
@@ -192,3 +193,23 @@ def test_modern_augmentation_is_independent_of_batch_composition() -> None:
     whole = aug(x, keyed_random.keys(3, 1, idx))
     halves = torch.cat([aug(x[:4], keyed_random.keys(3, 1, idx[:4])), aug(x[4:], keyed_random.keys(3, 1, idx[4:]))])
     assert whole.shape == (8, 3, 24, 24) and torch.equal(whole, halves)
+
+
+def test_a_batchs_draws_are_hashed_in_one_grid_with_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every augmentation of a training batch hashes its keys once, as a grid of all its streams (on a GPU each op
+    of the hash is a launch: one stream at a time, a store's batch took 182 ops, as one grid 123), and the draws are
+    the ones drawn stream by stream, bit for bit."""
+    key = keyed_random.keys(5, 1, torch.arange(40))
+    draws = keyed_random.Draws(key, AUGMENT_STREAMS)
+    for stream in (0, 2, 6, 99):  # 99: not in the grid, drawn from the key
+        assert torch.equal(keyed_random.uniform(draws, stream), keyed_random.uniform(key, stream))
+    assert torch.equal(keyed_random.randint(draws, 1, 17), keyed_random.randint(key, 1, 17))
+    assert torch.equal(keyed_random.normals(draws, [10, 11, 12]), keyed_random.normals(key, [10, 11, 12]))
+    hashed, real = [], keyed_random._mix
+    monkeypatch.setattr(keyed_random, "_mix", lambda t: hashed.append(t.shape) or real(t))
+    norm = Normalizer(torch.zeros(3), torch.ones(3), None, torch.tensor(IMAGENET_EIGVAL), torch.tensor(IMAGENET_EIGVEC))
+    x, keys = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8), keyed_random.keys(1, 0, torch.arange(6))
+    for mode in ("paper", "shift", "modern"):
+        hashed.clear()
+        BatchAugment(mode, 32, norm, 0.1, 0.3)(x, keys)
+        assert hashed == [(6, len(AUGMENT_STREAMS))], (mode, hashed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -45,8 +46,39 @@ def _stream(stream: int) -> int:
     return _mix_int(stream + 1)
 
 
-def uniform(key: torch.Tensor, stream: int) -> torch.Tensor:
+class Draws:
+    """One batch's uniforms of several streams, drawn together as one grid: ``uniform``, ``randint`` and ``normals``
+    given a Draws read its columns (the same values: a stream's draw is its own hash of the key) and draw the
+    streams it lacks as from the key. A training step's augmentation takes 13 streams: hashed one by one that is
+    over 60 ops, each a launch on a GPU; as one grid, 12."""
+
+    def __init__(self, key: torch.Tensor, streams: Sequence[int]) -> None:
+        self.key, self.columns = key, {s: i for i, s in enumerate(streams)}
+        self.grid = _to_unit(_mix(key.long()[:, None] ^ _constants(tuple(streams), key.device)))
+
+    def to(self, device: torch.device) -> Draws:
+        return self if torch.device(device) == self.key.device else Draws(self.key.to(device), list(self.columns))
+
+    def columns_of(self, streams: Sequence[int]) -> torch.Tensor | None:
+        """(B, len(streams)) of the grid, or None when a stream is not in it."""
+        cols = [self.columns.get(s) for s in streams]
+        if None in cols:
+            return None
+        first = cols[0]
+        assert first is not None
+        if cols == list(range(first, first + len(cols))):
+            return self.grid[:, first : first + len(cols)]
+        return self.grid[:, cols]
+
+
+Key = torch.Tensor | Draws  # per-sample keys, or their draws for a batch
+
+
+def uniform(key: Key, stream: int) -> torch.Tensor:
     """U[0, 1) per key; different ``stream`` numbers give independent draws."""
+    if isinstance(key, Draws):
+        got = key.columns_of([stream])
+        return got[:, 0] if got is not None else uniform(key.key, stream)
     return _to_unit(_mix(key ^ _stream(stream)))
 
 
@@ -57,7 +89,7 @@ def uniform_grid(key: torch.Tensor, stream: int, n: int, offset: int = 0) -> tor
     return _to_unit(_mix(key.long()[:, None] ^ units[None, :]))
 
 
-def randint(key: torch.Tensor, stream: int, high: int) -> torch.Tensor:
+def randint(key: Key, stream: int, high: int) -> torch.Tensor:
     """Integers in [0, high) per key."""
     return (uniform(key, stream) * high).long().clamp_(max=high - 1)
 
@@ -67,20 +99,23 @@ def normal(key: torch.Tensor, stream: int) -> torch.Tensor:
     return normals(key, [stream])[:, 0]
 
 
-def normals(key: torch.Tensor, streams: list[int]) -> torch.Tensor:
+def normals(key: Key, streams: list[int]) -> torch.Tensor:
     """(len(key), len(streams)): ``normal(key, s)`` for each stream, drawn together (a few ops for all: a training
-    step's host work on a GPU is its ops' launches)."""
-    u = _to_unit(_mix(key.long()[:, None] ^ _streams(tuple(streams), key.device)))
-    u1, u2 = u[:, : len(streams)].clamp_(min=1e-7), u[:, len(streams) :]
+    step's host work on a GPU is its ops' launches). Box-Muller on the uniforms of streams s and s + 1000."""
+    pairs = [*streams, *(s + 1000 for s in streams)]
+    u = key.columns_of(pairs) if isinstance(key, Draws) else None
+    if u is None:
+        k = key.key if isinstance(key, Draws) else key
+        u = _to_unit(_mix(k.long()[:, None] ^ _constants(tuple(pairs), k.device)))
+    u1, u2 = u[:, : len(streams)].clamp(min=1e-7), u[:, len(streams) :]
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
 @functools.cache  # one per (streams, device): no host-to-device copy every step
-def _streams(streams: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """(1, 2 k): the two uniforms' stream constants of each of k normals."""
+def _constants(streams: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(1, k): the streams' hash constants, for a grid of draws."""
     with torch.inference_mode(False):  # cached: made during evaluation, it must still serve training
-        values = [_stream(s) for s in streams] + [_stream(s + 1000) for s in streams]
-        return torch.tensor(values, dtype=torch.int64, device=device)[None, :]
+        return torch.tensor([_stream(s) for s in streams], dtype=torch.int64, device=device)[None, :]
 
 
 def seed_of(seed: int, epoch: int, index: int) -> int:

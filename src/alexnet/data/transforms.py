@@ -39,9 +39,11 @@ def pca_noise(x: torch.Tensor, alpha: torch.Tensor, eigval: torch.Tensor, eigvec
 
 
 PCA_STREAMS = [10, 11, 12]  # keyed_random streams of the three alphas
+# every stream a training batch's augmentation draws: crop_flip's 0-2, rrc_boxes' 3-6, the alphas' normals
+AUGMENT_STREAMS = (0, 1, 2, 3, 4, 5, 6, *PCA_STREAMS, *(s + 1000 for s in PCA_STREAMS))
 
 
-def pca_alpha(key: torch.Tensor, pca_std: float) -> torch.Tensor:
+def pca_alpha(key: kr.Key, pca_std: float) -> torch.Tensor:
     """(B, 3): the paper's alpha_i ~ N(0, pca_std), one draw per image and presentation (keyed)."""
     return kr.normals(key, PCA_STREAMS) * pca_std
 
@@ -51,7 +53,7 @@ def pca_shift(alpha: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor) -
     return (alpha * eigval) @ eigvec.T
 
 
-def crop_flip(x: torch.Tensor, crop: int, flip: bool, key: torch.Tensor) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, crop: int, flip: bool, key: kr.Key) -> torch.Tensor:
     """Independent random ``crop`` x ``crop`` window (and horizontal flip) per image.
 
     ``x``: (B, C, S, S) of any dtype (uint8 is cheapest), ``key``: (B,) per-sample keys -> (B, C, crop, crop).
@@ -76,7 +78,7 @@ def crop_flip(x: torch.Tensor, crop: int, flip: bool, key: torch.Tensor) -> torc
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def resized_crop_batch(x: torch.Tensor, crop: int, min_scale: float, key: torch.Tensor) -> torch.Tensor:
+def resized_crop_batch(x: torch.Tensor, crop: int, min_scale: float, key: kr.Key) -> torch.Tensor:
     """RandomResizedCrop for a whole batch (scale ``[min_scale, 1]``, ratio 3/4..4/3), per-sample keys.
 
     For in-memory sources whose images are already square; folders do it per image in the workers.
@@ -100,7 +102,7 @@ def resized_crop_batch(x: torch.Tensor, crop: int, min_scale: float, key: torch.
     return roi_align(x.float(), boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
 
-def rrc_boxes(key: torch.Tensor, h: int, w: int, min_scale: float) -> tuple[torch.Tensor, ...]:
+def rrc_boxes(key: kr.Key, h: int, w: int, min_scale: float) -> tuple[torch.Tensor, ...]:
     """Per-sample RandomResizedCrop boxes ``(x0, y0, width, height)`` as floats: area ``[min_scale, 1]`` of
     the image, aspect ratio log-uniform in 3/4..4/3 (clamped to the image), position uniform."""
     area = (min_scale + (1 - min_scale) * kr.uniform(key, 3)) * h * w
@@ -111,7 +113,7 @@ def rrc_boxes(key: torch.Tensor, h: int, w: int, min_scale: float) -> tuple[torc
     return kr.uniform(key, 5) * (w - cw), kr.uniform(key, 6) * (h - ch), cw, ch
 
 
-def random_flip(x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+def random_flip(x: torch.Tensor, key: kr.Key) -> torch.Tensor:
     mirror = kr.uniform(key.to(x.device), 2) < 0.5
     return torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
 
@@ -145,7 +147,7 @@ class Normalizer:
             x.sub_(self.mean_image_at(x.shape[-2:]))
         return x
 
-    def finish(self, x: torch.Tensor, pca_std: float = 0.0, key: torch.Tensor | None = None) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, pca_std: float = 0.0, key: kr.Key | None = None) -> torch.Tensor:
         """In place on ``x`` (float, [0, 1] scale, mean image already subtracted in pixel mode)."""
         if pca_std > 0 and self.eigval is not None and self.eigvec is not None and key is not None:
             k = key.to(x.device)
@@ -159,7 +161,7 @@ class Normalizer:
         self,
         x: torch.Tensor,
         pca_std: float = 0.0,
-        key: torch.Tensor | None = None,
+        key: kr.Key | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> torch.Tensor:
         """uint8 -> ``finish(scale(x))`` in two passes over the batch, ``x * a + b`` per image and channel
@@ -220,31 +222,32 @@ class BatchAugment:
     def __call__(self, x: torch.Tensor, key: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """``x``: uint8 (B, 3, S, S); ``key``: (B,) from ``keyed_random.keys(seed, epoch, index)``."""
         norm, size = self.normalizer, size or self.crop
+        draws = kr.Draws(key.to(x.device), AUGMENT_STREAMS)  # every stream below, hashed in one grid
         if self.mode not in ("paper", "shift", "modern"):
             raise ValueError(f"unknown augmentation {self.mode!r}")
         if norm.mean_image is None and x.dtype == torch.uint8:
             # channel-mean mode: every geometric step on the uint8 pixels (4x less data), then one fused
             # conversion; measured 148 -> 60 ms (modern) for 128 images of 256x256 on this 2-core CPU
             if self.mode == "modern":
-                x = resize_batch(x, size) if self.pre_cropped else resized_crop_batch(x, size, self.min_scale, key)
-                x = random_flip(x, key)
+                x = resize_batch(x, size) if self.pre_cropped else resized_crop_batch(x, size, self.min_scale, draws)
+                x = random_flip(x, draws)
             else:
-                x = resize_batch(crop_flip(x, self.crop, self.mode == "paper", key), size)
-            return norm.fused(x, self.pca_std, key, self.memory_format)
+                x = resize_batch(crop_flip(x, self.crop, self.mode == "paper", draws), size)
+            return norm.fused(x, self.pca_std, draws, self.memory_format)
         if self.mode in ("paper", "shift"):  # crop the uint8 pixels first: 4x less data to convert
             flip = self.mode == "paper"
             mean_image = None
             if norm.mean_image is not None:  # the mean image is cropped and flipped with its image
                 mi = norm.mean_image_at(x.shape[-2:]).to(x.device)
-                mean_image = crop_flip(mi.expand(x.shape[0], -1, -1, -1), self.crop, flip, key)
-            x = crop_flip(x, self.crop, flip, key).float().mul_(1.0 / 255.0)
+                mean_image = crop_flip(mi.expand(x.shape[0], -1, -1, -1), self.crop, flip, draws)
+            x = crop_flip(x, self.crop, flip, draws).float().mul_(1.0 / 255.0)
             if mean_image is not None:
                 x.sub_(mean_image)
-            return norm.finish(resize_batch(x, size).contiguous(), self.pca_std, key)
+            return norm.finish(resize_batch(x, size).contiguous(), self.pca_std, draws)
         x = norm.scale(x)  # pixel-mean mode: the full-size mean image is subtracted before cropping
-        x = resize_batch(x, size) if self.pre_cropped else resized_crop_batch(x, size, self.min_scale, key)
-        x = random_flip(x, key)
-        return self.normalizer.finish(x.contiguous(), self.pca_std, key)
+        x = resize_batch(x, size) if self.pre_cropped else resized_crop_batch(x, size, self.min_scale, draws)
+        x = random_flip(x, draws)
+        return self.normalizer.finish(x.contiguous(), self.pca_std, draws)
 
 
 # --- test-time views (paper §4.1: "averaging the predictions made by the network's softmax layer on the

@@ -4,7 +4,8 @@ metrics row, checkpoints).
 The host reads values from the device (the loss, the sums, the NaN and stop flags) only at sync steps
 (``is_sync_step``: every train.sync_every steps, checkpoint steps and an epoch's last step): on a GPU each read
 waits for the queue to drain, so between sync steps the host only queues work. Nothing per step grows with the
-dataset (``Batches.__len__`` is arithmetic; the epoch's order is drawn once, when it starts).
+dataset (``Batches.__len__`` is arithmetic; an epoch's order is drawn once, on a thread while the epoch before
+trains).
 
 Rule for DDP: every rank must reach the same sync steps (``is_sync_step`` depends only on counters all
 ranks share). NaNs and stop signals are agreed there with an all-reduce, so all ranks stop at the same step

@@ -501,7 +501,7 @@ def test_a_load_that_begins_in_a_validation_is_not_the_validations_cost() -> Non
 def test_the_present_pace_is_not_one_steps_time() -> None:
     """Under a load the checks come every 4 steps, and one slow step among them is noise, not the machine's pace:
     the last quarter's seconds are at the median pace of the last three intervals (one step at 6.2x the usual once
-    priced a run's final validation at 115 s for the 40 it took, and the run ended at 76 % of its budget)."""
+    priced a run's final validation and recalibration at 145 s for about 53, and the run ended at 77 %)."""
     from alexnet.engine.budget import BudgetRun
 
     b = BudgetRun(None, 0.0, None, None)  # type: ignore[arg-type]

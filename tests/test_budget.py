@@ -389,7 +389,12 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     # the first check timed steps 2-5 against the disturbed probe's 1 s, and planned more steps
     first, final = plan["checks"][0], plan["checks"][-1]
     ended_by_check = final["steps"] == final["step"]
-    assert [c["step"] for c in plan["checks"]] == [5 * (e + 1) for e in range(plan["epochs"] - 1 + ended_by_check)]
+    checks = plan["checks"]
+    assert [c["step"] for c in checks if c["step"] % 5 == 0] == [
+        5 * (e + 1) for e in range(plan["epochs"] - 1 + ended_by_check)
+    ]
+    # mid-epoch only to confirm a load the check before it saw (the suite's other worker loads the machine)
+    assert all(before["load"] > 1 for before, c in zip(checks, checks[1:]) if c["step"] % 5), checks
     assert first["estimated_step_s"] == 1.0 and first["step_s"] < 1.0 and first["steps"] > first["planned_steps"]
     assert set(plan["costs"]["step_s"]) >= {"67", "99"}  # the smallest and the largest crop were measured
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

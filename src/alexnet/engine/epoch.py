@@ -128,10 +128,10 @@ def epoch_size(s: Session, epoch: int) -> int:
     """This epoch's training crop (progressive resizing, data/resolution.py; the final crop when off), from the
     run's length as planned when the epoch began (a --budget check changes the crops of later epochs only), and
     never below an earlier epoch's crop (a check that lengthens the run moves the ramp later)."""
-    d, spe, retargets, total = s.cfg.data, steps_per_epoch(s), s.cfg.schedule.retargets, total_steps(s)
-
+    d = s.cfg.data
     if d.res_start is None or d.res_start >= d.train_end:
         return d.train_end
+    spe, retargets, total = steps_per_epoch(s), s.cfg.schedule.retargets, total_steps(s)
 
     def planned(e: int) -> int:  # epoch e's crop under the plan in force when it began
         return epoch_size_at(e, d.train_end, d.res_start, d.res_ramp, spe, total_at(retargets, e * spe, total))

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
 
-AVX2 = "2-core AVX2 CPU, fp32"  # the machine of the runs of 2026-11-28 to -30, for the figure's title
+AVX2 = "2-core AVX2 CPU, fp32"  # the machine of budget-cpu-avx2.log's runs, for the figure's title
 
 LEVERS = {  # one recipe value changed against `fast` (benchmarks/results/budget-cpu-avx2.log)
     "fixed_res": ["--set", "data.res_start=none"],  # no progressive resizing: every epoch at 227 px

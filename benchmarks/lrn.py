@@ -1,6 +1,6 @@
 """LRN alone, forward + backward: ours (models/lrn.py) vs nn.LocalResponseNorm per tower (the baseline, as
-the package ran it before), at the paper's two LRN shapes, fp32 NCHW and bf16 autocast channels_last, with
-freed memory kept for reuse as `alexnet train` does on Linux CPUs (tuning.keep_freed_memory).
+the package ran it before), at the paper's two LRN shapes, fp32 NCHW, fp32 channels_last and bf16 autocast
+channels_last, with freed memory kept for reuse as `alexnet train` does on Linux CPUs (tuning.keep_freed_memory).
 
     python benchmarks/lrn.py [--batch 64] [--iters 5] [--device cpu]
     python benchmarks/lrn.py --device cuda --check [--batch 256] [--steps 20] [--rounds 3]
@@ -44,8 +44,8 @@ class ReferenceGroupedLRN(nn.Module):
         return torch.cat([self.lrn(t) for t in x.chunk(self.groups, dim=1)], dim=1)
 
 
-def bench(module: nn.Module, shape: tuple[int, ...], bf16: bool, dev: str, iters: int) -> float:
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
+def bench(module: nn.Module, shape: tuple[int, ...], bf16: bool, cl: bool, dev: str, iters: int) -> float:
+    fmt = torch.channels_last if cl else torch.contiguous_format
     x = torch.relu(torch.randn(shape, device=dev)).to(memory_format=fmt)
     if bf16:
         x = x.bfloat16()
@@ -168,11 +168,12 @@ def main() -> int:
     kept = tuning.keep_freed_memory(torch.device(args.device))  # as training does, for both sides
     rows = [["layer, dtype/layout", "nn.LocalResponseNorm (baseline) ms", "ours ms", "speed-up"]]
     for name, c, hw in (("norm1", 96, 55), ("norm2", 256, 27)):
-        for bf16 in (False, True):
+        # fp32 NCHW; fp32 channels_last (the compute path without native bf16); bf16 autocast channels_last
+        for bf16, cl in ((False, False), (False, True), (True, True)):
             shape = (args.batch, c, hw, hw)
-            base = bench(ReferenceGroupedLRN().to(args.device), shape, bf16, args.device, args.iters)
-            ours = bench(GroupedLRN(5, 1e-4, 0.75, 2.0).to(args.device), shape, bf16, args.device, args.iters)
-            label = f"{name} {c}x{hw}x{hw}, {'bf16 channels_last' if bf16 else 'fp32 NCHW'}"
+            base = bench(ReferenceGroupedLRN().to(args.device), shape, bf16, cl, args.device, args.iters)
+            ours = bench(GroupedLRN(5, 1e-4, 0.75, 2.0).to(args.device), shape, bf16, cl, args.device, args.iters)
+            label = f"{name} {c}x{hw}x{hw}, {'bf16' if bf16 else 'fp32'} {'channels_last' if cl else 'NCHW'}"
             rows.append([label, f"{1000 * base:.1f}", f"{1000 * ours:.1f}", f"{base / ours:.2f}x"])
     print(f"device {args.device}, batch {args.batch}, threads {torch.get_num_threads()}, forward + backward, "
           f"freed memory kept: {kept}")  # fmt: skip

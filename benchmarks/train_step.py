@@ -11,7 +11,9 @@ LRN replaced by the identity, so that LRN's share of the step is (t_with - t_wit
 
 The allocator setting is process-wide, so every measurement runs in a fresh process, and the measurements
 take turns (--rounds rounds, each a median of --iters steps; the table shows the median round), so that load
-from elsewhere falls on all of them alike. The second table runs torchvision's net and the paper net with
+from elsewhere falls on all of them alike. A paired row measures LRN's share once more with both nets in one
+process, their steps alternating (run_pair): on a machine whose speed changes from minute to minute it is the
+steadier figure. The second table runs torchvision's net and the paper net with
 and without the allocator setting: the paper net should gain from it no more than torchvision's does, and
 no more than the same net without its LRN (what the rest of the compute path gains).
 """
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +51,7 @@ JOBS = {
     "tv_kept": ("tv", "", 224, False, True),
     "paper_unkept": ("alexnet", "ours", 227, True, False),
     "identity_unkept": ("alexnet", "identity", 227, True, False),
+    "pair": ("alexnet", "ours and identity", 227, True, True),  # run_pair: both nets in one process, alternating
 }
 
 
@@ -113,8 +118,39 @@ def run_job(key: str, args: argparse.Namespace) -> dict:
     return {"ips": args.batch / s, "gflops": 6 * macs * args.batch / s / 1e9, "amp": amp}
 
 
+def run_pair(args: argparse.Namespace) -> dict:
+    """LRN's share measured in one process: the paper net with its LRN and the same net with LRN removed, built
+    alike (same seed, our compute path, freed memory kept), their steps alternating, ``2 * args.iters`` each
+    after 2 warm-up steps; the median step of each. A spell of load from elsewhere falls on both nets' steps
+    alike, which the fresh-process rows above cannot ensure (on a 2-core AVX2 EPYC a process's step time
+    varied 2.0-4.2 s for the same net as other tenants came and went)."""
+    dev = args.device
+    tuning.keep_freed_memory(torch.device(dev))
+    amp, cl, _ = our_path(torch.device(dev))
+    steps, times = [], {"with": [], "without": []}
+    for lrn in ("ours", "identity"):
+        torch.manual_seed(0)
+        model = create_model("alexnet", init="kaiming")
+        model = (swap_lrn(model, lrn) if lrn != "ours" else model).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
+        x = torch.randn(args.batch, 3, 227, 227, device=dev)
+        y = torch.randint(0, 1000, (args.batch,), device=dev)
+        if cl:
+            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        steps.append(step_fn(model, opt, x, y, amp, dev))
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    for i in range(2 * (2 + 2 * args.iters)):
+        t0 = time.perf_counter()
+        steps[i % 2]()
+        sync()
+        if i >= 4:
+            times["with" if i % 2 == 0 else "without"].append(time.perf_counter() - t0)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
 def measure(args: argparse.Namespace) -> dict[str, dict]:
-    """Every job in a fresh process, ``args.rounds`` times in turn; per job the round with the median img/s."""
+    """Every job in a fresh process, ``args.rounds`` times in turn; per job the round with the median img/s
+    (``pair``: the round with the median share)."""
     runs: dict[str, list[dict]] = {key: [] for key in JOBS}
     for _ in range(args.rounds):
         for key in JOBS:
@@ -122,7 +158,8 @@ def measure(args: argparse.Namespace) -> dict[str, dict]:
                    "--device", args.device]  # fmt: skip
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             runs[key].append(json.loads(out.strip().splitlines()[-1]))
-    return {key: sorted(r, key=lambda m: m["ips"])[len(r) // 2] for key, r in runs.items()}
+    share = lambda m: m["with"] / m["without"]  # noqa: E731
+    return {key: sorted(r, key=share if key == "pair" else lambda m: m["ips"])[len(r) // 2] for key, r in runs.items()}
 
 
 def main() -> None:
@@ -134,7 +171,7 @@ def main() -> None:
     ap.add_argument("--job", choices=list(JOBS), help=argparse.SUPPRESS)  # one measurement (a worker process)
     args = ap.parse_args()
     if args.job:
-        print(json.dumps(run_job(args.job, args)))
+        print(json.dumps(run_pair(args) if args.job == "pair" else run_job(args.job, args)))
         return
     amp, _, mode = our_path(torch.device(args.device))
     got = measure(args)
@@ -159,6 +196,10 @@ def main() -> None:
         ips = got[key]["ips"]
         print(f"LRN share of the step, {labels[key].split('(')[1].split(')')[0]}: {100 * (1 - ips / without):.0f} %"
               f" ({1000 * args.batch / ips:.0f} ms vs {1000 * args.batch / without:.0f} ms without LRN)")  # fmt: skip
+    pair = got["pair"]
+    print(f"LRN share of the step, this LRN, the two nets' steps alternating in one process: "
+          f"{100 * (1 - pair['without'] / pair['with']):.0f} % ({1000 * pair['with']:.0f} ms vs "
+          f"{1000 * pair['without']:.0f} ms without LRN; medians of {2 * args.iters} steps each, median round)")  # fmt: skip
     print(f"paper net / alexnet_owt: {got['paper']['ips'] / got['owt']['ips']:.2f}")
     print()
     rows = [["config", "img/s, setting off", "img/s, setting on", "on / off"]]

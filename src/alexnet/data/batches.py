@@ -12,7 +12,7 @@ import functools
 import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +85,9 @@ class Batches:
         """The batches of ``epoch`` from ``start_batch``; ``size``: the side a folder's workers crop to this epoch
         (progressive resizing; in-memory sources are cropped on the batch); ``ahead``: another epoch follows, so
         draw its order on a thread meanwhile."""
-        batches = list(self._order(epoch).split(self.batch_size))[start_batch:]
+        order, bs = self._order(epoch), self.batch_size
+        starts = range(start_batch * bs, len(order), bs)
+        batches = (order[i : i + bs] for i in starts)  # one view a step, none for the batches skipped
         if isinstance(self.source, TensorSource):
             if ahead:
                 self._draw_ahead(epoch + 1)
@@ -97,7 +99,7 @@ class Batches:
         self.source.set_epoch(epoch)
         if size is not None:
             self.source.set_size(size)
-        if not batches:
+        if not starts:
             return
         loader = torch.utils.data.DataLoader(
             self.source,
@@ -151,7 +153,7 @@ def _order_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexnet-order")
 
 
-def prefetch(fn: Callable[[Any], Batch], items: list[Any], depth: int, threads: int) -> Iterator[Batch]:
+def prefetch(fn: Callable[[Any], Batch], items: Iterable[Any], depth: int, threads: int) -> Iterator[Batch]:
     """``fn(item)`` for every item, in order, computed by ``threads`` threads up to ``depth`` items ahead
     (the gathers and reads release the GIL)."""
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexnet-prefetch")

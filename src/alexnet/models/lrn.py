@@ -27,9 +27,11 @@ function, chosen by where the tensor is:
 Measured by benchmarks/train_step.py (torch 2.14.1, one SGD step of the paper net at batch 64 in bf16 autocast +
 channels_last, against the same net with LRN removed): on a 2-core AMD EPYC with AVX-512 BF16 LRN took 1 % and 18 %
 of the step in two runs with these blocks (9 % timed alone by benchmarks/lrn.py), 58 % and 61 % with
-nn.LocalResponseNorm per tower (benchmarks/results/train_step-cpu-avx512bf16.log);
-on a 2-core Intel Xeon with AMX the blocks before their last change (d kept, two square roots) took 32 %. While
-other processes share the cores, blocks lose more: each is a parallel region that waits for threads.
+nn.LocalResponseNorm per tower (benchmarks/results/train_step-cpu-avx512bf16.log); on a 2-core AMD EPYC with
+AVX2 only (fp32 + channels_last) 5 % with the two nets' steps alternating in one process (7 % timed alone;
+train_step-cpu-avx2.log); on a 2-core Intel Xeon with AMX the blocks before their last change (d kept, two
+square roots) took 32 %. While other processes share the cores, blocks lose more: each is a parallel region
+that waits for threads.
 """
 
 from __future__ import annotations

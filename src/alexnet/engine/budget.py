@@ -64,6 +64,8 @@ from .state import TrainState
 
 log = logging.getLogger("alexnet")
 
+PRESENT_STEPS = 8  # steps at least whose intervals' median is the machine's present pace (BudgetRun.stretch)
+
 
 def command_age() -> float:
     """Seconds since this `alexnet` command started: the process's age (Linux, from /proc, so Python's and
@@ -122,6 +124,7 @@ class BudgetRun:
     next_check: int | None
     pace: Pace = field(default_factory=Pace)
     times: list[tuple[float, int]] = field(default_factory=list)  # (clock(), global step) at this stretch's sync steps
+    intervals: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # the crop's latest (stretch)
     clock: Callable[[], float] = time.monotonic
 
     def tick(self, global_step: int) -> None:
@@ -130,21 +133,28 @@ class BudgetRun:
         next check) is timed from its first sync step, after the data loader's start-up."""
         self.times.append((self.clock(), global_step))
 
-    def stretch(self) -> tuple[int, float, int, float]:
+    def stretch(self, size: int = 0) -> tuple[int, float, int, float]:
         """(steps, seconds) of this stretch and of its last quarter, by steps, at least one sync step's (how fast
         the machine runs now); zeros under two sync steps. The last quarter's seconds are its steps at the median
-        pace of its last intervals between sync steps, at least three where the stretch has them: under a load
-        checks come every 4 steps, and on a 2-core AMD EPYC under a CPU hog one step at 6.2x the crop's usual
-        priced the final validation and recalibration at 145 s for about 53 (the run ended at 77 %). The next
-        stretch starts afresh."""
+        pace of its intervals between sync steps, or of the latest intervals at this crop (``size``), the
+        stretches before this one's included, where the quarter has fewer than three or covers fewer than
+        PRESENT_STEPS steps: under a load checks come every 4 steps, and one step is noise, not the machine's pace
+        (on a 2-core AMD EPYC under a CPU hog one step at 6.2x the crop's usual priced the final validation and
+        recalibration at 145 s for about 53, and the run ended at 77 %), and so are three (on a 2-core AVX2 EPYC
+        three quick steps in a lasting load lengthened a 15-minute plan by 18 steps two checks before its end,
+        and the run ended at 103 %). The next stretch's own times start afresh."""
         times, self.times = self.times, []
         if len(times) < 2:
             return 0, 0.0, 0, 0.0
         (t0, k0), (t1, k1) = times[0], times[-1]
         kq = next(k for _, k in reversed(times[:-1]) if k <= k1 - (k1 - k0) / 4)
-        paces = [(b - a) / (j - i) for (a, i), (b, j) in zip(times, times[1:])]  # per interval between sync steps
-        last = max(3, sum(1 for _, k in times[:-1] if k >= kq))  # the quarter's intervals, at least three
-        return k1 - k0, t1 - t0, k1 - kq, (k1 - kq) * statistics.median(paces[-last:])
+        intervals = [((b - a) / (j - i), j - i) for (a, i), (b, j) in zip(times, times[1:])]  # (step time, steps)
+        latest = self.intervals.get(size, []) + intervals
+        n = max(3, sum(1 for _, k in times[:-1] if k >= kq))  # the quarter's intervals, at least three
+        while n < len(latest) and sum(k for _, k in latest[-n:]) < PRESENT_STEPS:
+            n += 1
+        self.intervals = {size: latest[-PRESENT_STEPS:]}  # a crop's latest, while it is trained
+        return k1 - k0, t1 - t0, k1 - kq, (k1 - kq) * statistics.median(p for p, _ in latest[-n:])
 
     def after_end(self, seconds: float, validated: bool) -> None:
         """An epoch's end took ``seconds`` (its checkpoint, and its validation when ``validated``)."""
@@ -168,7 +178,8 @@ def check_plan(s: Session, st: TrainState, b: BudgetRun) -> None:
     an epoch's last step before its end): the lr goes on from where it is (``Schedule.retarget``), and the crops
     of later epochs follow the new length (``epoch_size``); the run may end at this step."""
     t, old, k, spe = s.cfg.train, b.plan, st.global_step, steps_per_epoch(s)
-    size, (timed, seconds, recent, recent_s) = epoch_size(s, st.epoch), b.stretch()
+    size = epoch_size(s, st.epoch)
+    timed, seconds, recent, recent_s = b.stretch(size)
     got = torch.tensor([seconds, recent_s, b.clock() - b.started], device=s.device)
     seconds, recent_s, elapsed = distributed.all_reduce_max(got).tolist()  # the slowest rank's
     if timed >= 2:

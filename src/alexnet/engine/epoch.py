@@ -225,6 +225,7 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
             signal = sync_point(s, st, stop, sums, progress, shown, t0)
             if after_sync is not None:
                 after_sync(st.global_step)
+                progress.set_total(steps())  # a --budget check may have planned the run again
             want_ckpt = t.checkpoint_every and st.global_step % t.checkpoint_every == 0
             if (want_ckpt or signal is not None) and st.step_in_epoch < steps():
                 st.partial, t0 = sums.drain(st.partial, time.perf_counter() - t0), time.perf_counter()

@@ -29,6 +29,14 @@ class Progress:
 
             self.bar = tqdm(total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True)
 
+    def set_total(self, total: int) -> None:
+        """The epoch's length as planned now (a --budget check may lengthen or shorten the run mid-epoch)."""
+        if total != self.total:
+            self.total = total
+            if self.bar is not None:
+                self.bar.total = total
+                self.bar.refresh()
+
     def advance(self) -> None:
         """One more step done (reads nothing from the device)."""
         self.n += 1

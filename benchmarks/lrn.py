@@ -26,9 +26,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table, timeit  # noqa: E402
-from train_step import our_path, step_fn, swap_lrn  # noqa: E402
+from train_step import our_path, paper_steps  # noqa: E402
 
-from alexnet import create_model  # noqa: E402
 from alexnet.engine import tuning  # noqa: E402
 from alexnet.models.lrn import GroupedLRN, _triton_lrn  # noqa: E402
 
@@ -112,18 +111,10 @@ def check_kernels(args: argparse.Namespace) -> int:
 def time_net(args: argparse.Namespace) -> str:
     """(b): one line, the paper net's eager step with this LRN against the same net without LRN."""
     dev = torch.device(args.device)
-    amp, cl, mode = our_path(dev)
-    steps = {}
-    for how in ("ours", "identity"):
-        torch.manual_seed(0)
-        model = create_model("alexnet", init="kaiming")
-        model = (model if how == "ours" else swap_lrn(model, how)).to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
-        x = torch.randn(args.batch, 3, 227, 227, device=dev)
-        if cl:
-            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        steps[how] = step_fn(model, opt, x, torch.randint(0, 1000, (args.batch,), device=dev), amp, args.device)
-        steps[how]()  # warm-up (and the Triton kernels' compilation)
+    mode = our_path(dev)[2]
+    steps = paper_steps(dev, args.batch)
+    for step in steps.values():
+        step()  # warm-up (and the Triton kernels' compilation)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {how: [] for how in steps}
     for _ in range(args.rounds):

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -118,6 +119,24 @@ def run_job(key: str, args: argparse.Namespace) -> dict:
     return {"ips": args.batch / s, "gflops": 6 * macs * args.batch / s / 1e9, "amp": amp}
 
 
+def paper_steps(dev: torch.device, batch: int) -> dict[str, Callable[[], None]]:
+    """The paper net's training step on our compute path (fused SGD, synthetic batch), with its LRN ("ours") and
+    with LRN replaced by the identity ("identity"), built alike from the same seed."""
+    amp, cl, _ = our_path(dev)
+    steps = {}
+    for how in ("ours", "identity"):
+        torch.manual_seed(0)
+        model = create_model("alexnet", init="kaiming")
+        model = (model if how == "ours" else swap_lrn(model, how)).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
+        x = torch.randn(batch, 3, 227, 227, device=dev)
+        y = torch.randint(0, 1000, (batch,), device=dev)
+        if cl:
+            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        steps[how] = step_fn(model, opt, x, y, amp, dev.type)
+    return steps
+
+
 def run_pair(args: argparse.Namespace) -> dict:
     """LRN's share measured in one process: the paper net with its LRN and the same net with LRN removed, built
     alike (same seed, our compute path, freed memory kept), their steps alternating, ``2 * args.iters`` each
@@ -126,18 +145,7 @@ def run_pair(args: argparse.Namespace) -> dict:
     varied 2.0-4.2 s for the same net as other tenants came and went)."""
     dev = args.device
     tuning.keep_freed_memory(torch.device(dev))
-    amp, cl, _ = our_path(torch.device(dev))
-    steps, times = [], {"with": [], "without": []}
-    for lrn in ("ours", "identity"):
-        torch.manual_seed(0)
-        model = create_model("alexnet", init="kaiming")
-        model = (swap_lrn(model, lrn) if lrn != "ours" else model).to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
-        x = torch.randn(args.batch, 3, 227, 227, device=dev)
-        y = torch.randint(0, 1000, (args.batch,), device=dev)
-        if cl:
-            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        steps.append(step_fn(model, opt, x, y, amp, dev))
+    steps, times = list(paper_steps(torch.device(dev), args.batch).values()), {"with": [], "without": []}
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     for i in range(2 * (2 + 2 * args.iters)):
         t0 = time.perf_counter()

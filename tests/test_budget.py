@@ -526,7 +526,7 @@ def test_a_few_quick_steps_are_not_the_end_of_a_load() -> None:
     b = BudgetRun(None, 0.0, None, None)  # type: ignore[arg-type]
     b.times = [(0.0, 0), (2.0, 1), (4.0, 2), (6.0, 3), (8.0, 4)]  # loaded: 2 s a step
     assert b.stretch(131) == (4, 8.0, 1, 2.0)
-    b.times = [(9.0, 5), (10.0, 6), (11.0, 7), (13.0, 8)]  # three quick steps (one interval of them timed), one slow
+    b.times = [(9.0, 5), (10.0, 6), (11.0, 7), (13.0, 8)]  # two quick intervals, then a slow one
     assert b.stretch(131) == (3, 4.0, 1, 2.0)  # median of 2, 2, 2, 2, 1, 1, 2
     b.times = [(20.0, 9), (21.0, 10), (22.0, 11), (23.0, 12)]  # a new crop: its own steps only
     assert b.stretch(163) == (3, 3.0, 1, 1.0)

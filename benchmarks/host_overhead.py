@@ -16,8 +16,8 @@ step on pre-built batches. Printed per configuration:
 
 where R is the engine's seconds per step over the bare loop's, both the median of eleven interleaved rounds. Also
 printed: the ATen ops dispatched per step by each (a count, free of the machine's noise: on a GPU each is a
-launch), and what building the epoch's order costs (once per epoch; before, ``len()`` of the batches built it, up to
-six times a step on GPUs).
+launch), and what building the epoch's order and taking its augmentation's draws cost (once per epoch, on a thread;
+before, ``len()`` of the batches built the order, up to six times a step on GPUs, and each step hashed its keys).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from alexnet.data.batches import Batches, TensorSource, epoch_indices
 from alexnet.data.loaders import DataBundle
 from alexnet.data.preprocess import Preprocess
 from alexnet.data.stats import ColourStats
-from alexnet.data.transforms import BatchAugment
+from alexnet.data.transforms import BatchAugment, epoch_draws
 from alexnet.engine.budget import BudgetRun
 from alexnet.engine.epoch import train_one_epoch
 from alexnet.engine.optim import Schedule, build_optimizer
@@ -74,7 +74,8 @@ def engine_for(world: int, batch: int, run_dir: Path, dev: torch.device) -> tupl
     cfg.train.channels_last = False
     labels = torch.arange(N_IMAGENET) % CLASSES
     images = torch.zeros(1, 3, SIDE, SIDE, dtype=torch.uint8).expand(N_IMAGENET, -1, -1, -1)
-    train = Batches(TensorSource(images, labels), batch, True, cfg.train.seed, 0, world, pin_memory=dev.type == "cuda")
+    train = Batches(TensorSource(images, labels), batch, True, cfg.train.seed, 0, world, pin_memory=dev.type == "cuda",
+                    draws=epoch_draws)  # fmt: skip
     stats = ColourStats.imagenet()
     pre = Preprocess(SIDE, SIDE, tuple(stats.mean), tuple(stats.std))
     normalizer = pre.normalizer(stats)
@@ -161,11 +162,14 @@ def ops_per_step(s: Session, st: TrainState, batch: int, dev: torch.device, step
     return engine.ops / (steps + 20), bare.ops / (steps + 20)
 
 
-def order_ms(world: int) -> float:
-    """Milliseconds to draw one epoch's order of ImageNet for one rank (once per epoch)."""
+def order_ms(world: int) -> tuple[float, float]:
+    """Milliseconds to draw one epoch's order of ImageNet for one rank, and to take its augmentation's draws (both
+    once per epoch, on a thread while the epoch before trains)."""
     t0 = time.perf_counter()
-    epoch_indices(N_IMAGENET, 0, 0, 0, world, True)
-    return 1000 * (time.perf_counter() - t0)
+    order = epoch_indices(N_IMAGENET, 0, 0, 0, world, True)
+    t1 = time.perf_counter()
+    epoch_draws(0, 0, order)
+    return 1000 * (t1 - t0), 1000 * (time.perf_counter() - t1)
 
 
 def main() -> None:
@@ -193,9 +197,11 @@ def main() -> None:
                       f"{batch}); bare loop {1000 * b:.2f} ms per step")  # fmt: skip
                 ops, bare_ops = ops_per_step(s, st, batch, dev)
                 print(f"ops dispatched: {ops:.0f} per step, bare loop {bare_ops:.0f} (world {world}, batch {batch})")
-            ms = statistics.median(order_ms(world) for _ in range(3))
-            print(f"epoch order: {ms:.1f} ms once per epoch (world {world}); before, every len() of the batches "
-                  f"built it: 4 a step on GPUs (6 with train.ema) = {4 * ms:.0f}-{6 * ms:.0f} ms per step")  # fmt: skip
+            times = [order_ms(world) for _ in range(3)]
+            ms, draws = (statistics.median(t[i] for t in times) for i in (0, 1))
+            print(f"epoch order: {ms:.1f} ms and its draws {draws:.1f} ms, once per epoch (world {world}); before, "
+                  f"every len() of the batches built the order: 4 a step on GPUs (6 with train.ema) = "
+                  f"{4 * ms:.0f}-{6 * ms:.0f} ms per step")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ import torch
 
 from alexnet.cli import main
 from alexnet.data import keyed_random
+from alexnet.data.batches import Batches, TensorSource
 from alexnet.data.digits import load_digits_split
 from alexnet.data.stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, ColourStats
 from alexnet.data.transforms import (
     AUGMENT_STREAMS,
+    PCA_STREAMS,
     BatchAugment,
     Normalizer,
     crop_flip,
+    epoch_draws,
     pca_noise,
     tta_10crop,
 )
@@ -193,6 +196,30 @@ def test_modern_augmentation_is_independent_of_batch_composition() -> None:
     whole = aug(x, keyed_random.keys(3, 1, idx))
     halves = torch.cat([aug(x[:4], keyed_random.keys(3, 1, idx[:4])), aug(x[4:], keyed_random.keys(3, 1, idx[4:]))])
     assert whole.shape == (8, 3, 24, 24) and torch.equal(whole, halves)
+
+
+def test_an_epochs_draws_taken_with_its_order_are_each_batchs_own() -> None:
+    """The training loop takes its batches' draws from the epoch's, taken once with the order (ahead, on a thread):
+    for every batch of a rank's epoch, from a mid-epoch start, the last one short, they are the draws of the batch's
+    own keys bit for bit, and so is the augmented batch, in every mode."""
+    n, bs, seed = 1003, 37, 7
+    images = torch.randint(0, 256, (n, 3, 40, 40), dtype=torch.uint8)
+    batches = Batches(TensorSource(images, torch.arange(n) % 10), bs, True, seed, 1, 3, draws=epoch_draws)
+    norm = Normalizer(torch.zeros(3), torch.ones(3), None, torch.tensor(IMAGENET_EIGVAL), torch.tensor(IMAGENET_EIGVEC))
+    augments = [BatchAugment(mode, 32, norm, 0.1, 0.3) for mode in ("paper", "shift", "modern")]
+    for epoch, start in ((0, 0), (2, 4)):
+        drawn, seen = batches.epoch_draws(epoch), 0
+        assert drawn is not None
+        for i, (x, _, idx) in enumerate(batches.epoch(epoch, start), start):
+            rows, own = drawn.rows(i * bs, i * bs + len(idx)), keyed_random.keys(seed, epoch, idx)
+            assert torch.equal(rows.key, own)
+            assert torch.equal(rows.grid, keyed_random.Draws(own, AUGMENT_STREAMS).grid)
+            assert torch.equal(keyed_random.normals(rows, PCA_STREAMS), keyed_random.normals(own, PCA_STREAMS))
+            for augment in augments:
+                assert torch.equal(augment(x, rows), augment(x, own)), augment.mode
+            seen += len(idx)
+        assert len(idx) < bs and seen == (-(-n // 3)) - start * bs
+    assert Batches(TensorSource(images, torch.zeros(n)), bs, True, seed).epoch_draws(0) is None  # not asked for
 
 
 def test_a_batchs_draws_are_hashed_in_one_grid_with_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:

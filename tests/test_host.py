@@ -22,7 +22,9 @@ import alexnet.engine.epoch
 import alexnet.engine.setup
 from alexnet.cli import main
 from alexnet.config import apply_overrides, load_recipe
+from alexnet.data import keyed_random
 from alexnet.data.batches import Batches, TensorSource, epoch_indices
+from alexnet.data.transforms import epoch_draws
 from alexnet.engine.signals import StopFlag
 from alexnet.parallel import distributed
 
@@ -196,7 +198,8 @@ FAST_SET = [a for a in FAST if "=" in a] + ["model.name=alexnet", "train.batch_s
 def test_no_step_does_work_that_grows_with_the_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ImageNet's 1.28 M training samples (labels only; every image the same tiny one), rank 0 of 8: the number
     of batches is arithmetic, and the epoch's order is drawn once, however many steps run (before, every
-    ``len()`` drew a whole permutation: 8-52 ms, several times a step)."""
+    ``len()`` drew a whole permutation: 8-52 ms, several times a step), the augmentation's keyed draws with it
+    (before, every step hashed its batch's keys: 25 ops, each a launch on a GPU)."""
     calls: list[int] = []
     real_indices = alexnet.data.batches.epoch_indices
 
@@ -206,13 +209,22 @@ def test_no_step_does_work_that_grows_with_the_dataset(tmp_path: Path, monkeypat
         return real_indices(n, *a, **k)
 
     monkeypatch.setattr(alexnet.data.batches, "epoch_indices", counted)
+    hashed: list[int] = []  # the lengths of the indices keyed: the augmentation's draws
+    real_keys = keyed_random.keys
+
+    def keyed(seed: int, epoch: int, index: torch.Tensor) -> torch.Tensor:
+        hashed.append(len(index))
+        return real_keys(seed, epoch, index)
+
+    monkeypatch.setattr(keyed_random, "keys", keyed)
     real_build = alexnet.engine.setup.build_data
     image = torch.zeros(1, 3, 72, 72, dtype=torch.uint8)
 
     def imagenet_sized(cfg: Any, rank: int = 0, world: int = 1, **k: Any) -> Any:
         data = real_build(cfg, rank, world, **k)
         labels = torch.arange(N_IMAGENET) % len(data.class_names)
-        data.train = Batches(TensorSource(image.expand(N_IMAGENET, -1, -1, -1), labels), 6, True, 0, 0, 8)
+        data.train = Batches(TensorSource(image.expand(N_IMAGENET, -1, -1, -1), labels), 6, True, 0, 0, 8,
+                             draws=epoch_draws)  # fmt: skip
         return data
 
     monkeypatch.setattr(alexnet.engine.setup, "build_data", imagenet_sized)
@@ -226,6 +238,7 @@ def test_no_step_does_work_that_grows_with_the_dataset(tmp_path: Path, monkeypat
                 assert alexnet.engine.epoch.train_one_epoch(s, st, stop, until) is None and st.global_step == until
         list(s.data.train.epoch(1, len(s.data.train)))  # the next epoch's order, drawn ahead on a thread: waits for it
         assert len(calls) == 2, len(calls)  # epoch 1's when it started and epoch 2's ahead; none per step or restart
+        assert hashed == [math.ceil(N_IMAGENET / 8)] * 2, hashed[:5]  # their draws with them, no step keys a batch
     finally:
         s.logger.close()
     batches = Batches(TensorSource(image.expand(N_IMAGENET, -1, -1, -1), torch.zeros(N_IMAGENET)), 256, True, 0, 3, 8)

@@ -21,9 +21,11 @@ import torch
 
 from ..engine.signals import ignore_stop_signals
 from .folder import FolderDataset
+from .keyed_random import Draws
 from .store import StoreImages
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+DrawsOf = Callable[[int, int, torch.Tensor], Draws]  # (seed, epoch, a rank's order) -> the samples' draws
 
 
 def epoch_indices(n: int, epoch: int, seed: int, rank: int, world: int, shuffle: bool) -> torch.Tensor:
@@ -55,6 +57,7 @@ class Batches:
         world: int = 1,
         workers: int = 0,
         pin_memory: bool = False,
+        draws: DrawsOf | None = None,
     ):
         self.source = source
         self.batch_size = batch_size  # per rank
@@ -63,11 +66,13 @@ class Batches:
         self.rank, self.world = rank, world
         self.workers = workers
         self.pin_memory = pin_memory
+        self.draws = draws  # training: the augmentation's draws, taken per epoch with the order (epoch_draws)
         # GPUs: batches gathered ahead on threads into pinned memory; 4 threads read a store at 62-63k img/s
         # on a 16-core H200 host (benchmarks/results/gpu-h200-run2.log), 1 thread at 20k
         self.gather_threads = max(1, min(4, (os.cpu_count() or 1) // 4))
         self.prefetch_depth = 2 * self.gather_threads + 2
-        self._orders: dict[int, Future[torch.Tensor]] = {}  # this epoch's order and the next's (training)
+        # this epoch's order and draws, and the next's (training)
+        self._orders: dict[int, Future[tuple[torch.Tensor, Draws | None]]] = {}
 
     def __len__(self) -> int:
         """Batches per epoch, by arithmetic (``epoch_indices``' lengths): no permutation is built. The engine asks
@@ -114,25 +119,37 @@ class Batches:
             self._draw_ahead(epoch + 1)
         yield from it
 
+    def epoch_draws(self, epoch: int) -> Draws | None:
+        """The augmentation's draws for this rank's samples of ``epoch``, in the epoch's order (batch ``i``'s are
+        rows ``i * batch_size`` on: ``Draws.rows``), taken with the order; None without ``draws``. So a step
+        hashes nothing: on a GPU the keys and their grid were 25 of a step's ops (launches)."""
+        return self._drawn(epoch)[1]
+
     def _order(self, epoch: int) -> torch.Tensor:
-        """This rank's samples of ``epoch`` in order: drawn ahead on a thread while the epoch before trained, or
-        now (the first epoch, a resumed one, evaluation)."""
+        return self._drawn(epoch)[0]
+
+    def _drawn(self, epoch: int) -> tuple[torch.Tensor, Draws | None]:
+        """This rank's samples of ``epoch`` in order, and their draws: taken ahead on a thread while the epoch
+        before trained, or now (the first epoch, a resumed one, evaluation)."""
         ahead = self._orders.get(epoch)
         if ahead is not None:
             return ahead.result()
-        idx = epoch_indices(len(self.source), epoch, self.seed, self.rank, self.world, self.shuffle)
+        out = self._take(epoch)
         if self.shuffle:  # kept: a --budget or mid-epoch restart of the same epoch asks again
             self._orders = {epoch: Future()}
-            self._orders[epoch].set_result(idx)
-        return idx
+            self._orders[epoch].set_result(out)
+        return out
+
+    def _take(self, epoch: int) -> tuple[torch.Tensor, Draws | None]:
+        idx = epoch_indices(len(self.source), epoch, self.seed, self.rank, self.world, self.shuffle)
+        return idx, self.draws(self.seed, epoch, idx) if self.draws is not None and self.shuffle else None
 
     def _draw_ahead(self, epoch: int) -> None:
-        """Draw ``epoch``'s order on a thread (training): a permutation of ImageNet's 1.28 M samples takes 11-27 ms
-        on a 2-core CPU (benchmarks/host_overhead.py), and at 64 ranks of batch 256 an epoch is 78 steps."""
+        """Take ``epoch``'s order and draws on a thread (training): a permutation of ImageNet's 1.28 M samples takes
+        11-37 ms on a 2-core CPU (benchmarks/host_overhead.py), and at 64 ranks of batch 256 an epoch is 78 steps."""
         if self.shuffle and epoch not in self._orders:
-            args = (len(self.source), epoch, self.seed, self.rank, self.world, True)
             kept = {e: f for e, f in self._orders.items() if e == epoch - 1}
-            self._orders = kept | {epoch: _order_thread().submit(epoch_indices, *args)}
+            self._orders = kept | {epoch: _order_thread().submit(self._take, epoch)}
 
     def _tensor_batch(self, b: torch.Tensor) -> Batch:
         src = self.source

@@ -47,28 +47,61 @@ def _stream(stream: int) -> int:
 
 
 class Draws:
-    """One batch's uniforms of several streams, drawn together as one grid: ``uniform``, ``randint`` and ``normals``
-    given a Draws read its columns (the same values: a stream's draw is its own hash of the key) and draw the
-    streams it lacks as from the key. A training batch's augmentation takes up to 13 streams: hashed one by one, a
-    store's batch took 182 ops (each a launch on a GPU), as one grid 123."""
+    """Uniforms of several streams for a set of keys (a batch, or a whole epoch's order), drawn together as one
+    grid: ``uniform``, ``randint`` and ``normals`` given a Draws read its columns (the same values: a stream's draw
+    is its own hash of the key) and draw the streams it lacks as from the key. ``normal_streams``: normals drawn
+    ahead too (Box-Muller on the grid's columns s and s + 1000). A training batch's augmentation takes up to 13
+    streams: hashed one by one, a store's batch took 182 ops (each a launch on a GPU), as one grid 123; the
+    training loop takes its batches' rows of an epoch's Draws (``rows``), drawn once per epoch ahead on a thread
+    (data/batches.py), so a step hashes nothing."""
 
-    def __init__(self, key: torch.Tensor, streams: Sequence[int]) -> None:
+    def __init__(self, key: torch.Tensor, streams: Sequence[int], normal_streams: Sequence[int] = ()) -> None:
         self.key, self.columns = key, {s: i for i, s in enumerate(streams)}
         self.grid = _to_unit(_mix(key.long()[:, None] ^ _constants(tuple(streams), key.device)))
+        self.normal_columns: dict[int, int] = {}
+        self.normal_grid: torch.Tensor | None = None
+        if normal_streams:
+            self.normal_grid = normals(self, list(normal_streams))
+            self.normal_columns = {s: i for i, s in enumerate(normal_streams)}
 
-    def to(self, device: torch.device) -> Draws:
-        return self if torch.device(device) == self.key.device else Draws(self.key.to(device), list(self.columns))
+    def _like(self, key: torch.Tensor, grid: torch.Tensor, normal_grid: torch.Tensor | None) -> Draws:
+        out = object.__new__(Draws)
+        out.key, out.columns, out.grid = key, self.columns, grid
+        out.normal_columns, out.normal_grid = self.normal_columns, normal_grid
+        return out
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Draws:
+        if torch.device(device) == self.key.device:
+            return self
+        mv = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return self._like(mv(self.key), mv(self.grid), None if self.normal_grid is None else mv(self.normal_grid))
+
+    def rows(self, start: int, stop: int) -> Draws:
+        """Keys ``start .. stop - 1`` and their draws: views, no op computes anything."""
+        ng = self.normal_grid
+        return self._like(self.key[start:stop], self.grid[start:stop], None if ng is None else ng[start:stop])
+
+    def __len__(self) -> int:
+        return len(self.key)
 
     def columns_of(self, streams: Sequence[int]) -> torch.Tensor | None:
         """(B, len(streams)) of the grid, or None when a stream is not in it."""
-        cols = [self.columns.get(s) for s in streams]
-        if None in cols:
-            return None
-        first = cols[0]
-        assert first is not None
-        if cols == list(range(first, first + len(cols))):
-            return self.grid[:, first : first + len(cols)]
-        return self.grid[:, cols]
+        return _columns(self.grid, self.columns, streams)
+
+    def normals_of(self, streams: Sequence[int]) -> torch.Tensor | None:
+        """(B, len(streams)) of the normals drawn ahead, or None when a stream is not among them."""
+        return None if self.normal_grid is None else _columns(self.normal_grid, self.normal_columns, streams)
+
+
+def _columns(grid: torch.Tensor, columns: dict[int, int], streams: Sequence[int]) -> torch.Tensor | None:
+    cols = [columns.get(s) for s in streams]
+    if None in cols:
+        return None
+    first = cols[0]
+    assert first is not None
+    if cols == list(range(first, first + len(cols))):
+        return grid[:, first : first + len(cols)]
+    return grid[:, cols]
 
 
 Key = torch.Tensor | Draws  # per-sample keys, or their draws for a batch
@@ -102,6 +135,9 @@ def normal(key: torch.Tensor, stream: int) -> torch.Tensor:
 def normals(key: Key, streams: list[int]) -> torch.Tensor:
     """(len(key), len(streams)): ``normal(key, s)`` for each stream, drawn together (a few ops for all: a training
     step's host work on a GPU is its ops' launches). Box-Muller on the uniforms of streams s and s + 1000."""
+    ahead = key.normals_of(streams) if isinstance(key, Draws) else None
+    if ahead is not None:
+        return ahead
     pairs = [*streams, *(s + 1000 for s in streams)]
     u = key.columns_of(pairs) if isinstance(key, Draws) else None
     if u is None:

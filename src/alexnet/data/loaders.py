@@ -27,7 +27,7 @@ from .keyed_random import seeded_sample
 from .preprocess import Preprocess
 from .stats import STATS_FILENAME, ColourStats, compute_stats
 from .store import StoreImages, is_store, open_store, read_manifest
-from .transforms import BatchAugment, Normalizer, random_resized_crop, resize_square
+from .transforms import BatchAugment, Normalizer, epoch_draws, random_resized_crop, resize_square
 
 log = logging.getLogger("alexnet")
 AUTO_STATS_IMAGES = 5000
@@ -197,7 +197,7 @@ def build_data(cfg: Config, rank: int = 0, world: int = 1, pin_memory: bool = Fa
     workers = default_workers(d.workers)
     train_set = train.dataset(d.crop if rrc else d.resize, rrc, t.seed)
     return DataBundle(
-        train=Batches(train_set, per_rank, True, t.seed, rank, world, workers, pin_memory),
+        train=Batches(train_set, per_rank, True, t.seed, rank, world, workers, pin_memory, epoch_draws),
         val=Batches(val.dataset(d.resize), per_rank, False, t.seed, rank, world, workers, pin_memory),
         class_names=train.class_names,
         preprocess=pre,

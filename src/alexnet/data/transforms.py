@@ -43,6 +43,12 @@ PCA_STREAMS = [10, 11, 12]  # keyed_random streams of the three alphas
 AUGMENT_STREAMS = (0, 1, 2, 3, 4, 5, 6, *PCA_STREAMS, *(s + 1000 for s in PCA_STREAMS))
 
 
+def epoch_draws(seed: int, epoch: int, order: torch.Tensor) -> kr.Draws:
+    """Every draw a training augmentation takes for the samples ``order`` of ``epoch`` (a rank's epoch, drawn
+    once ahead: data/batches.py), the PCA alphas' normals included; a batch's are its ``rows``."""
+    return kr.Draws(kr.keys(seed, epoch, order), AUGMENT_STREAMS, PCA_STREAMS)
+
+
 def pca_alpha(key: kr.Key, pca_std: float) -> torch.Tensor:
     """(B, 3): the paper's alpha_i ~ N(0, pca_std), one draw per image and presentation (keyed)."""
     return kr.normals(key, PCA_STREAMS) * pca_std
@@ -219,10 +225,12 @@ class BatchAugment:
 
     memory_format: torch.memory_format = torch.contiguous_format  # of the output (train: channels_last)
 
-    def __call__(self, x: torch.Tensor, key: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """``x``: uint8 (B, 3, S, S); ``key``: (B,) from ``keyed_random.keys(seed, epoch, index)``."""
+    def __call__(self, x: torch.Tensor, key: kr.Key, size: int | None = None) -> torch.Tensor:
+        """``x``: uint8 (B, 3, S, S); ``key``: (B,) from ``keyed_random.keys(seed, epoch, index)``, or their
+        ``Draws`` (``epoch_draws``: the training loop's, drawn ahead)."""
         norm, size = self.normalizer, size or self.crop
-        draws = kr.Draws(key.to(x.device), AUGMENT_STREAMS)  # every stream below, hashed in one grid
+        # every stream below, hashed in one grid
+        draws = key.to(x.device) if isinstance(key, kr.Draws) else kr.Draws(key.to(x.device), AUGMENT_STREAMS)
         if self.mode not in ("paper", "shift", "modern"):
             raise ValueError(f"unknown augmentation {self.mode!r}")
         if norm.mean_image is None and x.dtype == torch.uint8:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..data import keyed_random
 from ..data.resolution import epoch_size_at
+from ..data.transforms import AUGMENT_STREAMS
 from ..errors import UserError
 from ..inference import autocast, evaluate
 from ..io import checkpoint as ckpt_io
@@ -140,16 +141,19 @@ def epoch_size(s: Session, epoch: int) -> int:
 
 
 def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-            size: int | None = None, valid: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Augment on the device (keyed by seed, epoch and sample index) to ``size`` px (default: the crop), run the
-    model on a host batch of ``valid`` decoded images (counted here when None); (loss, logits, device labels)."""
+            size: int | None = None, valid: int | None = None, draws: keyed_random.Draws | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Augment on the device (keyed by seed, epoch and sample index; ``draws``: the batch's rows of the epoch's
+    draws, on the device, else drawn here from ``idx``) to ``size`` px (default: the crop), run the model on a host
+    batch of ``valid`` decoded images (counted here when None); (loss, logits, device labels)."""
     t, dev, valid = s.cfg.train, s.device, decoded(y) if valid is None else valid
-    x, y, idx = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), idx.to(dev, non_blocking=True)
-    keys = keyed_random.keys(t.seed, st.epoch, idx)  # per sample: augmentation and dropout masks
-    x = s.augment(x, keys, size)  # (B, 3, size, size)
+    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+    if draws is None:  # per sample: augmentation and dropout masks
+        draws = keyed_random.Draws(keyed_random.keys(t.seed, st.epoch, idx.to(dev, non_blocking=True)), AUGMENT_STREAMS)
+    x = s.augment(x, draws, size)  # (B, 3, size, size)
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    set_dropout_keys(st.model, keys)
+    set_dropout_keys(st.model, draws.key)
     with autocast(dev, t.amp):
         logits = s.model(x)
         # the mean over the images that decoded (label -100: failed); 0, not NaN, when none did
@@ -212,10 +216,13 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
     assert s.data.train is not None
     ahead = start + steps_per_epoch(s) < total_steps(s)  # another epoch follows: its order is drawn meanwhile
     batches = s.data.train.epoch(st.epoch, st.step_in_epoch, size, ahead) if not done() else iter(())
+    drawn = s.data.train.epoch_draws(st.epoch) if not done() else None  # the epoch's, once to the device
+    drawn, bs = drawn if drawn is None else drawn.to(s.device), s.data.train.batch_size
     for x, y, idx in batches:
         valid = decoded(y)  # y is still on the host: no sync
         update = s.dist.enabled or valid > 0
-        loss, logits, y = forward(s, st, x, y, idx, size, valid)
+        draws = None if drawn is None else drawn.rows(st.step_in_epoch * bs, st.step_in_epoch * bs + len(y))
+        loss, logits, y = forward(s, st, x, y, idx, size, valid, draws)
         optimizer_step(st, loss, update)
         if st.ema is not None and update:
             st.ema.update(st.model, decay_for(t.ema, total_steps(s)))

@@ -15,7 +15,9 @@ from elsewhere falls on all of them alike. A paired row measures LRN's share onc
 process, their steps alternating (run_pair): on a machine whose speed changes from minute to minute it is the
 steadier figure. The second table runs torchvision's net and the paper net with
 and without the allocator setting: the paper net should gain from it no more than torchvision's does, and
-no more than the same net without its LRN (what the rest of the compute path gains).
+no more than the same net without its LRN (what the rest of the compute path gains). Beside the speeds, a count
+the machine's load does not move: minor page faults per step (memory the process gave back and took again, what
+the setting saves); without the setting, an LRN that allocates no large temporaries adds none to the net without it.
 """
 
 from __future__ import annotations
@@ -114,9 +116,24 @@ def run_job(key: str, args: argparse.Namespace) -> dict:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    s = timeit(step_fn(model, opt, x, y, amp, dev), warmup=2, iters=args.iters, sync=sync)
+    step = step_fn(model, opt, x, y, amp, dev)
+    s = timeit(step, warmup=2, iters=args.iters, sync=sync)
     macs = summarize("alexnet_owt" if name == "tv" else name, size)["macs"]
-    return {"ips": args.batch / s, "gflops": 6 * macs * args.batch / s / 1e9, "amp": amp}
+    return {"ips": args.batch / s, "gflops": 6 * macs * args.batch / s / 1e9, "amp": amp, "faults": faults(step)}
+
+
+def faults(step: Callable[[], None], steps: int = 2) -> float | None:
+    """Minor page faults per step after the timed ones: pages the kernel had to hand the process afresh (memory
+    returned to it and taken again), what the allocator setting saves. A count, not a time: the machine's load
+    does not move it. None where the OS does not count them (no ``resource`` module)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
 
 
 def paper_steps(dev: torch.device, batch: int) -> dict[str, Callable[[], None]]:
@@ -210,12 +227,14 @@ def main() -> None:
           f"{1000 * pair['without']:.0f} ms without LRN; medians of {2 * args.iters} steps each, median round)")  # fmt: skip
     print(f"paper net / alexnet_owt: {got['paper']['ips'] / got['owt']['ips']:.2f}")
     print()
-    rows = [["config", "img/s, setting off", "img/s, setting on", "on / off"]]
+    rows = [["config", "img/s, setting off", "img/s, setting on", "on / off", "page faults per step, off / on"]]
     for label, off, on in (("torchvision alexnet, fp32 eager", "tv", "tv_kept"),
                            (f"ours alexnet (paper), {mode}", "paper_unkept", "paper"),
                            (f"ours alexnet (paper, LRN removed), {mode}", "identity_unkept", "identity")):  # fmt: skip
         a, b = got[off]["ips"], got[on]["ips"]
-        rows.append([label, f"{a:.1f}", f"{b:.1f}", f"{b / a:.2f}x"])
+        fa, fb = got[off].get("faults"), got[on].get("faults")
+        counted = "not counted here" if fa is None or fb is None else f"{fa:,.0f} / {fb:,.0f}"
+        rows.append([label, f"{a:.1f}", f"{b:.1f}", f"{b / a:.2f}x", counted])
     print("the allocator setting (tuning.keep_freed_memory), off vs on, same rounds:")
     print(table(rows))
 

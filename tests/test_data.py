@@ -211,9 +211,10 @@ def test_an_epochs_draws_taken_with_its_order_are_each_batchs_own() -> None:
         drawn, seen = batches.epoch_draws(epoch), 0
         assert drawn is not None
         for i, (x, _, idx) in enumerate(batches.epoch(epoch, start), start):
-            rows, own = drawn.rows(i * bs, i * bs + len(idx)), keyed_random.keys(seed, epoch, idx)
+            rows, own = drawn.rows(batches.span(i)), keyed_random.keys(seed, epoch, idx)
             assert torch.equal(rows.key, own)
-            assert torch.equal(rows.grid, keyed_random.Draws(own, AUGMENT_STREAMS).grid)
+            for stream in AUGMENT_STREAMS:
+                assert torch.equal(keyed_random.uniform(rows, stream), keyed_random.uniform(own, stream))
             assert torch.equal(keyed_random.normals(rows, PCA_STREAMS), keyed_random.normals(own, PCA_STREAMS))
             for augment in augments:
                 assert torch.equal(augment(x, rows), augment(x, own)), augment.mode

@@ -89,10 +89,9 @@ class Batches:
     def epoch(self, epoch: int, start_batch: int = 0, size: int | None = None, ahead: bool = False) -> Iterator[Batch]:
         """The batches of ``epoch`` from ``start_batch``; ``size``: the side a folder's workers crop to this epoch
         (progressive resizing; in-memory sources are cropped on the batch); ``ahead``: another epoch follows, so
-        draw its order on a thread meanwhile."""
-        order, bs = self._order(epoch), self.batch_size
-        starts = range(start_batch * bs, len(order), bs)
-        batches = (order[i : i + bs] for i in starts)  # one view a step, none for the batches skipped
+        take its order and draws on a thread meanwhile. Batch ``i`` is the ``span(i)`` of the epoch's order."""
+        order, steps = self._order(epoch), range(start_batch, len(self))
+        batches = (order[self.span(i)] for i in steps)  # a view a step, none for the batches skipped
         if isinstance(self.source, TensorSource):
             if ahead:
                 self._draw_ahead(epoch + 1)
@@ -104,7 +103,7 @@ class Batches:
         self.source.set_epoch(epoch)
         if size is not None:
             self.source.set_size(size)
-        if not starts:
+        if not steps:
             return
         loader = torch.utils.data.DataLoader(
             self.source,
@@ -119,10 +118,16 @@ class Batches:
             self._draw_ahead(epoch + 1)
         yield from it
 
+    def span(self, batch: int) -> slice:
+        """Batch ``batch``'s positions in its epoch's order, and so its rows of the epoch's draws."""
+        n = samples_per_rank(len(self.source), self.rank, self.world, self.shuffle)
+        return slice(batch * self.batch_size, min((batch + 1) * self.batch_size, n))
+
     def epoch_draws(self, epoch: int) -> Draws | None:
         """The augmentation's draws for this rank's samples of ``epoch``, in the epoch's order (batch ``i``'s are
-        rows ``i * batch_size`` on: ``Draws.rows``), taken with the order; None without ``draws``. So a step
-        hashes nothing: on a GPU the keys and their grid were 25 of a step's ops (launches)."""
+        the rows of its ``span``), taken with the order; None without ``draws``. So a step hashes nothing: hashing
+        a batch's keys and draws was 33 of a step's ops dispatched (benchmarks/host_overhead.py), 32 of them
+        kernels, each a launch on a GPU."""
         return self._drawn(epoch)[1]
 
     def _order(self, epoch: int) -> torch.Tensor:
@@ -145,8 +150,9 @@ class Batches:
         return idx, self.draws(self.seed, epoch, idx) if self.draws is not None and self.shuffle else None
 
     def _draw_ahead(self, epoch: int) -> None:
-        """Take ``epoch``'s order and draws on a thread (training): a permutation of ImageNet's 1.28 M samples takes
-        11-37 ms on a 2-core CPU (benchmarks/host_overhead.py), and at 64 ranks of batch 256 an epoch is 78 steps."""
+        """Take ``epoch``'s order and draws on a thread (training): for ImageNet's 1.28 M samples on a 2-core AVX2
+        EPYC, the permutation takes 12-68 ms and one rank's draws 0.9-1.0 s (benchmarks/host_overhead.py), and at 64
+        ranks of batch 256 an epoch is 78 steps."""
         if self.shuffle and epoch not in self._orders:
             kept = {e: f for e, f in self._orders.items() if e == epoch - 1}
             self._orders = kept | {epoch: _order_thread().submit(self._take, epoch)}

@@ -2,8 +2,9 @@
 
 So a run gives the same result whatever the batch composition, the number of data-loader workers or DDP
 ranks, and wherever it was interrupted and resumed: augmentation (crops, flips, colour noise) and dropout
-masks are all drawn from a sample's key. Integer arithmetic only (no float64: MPS has none), identical on
-every device.
+masks are all drawn from a sample's key. Keys and uniforms are integer arithmetic (no float64: MPS has none),
+identical on every device. Normals take a log and a cosine of two uniforms, which devices may round differently in
+the last bit; the training loop takes its normals from the CPU on every device (``Draws`` of an epoch).
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ class Draws:
     """Uniforms of several streams for a set of keys (a batch, or a whole epoch's order), drawn together as one
     grid: ``uniform``, ``randint`` and ``normals`` given a Draws read its columns (the same values: a stream's draw
     is its own hash of the key) and draw the streams it lacks as from the key. ``normal_streams``: normals drawn
-    ahead too (Box-Muller on the grid's columns s and s + 1000). A training batch's augmentation takes up to 13
-    streams: hashed one by one, a store's batch took 182 ops (each a launch on a GPU), as one grid 123; the
-    training loop takes its batches' rows of an epoch's Draws (``rows``), drawn once per epoch ahead on a thread
-    (data/batches.py), so a step hashes nothing."""
+    ahead too (Box-Muller on uniforms of streams s and s + 1000, from the grid when it has them). A training
+    batch's augmentation takes up to 13 streams: hashed one by one, a store's batch took 182 ops (each a launch on a
+    GPU), as one grid 123; the training loop takes its batches' rows of an epoch's Draws (``rows``), taken once per
+    epoch with its order (data/batches.py), so a step hashes nothing."""
 
     def __init__(self, key: torch.Tensor, streams: Sequence[int], normal_streams: Sequence[int] = ()) -> None:
         self.key, self.columns = key, {s: i for i, s in enumerate(streams)}
@@ -61,7 +62,7 @@ class Draws:
         self.normal_columns: dict[int, int] = {}
         self.normal_grid: torch.Tensor | None = None
         if normal_streams:
-            self.normal_grid = normals(self, list(normal_streams))
+            self.normal_grid = normals(self, list(normal_streams))  # the pairs from the grid, or hashed apart
             self.normal_columns = {s: i for i, s in enumerate(normal_streams)}
 
     def _like(self, key: torch.Tensor, grid: torch.Tensor, normal_grid: torch.Tensor | None) -> Draws:
@@ -76,10 +77,10 @@ class Draws:
         mv = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return self._like(mv(self.key), mv(self.grid), None if self.normal_grid is None else mv(self.normal_grid))
 
-    def rows(self, start: int, stop: int) -> Draws:
-        """Keys ``start .. stop - 1`` and their draws: views, no op computes anything."""
+    def rows(self, span: slice) -> Draws:
+        """The keys of ``span`` and their draws: views, no op computes anything."""
         ng = self.normal_grid
-        return self._like(self.key[start:stop], self.grid[start:stop], None if ng is None else ng[start:stop])
+        return self._like(self.key[span], self.grid[span], None if ng is None else ng[span])
 
     def __len__(self) -> int:
         return len(self.key)

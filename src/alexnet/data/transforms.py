@@ -39,14 +39,15 @@ def pca_noise(x: torch.Tensor, alpha: torch.Tensor, eigval: torch.Tensor, eigvec
 
 
 PCA_STREAMS = [10, 11, 12]  # keyed_random streams of the three alphas
-# every stream a training batch's augmentation draws: crop_flip's 0-2, rrc_boxes' 3-6, the alphas' normals
-AUGMENT_STREAMS = (0, 1, 2, 3, 4, 5, 6, *PCA_STREAMS, *(s + 1000 for s in PCA_STREAMS))
+UNIFORM_STREAMS = (0, 1, 2, 3, 4, 5, 6)  # the uniforms a training augmentation draws: crop_flip's 0-2, rrc_boxes' 3-6
+AUGMENT_STREAMS = (*UNIFORM_STREAMS, *PCA_STREAMS, *(s + 1000 for s in PCA_STREAMS))  # and the alphas' normals' pairs
 
 
 def epoch_draws(seed: int, epoch: int, order: torch.Tensor) -> kr.Draws:
-    """Every draw a training augmentation takes for the samples ``order`` of ``epoch`` (a rank's epoch, drawn
-    once ahead: data/batches.py), the PCA alphas' normals included; a batch's are its ``rows``."""
-    return kr.Draws(kr.keys(seed, epoch, order), AUGMENT_STREAMS, PCA_STREAMS)
+    """Every draw a training augmentation takes for the samples ``order`` of ``epoch`` (a rank's epoch, taken with
+    its order: data/batches.py): the uniforms and the PCA alphas' normals; a batch's are its ``rows``. On the CPU,
+    whatever the training device."""
+    return kr.Draws(kr.keys(seed, epoch, order), UNIFORM_STREAMS, PCA_STREAMS)
 
 
 def pca_alpha(key: kr.Key, pca_std: float) -> torch.Tensor:
@@ -229,7 +230,7 @@ class BatchAugment:
         """``x``: uint8 (B, 3, S, S); ``key``: (B,) from ``keyed_random.keys(seed, epoch, index)``, or their
         ``Draws`` (``epoch_draws``: the training loop's, drawn ahead)."""
         norm, size = self.normalizer, size or self.crop
-        # every stream below, hashed in one grid
+        # keys: every stream below hashed in one grid (a Draws: drawn already)
         draws = key.to(x.device) if isinstance(key, kr.Draws) else kr.Draws(key.to(x.device), AUGMENT_STREAMS)
         if self.mode not in ("paper", "shift", "modern"):
             raise ValueError(f"unknown augmentation {self.mode!r}")

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from ..data import keyed_random
 from ..data.resolution import epoch_size_at
-from ..data.transforms import AUGMENT_STREAMS
 from ..errors import UserError
 from ..inference import autocast, evaluate
 from ..io import checkpoint as ckpt_io
@@ -148,18 +147,29 @@ def forward(s: Session, st: TrainState, x: torch.Tensor, y: torch.Tensor, idx: t
     batch of ``valid`` decoded images (counted here when None); (loss, logits, device labels)."""
     t, dev, valid = s.cfg.train, s.device, decoded(y) if valid is None else valid
     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-    if draws is None:  # per sample: augmentation and dropout masks
-        draws = keyed_random.Draws(keyed_random.keys(t.seed, st.epoch, idx.to(dev, non_blocking=True)), AUGMENT_STREAMS)
-    x = s.augment(x, draws, size)  # (B, 3, size, size)
+    # per sample: augmentation and dropout masks
+    keyed = keyed_random.keys(t.seed, st.epoch, idx.to(dev, non_blocking=True)) if draws is None else draws
+    x = s.augment(x, keyed, size)  # (B, 3, size, size)
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    set_dropout_keys(st.model, draws.key)
+    set_dropout_keys(st.model, keyed.key if isinstance(keyed, keyed_random.Draws) else keyed)
     with autocast(dev, t.amp):
         logits = s.model(x)
         # the mean over the images that decoded (label -100: failed); 0, not NaN, when none did
         loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.optim.label_smoothing, reduction="sum")
         loss = loss / max(valid, 1)
     return loss, logits, y
+
+
+def batch_draws(s: Session, epoch: int) -> Callable[[int], keyed_random.Draws | None]:
+    """``draws(i)``: batch ``i``'s rows of ``epoch``'s augmentation draws (taken with the epoch's order, copied to
+    the device here, once), or None for a source without them (drawn from the indices then, each step)."""
+    assert s.data.train is not None
+    train, drawn = s.data.train, s.data.train.epoch_draws(epoch)
+    if drawn is None:
+        return lambda i: None
+    drawn = drawn.to(s.device)
+    return lambda i: drawn.rows(train.span(i))
 
 
 def decoded(y: torch.Tensor) -> int:
@@ -216,13 +226,11 @@ def train_one_epoch(s: Session, st: TrainState, stop: StopFlag, until: int | Non
     assert s.data.train is not None
     ahead = start + steps_per_epoch(s) < total_steps(s)  # another epoch follows: its order is drawn meanwhile
     batches = s.data.train.epoch(st.epoch, st.step_in_epoch, size, ahead) if not done() else iter(())
-    drawn = s.data.train.epoch_draws(st.epoch) if not done() else None  # the epoch's, once to the device
-    drawn, bs = drawn if drawn is None else drawn.to(s.device), s.data.train.batch_size
+    draws = batch_draws(s, st.epoch) if not done() else (lambda i: None)
     for x, y, idx in batches:
         valid = decoded(y)  # y is still on the host: no sync
         update = s.dist.enabled or valid > 0
-        draws = None if drawn is None else drawn.rows(st.step_in_epoch * bs, st.step_in_epoch * bs + len(y))
-        loss, logits, y = forward(s, st, x, y, idx, size, valid, draws)
+        loss, logits, y = forward(s, st, x, y, idx, size, valid, draws(st.step_in_epoch))
         optimizer_step(st, loss, update)
         if st.ema is not None and update:
             st.ema.update(st.model, decay_for(t.ema, total_steps(s)))

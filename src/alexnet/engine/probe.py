@@ -16,7 +16,7 @@ from ..data.transforms import TTA
 from ..inference import evaluate
 from ..io import checkpoint as ckpt_io
 from ..parallel import distributed
-from .epoch import forward
+from .epoch import batch_draws, forward
 from .planner import Costs
 from .precise_bn import recalibration_images
 from .setup import Session
@@ -54,9 +54,10 @@ def _time_steps(s: Session, st: TrainState, size: int, warm: int, timed: int) ->
     """(the first step's seconds, the median of the ``timed`` steps after ``warm`` warm-up steps) at ``size``;
     real batches of epoch 0 through the run's own augmentation, forward, backward and optimizer step."""
     assert s.data.train is not None
+    draws = batch_draws(s, 0)  # the epoch's order and draws, before the clock starts: an epoch's cost, not a step's
     times, t0 = [], time.perf_counter()
-    for x, y, idx in itertools.islice(s.data.train.epoch(0, size=size), warm + timed):
-        loss, _, _ = forward(s, st, x, y, idx, size)
+    for i, (x, y, idx) in enumerate(itertools.islice(s.data.train.epoch(0, size=size), warm + timed)):
+        loss, _, _ = forward(s, st, x, y, idx, size, draws=draws(i))
         st.optimizer.zero_grad(set_to_none=True)
         st.scaler.scale(loss).backward()
         st.scaler.step(st.optimizer)

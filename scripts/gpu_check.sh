@@ -36,7 +36,7 @@ step() {  # step NAME COMMAND...
         echo "FAIL $name ($((SECONDS - t0)) s), last lines:"; tail -n 15 "$work/$name.log"; fails=$((fails + 1)); fi
 }
 {
-    echo "gpu_check: $(date -u +%Y-%m-%d), device $dev, $("$py" -c 'import sys, torch; print(f"torch {torch.__version__}, Python {sys.version.split()[0]}")')"
+    echo "gpu_check: device $dev, $("$py" -c 'import sys, torch; print(f"torch {torch.__version__}, Python {sys.version.split()[0]}")')"
     small=()
     [ "$dry" = 1 ] && small=(--set train.max_steps=3 --set data.val_fraction=0.05)  # 90 validation digits
     step train alexnet train --device "$dev" --out "$work/digits" --epochs 1 "${small[@]}"

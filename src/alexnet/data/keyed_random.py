@@ -71,19 +71,17 @@ class Draws:
         out.normal_columns, out.normal_grid = self.normal_columns, normal_grid
         return out
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> Draws:
+    def to(self, device: torch.device) -> Draws:
+        """The same keys and draws on ``device`` (copied, not drawn again)."""
         if torch.device(device) == self.key.device:
             return self
-        mv = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return self._like(mv(self.key), mv(self.grid), None if self.normal_grid is None else mv(self.normal_grid))
+        ng = self.normal_grid
+        return self._like(self.key.to(device), self.grid.to(device), None if ng is None else ng.to(device))
 
     def rows(self, span: slice) -> Draws:
         """The keys of ``span`` and their draws: views, no op computes anything."""
         ng = self.normal_grid
         return self._like(self.key[span], self.grid[span], None if ng is None else ng[span])
-
-    def __len__(self) -> int:
-        return len(self.key)
 
     def columns_of(self, streams: Sequence[int]) -> torch.Tensor | None:
         """(B, len(streams)) of the grid, or None when a stream is not in it."""

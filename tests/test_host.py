@@ -199,7 +199,7 @@ def test_no_step_does_work_that_grows_with_the_dataset(tmp_path: Path, monkeypat
     """ImageNet's 1.28 M training samples (labels only; every image the same tiny one), rank 0 of 8: the number
     of batches is arithmetic, and the epoch's order is drawn once, however many steps run (before, every
     ``len()`` drew a whole permutation: 8-52 ms, several times a step), the augmentation's keyed draws with it
-    (before, every step hashed its batch's keys: 25 ops, each a launch on a GPU)."""
+    (before, every step hashed its batch's keys and draws: 33 ops, 32 of them launches on a GPU)."""
     calls: list[int] = []
     real_indices = alexnet.data.batches.epoch_indices
 

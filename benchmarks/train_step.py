@@ -1,6 +1,6 @@
 """Training-step images/s on synthetic batches: ours vs torchvision's AlexNet, fp32 eager, plain loop.
 
-    python benchmarks/train_step.py [--batch 64] [--iters 5] [--rounds 3] [--device cpu]
+    python benchmarks/train_step.py [--batch 64] [--iters 5] [--rounds 3] [--device cpu] [--only steps|allocator]
 
 Baseline (same invocation): torchvision.models.alexnet, fp32, NCHW, torch.optim.SGD defaults, in a process
 as a user's own loop runs it. Ours on the compute path `auto` picks for this device (tuning.py: bf16 autocast
@@ -13,11 +13,13 @@ The allocator setting is process-wide, so every measurement runs in a fresh proc
 take turns (--rounds rounds, each a median of --iters steps; the table shows the median round), so that load
 from elsewhere falls on all of them alike. A paired row measures LRN's share once more with both nets in one
 process, their steps alternating (run_pair): on a machine whose speed changes from minute to minute it is the
-steadier figure. The second table runs torchvision's net and the paper net with
-and without the allocator setting: the paper net should gain from it no more than torchvision's does, and
-no more than the same net without its LRN (what the rest of the compute path gains). Beside the speeds, a count
-the machine's load does not move: minor page faults per step (memory the process gave back and took again, what
-the setting saves); without the setting, an LRN that allocates no large temporaries adds none to the net without it.
+steadier figure. The second table runs torchvision's net and the paper net with and without the allocator
+setting: the paper net should gain from it no more than torchvision's does, and no more than the same net
+without its LRN (what the rest of the compute path gains). The setting is process-wide, so each net runs in two
+processes at once, one with it and one without, in lock step: their steps alternate, each process sleeping while
+the other steps (lockstep), so that a spell of load falls on both. Beside the speeds, a count the machine's
+load does not move: minor page faults per step (memory the process gave back and took again, what the setting
+saves); without the setting, an LRN that allocates no large temporaries adds no more than its own tensors take.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ JOBS = {
     "identity_unkept": ("alexnet", "identity", 227, True, False),
     "pair": ("alexnet", "ours and identity", 227, True, True),  # run_pair: both nets in one process, alternating
 }
+# the allocator table: per net its jobs without and with the setting, run in lock step (not in the rounds above)
+ALLOCATOR = (("tv", "tv_kept"), ("paper_unkept", "paper"), ("identity_unkept", "identity"))
+ROUNDS = [key for key in JOBS if key not in {"tv_kept", "paper_unkept", "identity_unkept"}]
 
 
 class PreviousLRN(nn.Module):
@@ -93,8 +98,9 @@ def our_path(dev: torch.device) -> tuple[bool, bool, str]:
     return amp, cl, f"{'bf16' if amp else 'fp32'}{' + channels_last' if cl else ''} + fused SGD"
 
 
-def run_job(key: str, args: argparse.Namespace) -> dict:
-    """One measurement, in this process: images/s of the median of ``args.iters`` steps after 2 warm-up steps."""
+def build_job(key: str, args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], None], dict]:
+    """Job ``key``'s training step, in this process (which takes the job's allocator setting), its device sync,
+    and what a row reports beside the speed: GFLOP per image step (6 x MACs) and whether it ran in bf16."""
     import torchvision
 
     name, lrn, size, ours, kept = JOBS[key]
@@ -116,10 +122,64 @@ def run_job(key: str, args: argparse.Namespace) -> dict:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    step = step_fn(model, opt, x, y, amp, dev)
-    s = timeit(step, warmup=2, iters=args.iters, sync=sync)
     macs = summarize("alexnet_owt" if name == "tv" else name, size)["macs"]
-    return {"ips": args.batch / s, "gflops": 6 * macs * args.batch / s / 1e9, "amp": amp, "faults": faults(step)}
+    return step_fn(model, opt, x, y, amp, dev), sync, {"gflop": 6 * macs / 1e9, "amp": amp}
+
+
+def run_job(key: str, args: argparse.Namespace) -> dict:
+    """One measurement, in this process: images/s of the median of ``args.iters`` steps after 2 warm-up steps."""
+    step, sync, meta = build_job(key, args)
+    s = timeit(step, warmup=2, iters=args.iters, sync=sync)
+    return {"ips": args.batch / s, "gflops": meta["gflop"] * args.batch / s, "amp": meta["amp"], "faults": faults(step)}
+
+
+def serve_steps(key: str, args: argparse.Namespace) -> None:
+    """A lock-step worker: builds job ``key``, then for each line on stdin runs one step ("step", answering its
+    seconds) or counts page faults ("faults"), until stdin closes. Between requests it sleeps on the read."""
+    step, sync, _ = build_job(key, args)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "faults":
+            print(json.dumps(faults(step)), flush=True)
+            continue
+        t0 = time.perf_counter()
+        step()
+        sync()
+        print(json.dumps(time.perf_counter() - t0), flush=True)
+
+
+def lockstep(off: str, on: str, args: argparse.Namespace) -> dict:
+    """Jobs ``off`` and ``on`` (one net without and with the allocator setting, which is process-wide) in two
+    worker processes whose steps alternate, each process sleeping while the other steps: ``2 * args.iters``
+    steps each after 2 warm-up steps, the first of the two changing every step. A spell of load from elsewhere
+    falls on both alike, as in run_pair. Returns each one's images/s (of its median step) and page faults."""
+    procs = {}
+    for key in (off, on):
+        cmd = [sys.executable, __file__, "--job", key, "--serve", "--batch", str(args.batch), "--device", args.device]
+        procs[key] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(key: str, what: str):
+        procs[key].stdin.write(what + "\n")
+        procs[key].stdin.flush()
+        return json.loads(procs[key].stdout.readline())
+
+    try:
+        for p in procs.values():
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a lock-step worker for {off}/{on} did not start")
+        times: dict[str, list[float]] = {off: [], on: []}
+        for i in range(2 + 2 * args.iters):
+            for key in (off, on) if i % 2 == 0 else (on, off):
+                t = ask(key, "step")
+                if i >= 2:
+                    times[key].append(t)
+        return {
+            key: {"ips": args.batch / statistics.median(t), "faults": ask(key, "faults")} for key, t in times.items()
+        }
+    finally:
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
 
 
 def faults(step: Callable[[], None], steps: int = 2) -> float | None:
@@ -174,11 +234,11 @@ def run_pair(args: argparse.Namespace) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict]:
-    """Every job in a fresh process, ``args.rounds`` times in turn; per job the round with the median img/s
-    (``pair``: the round with the median share)."""
-    runs: dict[str, list[dict]] = {key: [] for key in JOBS}
+    """Every job of ROUNDS in a fresh process, ``args.rounds`` times in turn; per job the round with the median
+    img/s (``pair``: the round with the median share)."""
+    runs: dict[str, list[dict]] = {key: [] for key in ROUNDS}
     for _ in range(args.rounds):
-        for key in JOBS:
+        for key in ROUNDS:
             cmd = [sys.executable, __file__, "--job", key, "--batch", str(args.batch), "--iters", str(args.iters),
                    "--device", args.device]  # fmt: skip
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -187,17 +247,19 @@ def measure(args: argparse.Namespace) -> dict[str, dict]:
     return {key: sorted(r, key=share if key == "pair" else lambda m: m["ips"])[len(r) // 2] for key, r in runs.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--job", choices=list(JOBS), help=argparse.SUPPRESS)  # one measurement (a worker process)
-    args = ap.parse_args()
-    if args.job:
-        print(json.dumps(run_pair(args) if args.job == "pair" else run_job(args.job, args)))
-        return
+def measure_allocator(args: argparse.Namespace) -> list[dict]:
+    """ALLOCATOR's pairs in lock step, ``args.rounds`` times; per pair the round with the median on/off ratio
+    (and under "rounds" every round's ratio, in order)."""
+    runs: list[list[dict]] = [[] for _ in ALLOCATOR]
+    for _ in range(args.rounds):
+        for i, (off, on) in enumerate(ALLOCATOR):
+            m = lockstep(off, on, args)
+            runs[i].append({"off": m[off], "on": m[on], "ratio": m[on]["ips"] / m[off]["ips"]})
+    return [dict(sorted(r, key=lambda m: m["ratio"])[len(r) // 2], rounds=[m["ratio"] for m in r]) for r in runs]
+
+
+def print_steps(args: argparse.Namespace) -> None:
+    """The first table: every network's img/s against the baseline's, and LRN's share of the paper net's step."""
     amp, _, mode = our_path(torch.device(args.device))
     got = measure(args)
     peak16 = matmul_peak(torch.bfloat16, args.device) if amp else 0.0
@@ -226,17 +288,54 @@ def main() -> None:
           f"{100 * (1 - pair['without'] / pair['with']):.0f} % ({1000 * pair['with']:.0f} ms vs "
           f"{1000 * pair['without']:.0f} ms without LRN; medians of {2 * args.iters} steps each, median round)")  # fmt: skip
     print(f"paper net / alexnet_owt: {got['paper']['ips'] / got['owt']['ips']:.2f}")
-    print()
-    rows = [["config", "img/s, setting off", "img/s, setting on", "on / off", "page faults per step, off / on"]]
-    for label, off, on in (("torchvision alexnet, fp32 eager", "tv", "tv_kept"),
-                           (f"ours alexnet (paper), {mode}", "paper_unkept", "paper"),
-                           (f"ours alexnet (paper, LRN removed), {mode}", "identity_unkept", "identity")):  # fmt: skip
-        a, b = got[off]["ips"], got[on]["ips"]
-        fa, fb = got[off].get("faults"), got[on].get("faults")
+
+
+def print_allocator(args: argparse.Namespace) -> None:
+    """The second table: each net's speed and page faults without and with the allocator setting, in lock step."""
+    mode = our_path(torch.device(args.device))[2]
+    rows = [
+        [
+            "config",
+            "img/s, setting off",
+            "img/s, setting on",
+            "on / off",
+            "each round",
+            "page faults per step, off / on",
+        ]
+    ]
+    for label, m in zip(("torchvision alexnet, fp32 eager", f"ours alexnet (paper), {mode}",
+                         f"ours alexnet (paper, LRN removed), {mode}"), measure_allocator(args)):  # fmt: skip
+        fa, fb = m["off"]["faults"], m["on"]["faults"]
         counted = "not counted here" if fa is None or fb is None else f"{fa:,.0f} / {fb:,.0f}"
-        rows.append([label, f"{a:.1f}", f"{b:.1f}", f"{b / a:.2f}x", counted])
-    print("the allocator setting (tuning.keep_freed_memory), off vs on, same rounds:")
+        rounds = ", ".join(f"{r:.2f}" for r in m["rounds"])
+        rows.append([label, f"{m['off']['ips']:.1f}", f"{m['on']['ips']:.1f}", f"{m['ratio']:.2f}x", rounds, counted])
+    print(f"the allocator setting (tuning.keep_freed_memory), off vs on, device {args.device}, batch {args.batch}: per "
+          f"net the two in lock step (two processes whose steps alternate), medians of {2 * args.iters} steps each, "
+          f"the median of {args.rounds} rounds:")  # fmt: skip
     print(table(rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--only", choices=("steps", "allocator"), help="one of the two tables")
+    ap.add_argument("--job", choices=list(JOBS), help=argparse.SUPPRESS)  # one measurement (a worker process)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # --job as a lock-step worker
+    args = ap.parse_args()
+    if args.serve:
+        serve_steps(args.job, args)
+    elif args.job:
+        print(json.dumps(run_pair(args) if args.job == "pair" else run_job(args.job, args)))
+    else:
+        if args.only != "allocator":
+            print_steps(args)
+        if args.only is None:
+            print()
+        if args.only != "steps":
+            print_allocator(args)
 
 
 if __name__ == "__main__":

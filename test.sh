@@ -9,4 +9,4 @@ ruff check src tests benchmarks scripts
 ruff format --check src tests benchmarks scripts
 mypy  # src/, with the settings of [tool.mypy] in pyproject.toml (its cache: .mypy_cache/)
 NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir site
-python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

@@ -16,7 +16,7 @@ from alexnet.data import keyed_random
 from alexnet.io import checkpoint as ckpt_io
 from alexnet.models.layers import set_dropout_keys
 from alexnet.parallel.distributed import global_batch_norm
-from alexnet.parallel.hybrid import COMM, HybridAlexNet, optimizer_state_full, optimizer_state_shard
+from alexnet.parallel.hybrid import COMM, HybridAlexNet, grad_scaler, optimizer_state_full, optimizer_state_shard
 
 from .test_distributed import COMMON, _assert_same_weights, _free_port, _torchrun
 
@@ -88,6 +88,46 @@ def test_hybrid_steps_equal_one_process(tmp_path: Path) -> None:
             assert res["comm"]["all_gather"] == n * 4 * b * (9216 + 4096)  # pool5 forward, fc7-output grads back
             assert res["comm"]["reduce_scatter"] == n * 4 * world * b * (4096 + 9216)  # fc7 partials, pool5 grads
             assert res["comm"]["all_gather_keys"] == n * 8 * b  # one int64 dropout key per image
+
+
+def _fp16_worker(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        hybrid = HybridAlexNet(create_model("alexnet_owt", 10, dropout=0.0), dist.new_group())
+        model, opt, scaler = hybrid.ddp(None), torch.optim.SGD(hybrid.parameters(), lr=0.01), grad_scaler("cpu", True)
+        fc6 = hybrid.classifier.get_submodule(hybrid.names[0]).weight
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(BATCH, 3, 67, 67, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
+        rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+        scales = []
+        for step in range(3):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(model(x[rows]), y[rows])
+            scaler.scale(loss).backward()
+            if step == 1 and rank == 0:  # an overflow in rank 0's own fc6 rows, which no other rank holds
+                fc6.grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+            scales.append(scaler.get_scale())
+        conv1 = hybrid.features[0].weight.detach()
+        copies = [torch.empty_like(conv1) for _ in range(world)]
+        dist.all_gather(copies, conv1)
+        Path(out, f"{rank}.json").write_text(json.dumps({"scales": scales, "apart": [float((c - conv1).norm())
+                                                                                      for c in copies]}))  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_fp16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path) -> None:
+    """train.amp=fp16 (auto on V100/T4) with the loss scaler hybrid runs take: an inf in one rank's shard of fc6
+    makes every rank skip that step and halve its scale, so the replicated layers stay one network."""
+    world = 2
+    torch.multiprocessing.spawn(_fp16_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
+    res = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(world)]
+    assert res[0]["scales"] == res[1]["scales"] and res[0]["scales"][2] == res[0]["scales"][0] / 2, res
+    assert all(apart == 0.0 for r in res for apart in r["apart"]), res  # conv1 the same on both ranks
 
 
 def test_hybrid_training_resumes_across_hybrid_and_one_process(tmp_path: Path) -> None:

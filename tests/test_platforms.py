@@ -182,6 +182,27 @@ def test_auto_amp_follows_the_gpu_generation(monkeypatch: pytest.MonkeyPatch, ca
     assert tuning.resolve(TrainConfig(), torch.device("cuda", 0)).amp == amp
 
 
+@pytest.mark.parametrize("major, fp16, bf16", [(9, True, True), (8, True, True), (7, True, False), (6, False, False)])
+def test_triton_kernels_only_where_triton_runs(monkeypatch: pytest.MonkeyPatch, major: int, fp16: bool,
+                                               bf16: bool) -> None:  # fmt: skip
+    """The fused LRN and train.compile=auto need Triton: compute capability 7.0+ (a P100 is 6.0), bf16 from 8.0,
+    and the triton package, which PyTorch's Windows wheels lack; elsewhere the LRN's plain path runs, uncompiled."""
+    pytest.importorskip("triton")
+    from types import SimpleNamespace
+
+    from alexnet.engine import tuning
+    from alexnet.models import lrn
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.version, "hip", None)
+    cuda = torch.device("cuda", 0)
+    assert (lrn.triton_runs(cuda, torch.float16), lrn.triton_runs(cuda, torch.bfloat16)) == (fp16, bf16)
+    assert tuning.compile_pays(cuda, True, 10**9) == fp16
+    assert not lrn.triton_runs(torch.device("cpu"))
+    monkeypatch.setattr(lrn, "_TRITON", False)  # no triton package
+    assert not lrn.triton_runs(cuda, torch.float16) and not tuning.compile_pays(cuda, True, 10**9)
+
+
 def test_sigterm_to_the_whole_process_group_saves_and_exits(tiny_folder: Path, tmp_path: Path) -> None:
     """SLURM pre-emption: every process of the job, data-loader workers included, gets SIGTERM."""
     run = tmp_path / "group"

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..io.weights import load_weights
 from ..models import create_model, get_model_info, model_options
 from ..parallel.distributed import DistInfo, global_batch_norm, new_group, pick_device
-from ..parallel.hybrid import HybridAlexNet
+from ..parallel.hybrid import HybridAlexNet, grad_scaler
 from . import tuning
 from .ema import Ema
 from .optim import Schedule, build_optimizer
@@ -186,7 +186,7 @@ def new_state(cfg: Config, data: DataBundle, dist: DistInfo, resuming: bool = Fa
     optimizer = build_optimizer(model, cfg.optim, lr)
     assert data.train is not None
     schedule = Schedule(optimizer, cfg.schedule, lr, t.epochs, len(data.train), t.max_steps)
-    scaler = torch.amp.GradScaler(dist.device.type, enabled=t.amp == "fp16")
+    scaler = (grad_scaler if hybrid(cfg, dist) else torch.amp.GradScaler)(dist.device.type, enabled=t.amp == "fp16")
     info = RunInfo(cfg, data.class_names, data.preprocess, dist.world, data.train_set)
     return TrainState(model, optimizer, schedule, scaler, info, ema=Ema(model) if t.ema else None)
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..models.lrn import GroupedLRN
+from ..models.lrn import GroupedLRN, triton_runs
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -78,8 +78,9 @@ def has_lrn(model: nn.Module) -> bool:
 
 
 def compile_pays(device: torch.device, lrn: bool, train_images: int, towers: bool = False) -> bool:
-    """train.compile=auto: whether torch.compile's one-off cost is repaid within this run."""
-    return device.type == "cuda" and not towers and train_images >= COMPILE_PAYS_AFTER[lrn]
+    """train.compile=auto: whether torch.compile's one-off cost is repaid within this run (on CUDA, where
+    inductor's Triton kernels run: not on GPUs before compute capability 7.0 nor without Triton, as on Windows)."""
+    return device.type == "cuda" and not towers and train_images >= COMPILE_PAYS_AFTER[lrn] and triton_runs(device)
 
 
 def keep_freed_memory(device: torch.device) -> bool:

@@ -122,6 +122,18 @@ def _triton_lrn() -> LRN | None:
     return _TRITON if callable(_TRITON) else None
 
 
+def triton_runs(device: torch.device, dtype: torch.dtype | None = None) -> bool:
+    """Whether Triton's kernels run on ``device`` (the fused LRN; inductor's, under torch.compile): CUDA at
+    compute capability 7.0+ (Triton's floor; PyTorch refuses torch.compile below it) or ROCm, with Triton there
+    (PyTorch's Windows wheels bring none); a bf16 ``dtype`` only from 8.0 (Ampere), the first with bf16. The
+    capability is read through get_device_properties, which torch.compile folds to a constant."""
+    if device.type != "cuda" or _triton_lrn() is None:
+        return False
+    if torch.version.hip is not None:
+        return True
+    return torch.cuda.get_device_properties(device).major >= (8 if dtype == torch.bfloat16 else 7)
+
+
 def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0,
                         groups: int = 1) -> torch.Tensor:  # fmt: skip
     """``nn.functional.local_response_norm`` on each of ``groups`` channel groups; (B, C, H, W) in, same out."""
@@ -132,7 +144,7 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: f
     x = _dense(x)
     if x.is_cuda and not torch.jit.is_tracing() and type(x) in (torch.Tensor, nn.Parameter):
         fused = _triton_lrn()  # under torch.compile too: the op and its backward are in the graph
-        if fused is not None:
+        if fused is not None and triton_runs(x.device, x.dtype):
             return fused(x, size, alpha, beta, k, groups)
     if _traced(x):
         return _plain(x, size, alpha, beta, k, groups)

@@ -57,6 +57,9 @@ class CommLog:
 
 
 COMM = CommLog()  # hybrid's activation collectives; DDP's gradient buckets are counted by a comm hook
+# torch 2.14 renamed the two tensor collectives (the old names warn, FutureWarning); torch 2.6-2.13 have only the old
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -68,7 +71,7 @@ def gather_rows(x: torch.Tensor, group: Any, kind: str = "all_gather") -> torch.
     """(b, ...) on every rank -> (W b, ...) on every rank, in rank order."""
     out = x.new_empty((dist.get_world_size(group) * x.shape[0], *x.shape[1:]))
     COMM.add(kind, x)
-    dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+    _all_gather(out, x.contiguous(), group=group)
     return out
 
 
@@ -76,7 +79,7 @@ def reduce_scatter_rows(x: torch.Tensor, group: Any) -> torch.Tensor:
     """(W b, ...) on every rank -> this rank's (b, ...) rows, summed over the ranks."""
     out = x.new_empty((x.shape[0] // dist.get_world_size(group), *x.shape[1:]))
     COMM.add("reduce_scatter", x)
-    dist.reduce_scatter_tensor(out, x.contiguous(), group=group)
+    _reduce_scatter(out, x.contiguous(), group=group)
     return out
 
 
@@ -241,6 +244,18 @@ class HybridAlexNet(nn.Module):
         return DDP(self, device_ids=device_ids)
 
 
+def grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
+    """fp16's loss scaler for a hybrid run: a step is skipped on every rank when any rank's gradients overflow.
+    Each rank's fc6/fc7 shard has gradients no other rank sees, so with a plain GradScaler a rank whose shard
+    overflowed skipped a step its peers took, and the replicated layers' copies parted (measured on 2 Gloo
+    processes: conv1 differed by 7.9e-5 after one such step, the loss scales by 2x). PyTorch's sharded
+    scaler all-reduces the overflow flag over the ranks before the step; its state is GradScaler's, so a
+    checkpoint resumes with or without hybrid."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    return ShardedGradScaler(device_type, enabled=enabled, process_group=dist.group.WORLD)
+
+
 def _keyed(m: nn.Module) -> TypeGuard[KeyedDropout]:
     return isinstance(m, KeyedDropout) and m.training and m.p > 0
 
@@ -254,7 +269,7 @@ def gather_dim(t: torch.Tensor, s: Shard, group: Any) -> torch.Tensor:
     if x.shape[0] < m:
         x = torch.cat([x, x.new_zeros((m - x.shape[0], *x.shape[1:]))])
     out = x.new_empty((w * m, *x.shape[1:]))
-    dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+    _all_gather(out, x.contiguous(), group=group)
     return torch.cat([out[r * m : r * m + n] for r, n in enumerate(sizes)]).movedim(0, s.dim).contiguous()
 
 

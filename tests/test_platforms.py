@@ -203,6 +203,31 @@ def test_triton_kernels_only_where_triton_runs(monkeypatch: pytest.MonkeyPatch, 
     assert not lrn.triton_runs(cuda, torch.float16) and not tuning.compile_pays(cuda, True, 10**9)
 
 
+def test_fp16_with_the_loss_scaler_trains_and_resumes_exactly(tiny_folder: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """train.amp=fp16, auto on V100 and T4, run here on the CPU (which refuses it only for its speed): the loss
+    scaler skips the first steps' overflows, the weights stay finite, the checkpoint holds the scaler's state,
+    and a run resumed mid-epoch ends bit for bit where the uninterrupted one did."""
+    from alexnet.engine import setup
+
+    monkeypatch.setattr(setup, "check_amp", lambda amp, device: None)
+    args = ["--data", str(tiny_folder), *FAST, "--epochs", "2", "--set", "train.amp=fp16", "--set", "optim.lr=0.001",
+            "--set", "train.checkpoint_every=2", "--set", "train.keep_last=3"]  # fmt: skip
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["train", "--out", str(full), *args]) == 0  # 3 steps an epoch
+    last = ckpt_io.load(full / "checkpoints" / "last.pt")
+    assert last["config"]["train"]["amp"] == "fp16" and last["scaler"]["scale"] < 2.0**16  # it backed off
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    (cut / "checkpoints").mkdir(parents=True)
+    for f in ("config.yaml", "checkpoints/step-00000004.pt"):
+        (cut / f).write_bytes((full / f).read_bytes())
+    assert main(["train", "--resume", str(cut / "checkpoints" / "step-00000004.pt")]) == 0
+    resumed = ckpt_io.load(cut / "checkpoints" / "last.pt")
+    assert resumed["scaler"] == last["scaler"]
+    for k, v in last["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
 def test_sigterm_to_the_whole_process_group_saves_and_exits(tiny_folder: Path, tmp_path: Path) -> None:
     """SLURM pre-emption: every process of the job, data-loader workers included, gets SIGTERM."""
     run = tmp_path / "group"

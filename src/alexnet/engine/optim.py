@@ -40,8 +40,8 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """One parameter group, everything decayed, as in the paper."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, loss_scaled: bool = False) -> torch.optim.Optimizer:
+    """One parameter group, everything decayed, as in the paper. ``loss_scaled``: fp16's GradScaler steps it."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.name == "paper_sgd":
         return PaperSGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -50,9 +50,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.SGD(
-        params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, fused=fused
-    )
+    # Not fused under the GradScaler: fused SGD makes its momentum buffers with empty_like at its first step and
+    # skips the step when the scaler found an overflow, which fp16's first steps usually have, leaving them
+    # uninitialised (torch 2.14 on the 2-core AVX2 EPYC: 7.7e34 in one; the next step moved the weights by it).
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov, fused=fused and not loss_scaled)  # fmt: skip
 
 
 def total_at(retargets: list[list[int]], step: int, default: int) -> int:

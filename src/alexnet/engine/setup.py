@@ -75,9 +75,14 @@ def resolve_config(cfg: Config, device: torch.device, resuming: bool = False) ->
     if d.crop > d.resize:
         raise UserError(f"data.crop {d.crop} is larger than the images ({d.resize}px); use a smaller crop"
                         + (" or prepare the store with a larger --size" if size else ""))  # fmt: skip
-    if cfg.train.amp == "fp16" and device.type == "cpu":
-        raise UserError("train.amp=fp16 needs a GPU; use bf16 on the CPU")
+    check_amp(cfg.train.amp, device)
     return cfg
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """fp16 (and its loss scaler) is for GPUs: on CPUs only AMX-FP16 Xeons compute it natively."""
+    if amp == "fp16" and device.type == "cpu":
+        raise UserError("train.amp=fp16 needs a GPU; use bf16 on the CPU")
 
 
 def _starting_weights_options(cfg: Config) -> None:
@@ -183,7 +188,7 @@ def new_state(cfg: Config, data: DataBundle, dist: DistInfo, resuming: bool = Fa
     t = cfg.train
     model = build_model(cfg, data.class_names, dist, start=not resuming)
     lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_scale_batch if cfg.optim.lr_scale_batch else 1.0)
-    optimizer = build_optimizer(model, cfg.optim, lr)
+    optimizer = build_optimizer(model, cfg.optim, lr, loss_scaled=t.amp == "fp16")
     assert data.train is not None
     schedule = Schedule(optimizer, cfg.schedule, lr, t.epochs, len(data.train), t.max_steps)
     scaler = (grad_scaler if hybrid(cfg, dist) else torch.amp.GradScaler)(dist.device.type, enabled=t.amp == "fp16")

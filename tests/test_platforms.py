@@ -179,7 +179,8 @@ def test_auto_amp_follows_the_gpu_generation(monkeypatch: pytest.MonkeyPatch, ca
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # what T4s say
-    assert tuning.resolve(TrainConfig(), torch.device("cuda", 0)).amp == amp
+    resolved = tuning.resolve(TrainConfig(), torch.device("cuda", 0))
+    assert resolved.amp == amp and resolved.sync_every == (TrainConfig().log_every or 50)  # host reads: every N steps
 
 
 @pytest.mark.parametrize("major, fp16, bf16", [(9, True, True), (8, True, True), (7, True, False), (6, False, False)])

@@ -171,6 +171,22 @@ def test_prepare_with_the_spawn_start_method(tiny_folder: Path, tmp_path: Path) 
     assert (a / "train.u8").read_bytes() == (b / "train.u8").read_bytes()
 
 
+def test_training_with_spawned_loader_workers_equals_training_without(tiny_folder: Path, tmp_path: Path) -> None:
+    """macOS and Windows start data-loader workers with spawn (each unpickles the dataset in a fresh interpreter):
+    `train` with 2 of them, in a fresh process as a user's would be, ends with the weights of a run with none."""
+    code = ("import multiprocessing, sys; multiprocessing.set_start_method(sys.argv.pop(1), force=True); "
+            "from alexnet.cli import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    args = ["train", "--data", str(tiny_folder), *FAST, "--set", "data.pca_noise=0.1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # both runs one thread: the same summation order
+    for method, out, workers in (("spawn", "spawned", 2), ("fork", "inline", 0)):
+        res = subprocess.run([sys.executable, "-c", code, method, *args, "--out", str(tmp_path / out), "--set",
+                              f"data.workers={workers}"], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+    a, b = (ckpt_io.load(tmp_path / d / "checkpoints" / "last.pt")["model"] for d in ("spawned", "inline"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 @pytest.mark.parametrize("capability, amp", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"), ((7, 0), "fp16"),
                                              ((6, 1), "none")])  # fmt: skip
 def test_auto_amp_follows_the_gpu_generation(monkeypatch: pytest.MonkeyPatch, capability: tuple, amp: str) -> None:

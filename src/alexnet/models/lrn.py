@@ -14,7 +14,7 @@ function, chosen by where the tensor is:
   input dtype, and a custom autograd function whose backward is the closed form below. The forward keeps
   the input and one normaliser ``r = d^-beta`` in the input's dtype; the only full-size tensors it allocates
   are its output and ``r``, and the backward's only one is its result.
-- CUDA (lrn_triton.py, imported only there): one fused Triton kernel each way, registered with
+- CUDA where Triton runs (lrn_triton.py, imported only there; triton_runs): one fused Triton kernel each way, registered with
   ``torch.library.triton_op`` and its autograd formula, so torch.compile and compiled DDP graphs keep it.
 - traced (torch.compile off CUDA, torch.export, ONNX, jit.trace, torch.func transforms): the same formula as
   whole-tensor ops (Pad, Slice, Add, Mul, Sqrt, Reciprocal), which every runtime has and compilers fuse.

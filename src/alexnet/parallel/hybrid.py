@@ -57,7 +57,8 @@ class CommLog:
 
 
 COMM = CommLog()  # hybrid's activation collectives; DDP's gradient buckets are counted by a comm hook
-# torch 2.14 renamed the two tensor collectives (the old names warn, FutureWarning); torch 2.6-2.13 have only the old
+# torch 2.14 has new names for the two tensor collectives and warns on the old ones (FutureWarning); a torch
+# without the new names takes the old
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 

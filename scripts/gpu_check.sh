@@ -3,9 +3,9 @@
 # OUTDIR/gpu-check-DEVICE.log (default OUTDIR: benchmarks/results). It needs only what the package needs, already
 # installed (torch with CUDA, torchvision, numpy, pillow, pyyaml, tqdm, scikit-learn, safetensors, protobuf,
 # tensorboard, matplotlib): no pip, no datasets (it makes its own), the package from this checkout's src/.
-#   1. the commands on the GPU: train on the built-in digits (1 epoch, resumed to 2), evaluate with 10 crops,
-#      predict, export to ONNX, DDP over NCCL with torchrun (1 process), the two-tower split placed twice on the
-#      one GPU;
+#   1. the commands on the GPU: train on the built-in digits (1 epoch, resumed to 2; 1 epoch in fp16 with the
+#      loss scaler, not in a dry run), evaluate with 10 crops, predict, export to ONNX, DDP over NCCL with torchrun
+#      (1 process), the two-tower split placed twice on the one GPU;
 #   2. benchmarks/gpu_check.py: training steps of the three networks (eager and compiled), the GPU LRN, store ->
 #      GPU epochs (raw, JPEG decoded on the CPU and on the GPU), host overhead and host-device syncs on the
 #      device, train.deterministic bit for bit and a resume against the uninterrupted run, evaluate's images/s.
@@ -41,6 +41,8 @@ step() {  # step NAME COMMAND...
     [ "$dry" = 1 ] && small=(--set train.max_steps=3 --set data.val_fraction=0.05)  # 90 validation digits
     step train alexnet train --device "$dev" --out "$work/digits" --epochs 1 "${small[@]}"
     step resume alexnet train --resume "$work/digits" --epochs 2
+    # fp16 with the loss scaler, auto on V100/T4 (CPUs refuse it): on the GPU only
+    [ "$dry" = 1 ] || step fp16 alexnet train --device "$dev" --out "$work/fp16" --epochs 1 --set train.amp=fp16
     step evaluate alexnet evaluate "$work/digits" --device "$dev" --tta 10crop
     "$py" -c "from PIL import Image; Image.new('RGB', (64, 64), (200, 30, 30)).save('$work/img.png')"
     step predict alexnet predict "$work/digits" "$work/img.png" --device "$dev"

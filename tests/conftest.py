@@ -58,11 +58,12 @@ def _give_back_freed_memory() -> Iterator[None]:
 
 # The files that take longest, longest first, so that the two pytest-xdist workers end together (longest
 # processing time first; the other files follow in their own order). On the 2-core AMD EPYC with AVX2, nothing else
-# running, these six took 380, 160, 154, 137, 129 and 101 s (--durations=0), every other file under 80 s; pytest
-# took 895 s with pytest-xdist's default order (files with more tests first) and 794 s in this one, the tests'
-# times summing to 1607 and 1548 s. test.sh passes --no-loadscope-reorder, which keeps the order made here.
-LONGEST_FIRST = ("test_distributed.py", "test_use.py", "test_gpu_check.py", "test_hybrid.py", "test_reliability.py",
-                 "test_budget.py")  # fmt: skip
+# running (--durations=0), these seven took 371, 198, 181, 136, 127, 127 and 97 s, every other file under 70 s.
+# With the six longest of an earlier suite first, pytest took 794 s against 895 s in pytest-xdist's default order
+# (files with more tests first), the tests' times summing to 1548 and 1607 s. test.sh passes
+# --no-loadscope-reorder, which keeps the order made here.
+LONGEST_FIRST = ("test_distributed.py", "test_gpu_check.py", "test_use.py", "test_platforms.py", "test_reliability.py",
+                 "test_hybrid.py", "test_budget.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -123,6 +123,14 @@ def test_towers_match_the_grouped_model(name: str) -> None:
     after_t = towers.state_dict()
     for k, v in grouped.state_dict().items():
         torch.testing.assert_close(after_t[k], v, rtol=1e-5, atol=1e-5, msg=k)
+    grouped.eval(), towers.eval()
+    with torch.no_grad():  # the interface every network has: pool3's maps, fc7's features, the logits from them
+        maps = towers.forward_features(x)
+        torch.testing.assert_close(maps, grouped.forward_features(x), rtol=1e-5, atol=1e-5)
+        fc7 = grouped.forward_head(maps, pre_logits=True)
+        torch.testing.assert_close(towers.forward_head(maps, pre_logits=True), fc7, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(towers.forward_head(maps), grouped(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(towers(x), grouped(x), rtol=1e-5, atol=1e-5)
 
 
 def _grouped_grads(towers: TowerAlexNet) -> dict[str, torch.Tensor]:

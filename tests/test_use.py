@@ -280,6 +280,31 @@ def test_pt2_export_loads_without_this_package(digits_run: Path, tmp_path: Path)
     assert got["meta"]["class_names"] == w.class_names and got["meta"]["preprocess"]["crop"] == 72
 
 
+def test_create_model_takes_a_run_its_checkpoint_and_its_export(digits_run: Path, tmp_path: Path) -> None:
+    """create_model(name, weights=...) loads what load_weights does: a run directory, a checkpoint, an exported
+    .safetensors file; the classes from the weights unless another count asks for a fresh last layer; weights
+    of another network and options the weights fix are refused with the ValueError torch's own checks raise."""
+    from alexnet.errors import UserError
+    from alexnet.io.weights import load_weights
+
+    st = tmp_path / "digits.safetensors"
+    assert main(["export", str(digits_run), "--format", "safetensors", "--out", str(st)]) == 0
+    x = torch.randn(2, 3, 72, 72)
+    with torch.no_grad():
+        want = load_weights(str(digits_run)).model(x)
+        for spec in (digits_run, digits_run / "checkpoints" / "best.pt", st):
+            model = create_model("alexnet", weights=str(spec)).eval()
+            assert model.num_classes == 10 and torch.equal(model(x), want), spec
+    five = create_model("alexnet", 5, weights=str(st))
+    assert five.num_classes == 5 and torch.equal(five.features.conv1.weight, model.features.conv1.weight)
+    with pytest.raises(ValueError, match="holds alexnet weights, not alexnet_bn"):
+        create_model("alexnet_bn", weights=str(st))
+    with pytest.raises(ValueError, match="lrn_k: set by the weights"):
+        create_model("alexnet", weights=str(st), lrn_k=1.0)
+    with pytest.raises(UserError, match="no such run directory or checkpoint"):
+        create_model("alexnet", weights=str(tmp_path / "missing"))
+
+
 def test_torch_hub_local(digits_run: Path) -> None:
     repo = str(Path(__file__).resolve().parents[1])
     fresh = torch.hub.load(repo, "alexnet", source="local", num_classes=7)

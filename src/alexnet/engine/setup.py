@@ -20,7 +20,8 @@ from ..data.loaders import DataBundle, build_data, store_size
 from ..data.transforms import BatchAugment
 from ..errors import UserError
 from ..io.weights import load_weights
-from ..models import create_model, get_model_info, model_options
+from ..io.weights_file import model_options
+from ..models import create_model, get_model_info
 from ..parallel.distributed import DistInfo, global_batch_norm, new_group, pick_device
 from ..parallel.hybrid import HybridAlexNet, grad_scaler
 from . import tuning
@@ -122,7 +123,8 @@ def build_model(cfg: Config, class_names: list[str], dist: DistInfo, start: bool
     m = cfg.model
     torch.manual_seed(cfg.train.seed)
     file_weights = m.weights not in (None, "torchvision")
-    model = create_model(m.name, len(class_names), init=m.init, weights=None if file_weights else m.weights,
+    model: nn.Module = create_model(m.name, len(class_names), init=m.init,
+                                    weights=None if file_weights else m.weights,
                          **model_options(m.name, asdict(m)))  # fmt: skip
     if file_weights and start:
         _load_starting_weights(model, cfg, class_names)

@@ -17,11 +17,17 @@ from torch import nn
 
 from ..errors import UserError
 from ..inference import ComputePath, compute_path
+from ..models import Network
 from . import export_meta
 from .weights import Loaded, load_weights
 
+_LOGITS_ONLY = (
+    "an ONNX graph gives the logits only: its layers' outputs come from the weights it was exported "
+    "from (the run or .safetensors file)"
+)
 
-class OnnxModel(nn.Module):
+
+class OnnxModel(Network):
     """An onnxruntime InferenceSession as a module: (B, 3, H, W) in (normalised float, or uint8 for a graph that
     normalises inside), logits (B, classes) out on the input's device."""
 
@@ -32,6 +38,12 @@ class OnnxModel(nn.Module):
         self.takes_uint8 = bool(meta["in_graph"])
         # the mean image inside such a graph is its centre window: other views would subtract the wrong pixels
         self.centre_only = self.takes_uint8 and meta["preprocess"].mean_image is not None
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise UserError(_LOGITS_ONLY)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        raise UserError(_LOGITS_ONLY)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device, x = x.device, x.detach().cpu()

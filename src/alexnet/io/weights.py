@@ -11,22 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..config import Config, from_dict
 from ..data.classes import imagenet_classes
 from ..data.preprocess import Preprocess
 from ..errors import UserError
-from ..models import create_model, get_model_info, model_options
-from . import checkpoint as ckpt_io
-from . import hub
+from ..models import Network, create_model, get_model_info
 from .atomic import atomic_write_bytes
-from .weights_file import MEAN_IMAGE_KEY, SAFETENSORS_FORMAT, read_safetensors
+from .weights_file import MEAN_IMAGE_KEY, SAFETENSORS_FORMAT, read_weights
 
 
 @dataclass
 class Loaded:
-    model: nn.Module
+    model: Network
     variant: str
     class_names: list[str]
     preprocess: Preprocess
@@ -38,7 +35,7 @@ class Loaded:
 
 def model_from_state(
     variant: str, num_classes: int, state: dict[str, torch.Tensor], options: dict[str, Any]
-) -> nn.Module:
+) -> Network:
     """The network ``state`` holds, built on the meta device with the tensors assigned: no initialisation that
     the weights overwrite (0.6 s of every `predict`, `evaluate` and `export` of alexnet_owt on the 2-core AVX2
     machine, against 4 ms). ``state``'s tensors become the network's (every caller passes weights it has just
@@ -72,40 +69,14 @@ def load_weights(spec: str, device: torch.device | str = "cpu", towers: str | No
 
 
 def _load(spec: str) -> Loaded:
-    if hub.is_hub(spec):  # a repository of `alexnet export --format hub` output, through the Hub's cache
-        loaded = load_safetensors(hub.download(spec))
-        loaded.source = spec
-        return loaded
     if spec == "torchvision":
         model = create_model("alexnet_owt", 1000, weights="torchvision")
         names = [w for w, _ in imagenet_classes()]
         return Loaded(model, "alexnet_owt", names, Preprocess.imagenet(), None, "torchvision IMAGENET1K_V1")
-    path = Path(spec)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        # a run directory with an export: prefer it unless a checkpoint is newer
-        st = path / "model.safetensors"
-        newest_ckpt = max((p.stat().st_mtime for p in (path / "checkpoints").glob("*.pt")), default=0.0)
-        if st.stat().st_mtime >= newest_ckpt:
-            path = st
-    if path.suffix == ".safetensors" or (path.is_file() and ckpt_io.foreign_kind(path) == "safetensors"):
-        return load_safetensors(path)
-    path = ckpt_io.resolve(path)
-    ck = ckpt_io.load(path)
-    try:
-        variant, names, cfg_dict = ck["variant"], list(ck["class_names"]), ck["config"]
-        pre = Preprocess.from_meta(ck["preprocess"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: checkpoint without its metadata ({e})") from None
-    options = model_options(variant, cfg_dict.get("model"), dropout=False)
-    # a run with train.ema was validated on the averaged weights: those are the run's result
-    model = model_from_state(variant, len(names), ck.get("ema") or ck["model"], options)
-    return Loaded(model, variant, names, pre, from_dict(cfg_dict, f"checkpoint {path}"), str(path), options)
-
-
-def load_safetensors(path: Path) -> Loaded:
-    f = read_safetensors(path)
+    f = read_weights(spec)
     model = model_from_state(f.variant, len(f.class_names), f.state, f.options)
-    return Loaded(model, f.variant, f.class_names, f.preprocess, None, str(path), f.options, f.published)
+    cfg = None if f.config is None else from_dict(f.config, f"checkpoint {f.source}")
+    return Loaded(model, f.variant, f.class_names, f.preprocess, cfg, f.source, f.options, f.published)
 
 
 def save_safetensors(loaded: Loaded, out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from .alexnet import AlexNet
 from .init import INIT_SCHEMES, init_weights
+from .layers import Network
 from .owt import AlexNetOWT
 from .registry import (
     MODELS,
@@ -11,7 +12,6 @@ from .registry import (
     create_model,
     get_model_info,
     list_models,
-    model_options,
 )
 
 __all__ = [
@@ -22,9 +22,9 @@ __all__ = [
     "PAPER_PUBLISHED",
     "MODELS",
     "ModelInfo",
+    "Network",
     "create_model",
     "get_model_info",
     "init_weights",
     "list_models",
-    "model_options",
 ]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UserValueError
-from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size, pool_to_grid
+from .layers import DROPOUT_STREAMS, KeyedDropout, Network, check_input_size, pool_to_grid
 from .lrn import PAPER_LRN, GroupedLRN
 
 # Smallest input whose pool3 output is at least 1x1:
@@ -21,7 +21,7 @@ from .lrn import PAPER_LRN, GroupedLRN
 MIN_INPUT_SIZE = 67
 
 
-class AlexNet(nn.Module):
+class AlexNet(Network):
     """AlexNet as published, as one module on one device.
 
     ``norm="lrn"``: the paper's network (LRN after conv1 and conv2, per tower; ``lrn_groups=1`` normalises
@@ -103,7 +103,7 @@ class AlexNet(nn.Module):
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.min_input_size, "alexnet")
+        check_input_size(x, self.min_input_size, "alexnet_bn" if self.norm == "bn" else "alexnet")
         x = self.features(x)  # conv1 (B,96,55,55) ... pool3 (B,256,6,6) at 227x227
         return pool_to_grid(x, self.avgpool)  # (B, 256, 6, 6)
 
@@ -115,6 +115,3 @@ class AlexNet(nn.Module):
         if pre_logits:
             return x
         return c("fc8")(x)  # (B, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from abc import abstractmethod
 
 import torch
 from torch import nn
@@ -11,6 +12,24 @@ from ..data import keyed_random
 from ..errors import UserValueError
 
 DROPOUT_STREAMS = {"fc6": 106, "fc7": 107}  # keyed_random streams of the two dropout layers
+
+
+class Network(nn.Module):
+    """What every network here has (timm's interface): ``forward_features(x)``, the pool3 maps (B, 256, 6, 6);
+    ``forward_head(x, pre_logits=False)``, the logits of those maps, or with ``pre_logits`` the 4096-d fc7
+    features; ``forward``, the two in turn; ``num_classes``; ``min_input_size``, the smallest side it takes."""
+
+    num_classes: int
+    min_input_size: int
+
+    @abstractmethod
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def check_input_size(x: torch.Tensor, minimum: int, name: str) -> None:

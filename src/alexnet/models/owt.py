@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size, pool_to_grid
+from .layers import DROPOUT_STREAMS, KeyedDropout, Network, check_input_size, pool_to_grid
 
 # conv1 (63+4-11)/4+1=15, pool1 7, pool2 3, pool3 1 (torchvision's meta says min_size 63).
 MIN_INPUT_SIZE = 63
 
 
-class AlexNetOWT(nn.Module):
+class AlexNetOWT(Network):
     default_input_size = 224
     min_input_size = MIN_INPUT_SIZE
 
@@ -61,6 +61,3 @@ class AlexNetOWT(nn.Module):
         if pre_logits:
             return x
         return self.classifier[6](x)  # (B, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -1,5 +1,5 @@
-"""Pretrained weights: torchvision's IMAGENET1K_V1 for ``alexnet_owt``, and this package's own on the Hugging Face
-Hub (``hf-hub:ORG/NAME``) for every variant.
+"""Pretrained weights: torchvision's IMAGENET1K_V1 for ``alexnet_owt``, and this package's own for every variant
+(files, runs, and the Hugging Face Hub's ``hf-hub:ORG/NAME``: ``io.weights_file.read_weights``).
 
 torchvision's are fetched through torchvision's own weights API, so the file is hash-checked and cached in
 the torch hub cache (``$TORCH_HOME/hub/checkpoints``); with the file already there no
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError, UserValueError
-from ..io.weights_file import WeightsFile
+from ..io.weights_file import WeightsFile, read_weights
 
 PRETRAINED = {("alexnet_owt", "torchvision")}
 
@@ -40,14 +40,11 @@ def load_pretrained(model: nn.Module, name: str, weights: str) -> None:
         model.load_state_dict(state, strict=True)
 
 
-def hub_weights(name: str, spec: str) -> WeightsFile:
-    """The Hub repository's ``model.safetensors``, which must hold ``name``'s weights."""
-    from ..io.hub import download
-    from ..io.weights_file import read_safetensors
-
-    f = read_safetensors(download(spec))
+def saved_weights(name: str, spec: str) -> WeightsFile:
+    """This package's weights that ``spec`` names (``read_weights``), which must be ``name``'s."""
+    f = read_weights(spec)
     if f.variant != name:
-        raise ValueError(f"{spec} holds {f.variant} weights, not {name}")
+        raise UserValueError(f"{spec} holds {f.variant} weights, not {name}")
     return f
 
 
@@ -60,5 +57,5 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], same_classes: b
         model.load_state_dict(state, strict=same_classes)
     except RuntimeError as e:
         raise UserError(
-            f"the Hub weights do not fit this model: {(str(e).splitlines()[1:] or [str(e)])[0].strip()}"
+            f"the weights do not fit this model: {(str(e).splitlines()[1:] or [str(e)])[0].strip()}"
         ) from None

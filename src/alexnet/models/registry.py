@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import UserValueError
 from .alexnet import AlexNet
 from .init import init_weights
+from .layers import Network
 from .owt import AlexNetOWT
 
 # Krizhevsky et al. 2012, Table 2: one CNN on ILSVRC-2012 validation (the published metrics of "alexnet"), tested
@@ -28,7 +28,7 @@ PAPER_PUBLISHED: dict[str, Any] = {"top1": 1 - PAPER_ILSVRC2012["top1_err"], "to
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    builder: Callable[..., nn.Module]
+    builder: Callable[..., Network]
     description: str
     input_size: int  # native crop
     min_input_size: int
@@ -82,16 +82,6 @@ def get_model_info(name: str) -> ModelInfo:
     return MODELS[name]
 
 
-def model_options(name: str, model_cfg: dict[str, Any] | None, dropout: bool = True) -> dict[str, Any]:
-    """The architecture options stored in a run's ``model`` config section (or a weights file's metadata):
-    dropout, and the LRN settings for ``alexnet``. The one place that maps config keys to builder options."""
-    m = model_cfg or {}
-    opts: dict[str, Any] = {"dropout": m["dropout"]} if dropout and "dropout" in m else {}
-    if name == "alexnet":
-        opts |= {k: m[k] for k in ("lrn_size", "lrn_alpha", "lrn_beta", "lrn_k", "lrn_groups") if k in m}
-    return opts
-
-
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -100,16 +90,18 @@ def create_model(
     weights: str | None = None,
     seed: int | None = None,
     **options: Any,
-) -> nn.Module:
+) -> Network:
     """Build a model by name.
 
-    ``init`` picks the initialisation scheme (default: the variant's own, see ``init.py``).
-    ``weights="torchvision"`` loads torchvision's IMAGENET1K_V1 weights (``alexnet_owt`` only);
-    ``weights="hf-hub:ORG/NAME[@REV]"`` a Hub repository of this package's weights (`alexnet export --format hub`;
-    huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works after one download), its architecture options with it
-    (``alexnet.io.weights.load_weights`` of the same name gives its class names and preprocessing too).
-    ``num_classes``: default 1000, or the Hub weights' own; another count gets a freshly initialised last layer.
-    ``options`` go to the architecture (``dropout``, and ``lrn_size/alpha/beta/k`` for ``alexnet``).
+    ``init`` picks the initialisation scheme (default: the variant's own, see ``init.py``); ``seed`` seeds it.
+    ``weights``: ``"torchvision"``, torchvision's IMAGENET1K_V1 (``alexnet_owt`` only); or this package's weights
+    of this variant, with their architecture options: a ``.safetensors`` file (`alexnet export` or
+    `import-weights`), a run directory or a checkpoint (its EMA weights when the run kept them), or
+    ``"hf-hub:ORG/NAME[@REV]"``, a Hub repository (`alexnet export --format hub`; huggingface_hub's cache, so
+    ``HF_HUB_OFFLINE=1`` works after one download). ``alexnet.weights.load_weights`` of the same gives their
+    class names and preprocessing too.
+    ``num_classes``: default 1000, or the weights' own; another count gets a freshly initialised last layer.
+    ``options`` go to the architecture (``dropout``, and ``lrn_size/alpha/beta/k/groups`` for ``alexnet``).
 
     Training in your own loop on a Linux CPU: call ``alexnet.tuning.keep_freed_memory(torch.device("cpu"))``
     once before the first step, as ``alexnet train`` does, or start Python with the glibc variables
@@ -118,16 +110,16 @@ def create_model(
     torchvision's net and these gain from it (benchmarks/train_step.py measures both, with and without).
     """
     info = get_model_info(name)
-    hub_file = None
-    if weights is not None and weights.startswith("hf-hub:"):
-        from .pretrained import hub_weights
+    saved = None
+    if weights is not None and weights != "torchvision":
+        from .pretrained import saved_weights
 
-        hub_file = hub_weights(name, weights)
-        clash = sorted(k for k, v in options.items() if k in hub_file.options and hub_file.options[k] != v)
+        saved = saved_weights(name, weights)
+        clash = sorted(k for k, v in options.items() if k in saved.options and saved.options[k] != v)
         if clash:
-            raise ValueError(f"{', '.join(clash)}: set by the weights {weights}")
-        options = hub_file.options | options
-        num_classes = len(hub_file.class_names) if num_classes is None else num_classes
+            raise UserValueError(f"{', '.join(clash)}: set by the weights {weights}")
+        options = saved.options | options
+        num_classes = len(saved.class_names) if num_classes is None else num_classes
     num_classes = 1000 if num_classes is None else num_classes
     if num_classes < 1:
         raise UserValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -138,10 +130,10 @@ def create_model(
     except TypeError as e:
         raise UserValueError(f"bad option for {name}: {e}") from None
     init_weights(model, init or info.default_init)
-    if hub_file is not None:
+    if saved is not None:
         from .pretrained import load_state
 
-        load_state(model, hub_file.state, same_classes=num_classes == len(hub_file.class_names))
+        load_state(model, saved.state, same_classes=num_classes == len(saved.class_names))
     elif weights is not None:
         from .pretrained import load_pretrained
 

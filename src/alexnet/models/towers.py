@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import UserError
 from .alexnet import AlexNet
-from .layers import DROPOUT_STREAMS, KeyedDropout, check_input_size, pool_to_grid
+from .layers import DROPOUT_STREAMS, KeyedDropout, Network, check_input_size, pool_to_grid
 from .lrn import PAPER_LRN, GroupedLRN
 
 TWO_TOWER_MODELS = ("alexnet", "alexnet_bn")
@@ -87,7 +87,7 @@ class _Tower(nn.Module):
         return pool_to_grid(self.pool(x), self.avgpool)  # (B, 128, 6, 6)
 
 
-class TowerAlexNet(nn.Module):
+class TowerAlexNet(Network):
     """AlexNet with tower A on ``devices[0]`` and tower B on ``devices[1]`` (model parallel)."""
 
     min_input_size = AlexNet.min_input_size
@@ -120,15 +120,19 @@ class TowerAlexNet(nn.Module):
         t.load_state_dict(model.state_dict())
         return t
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each tower's half of pool3, (B, 128, 6, 6), on its own device."""
         check_input_size(x, self.min_input_size, "alexnet (towers)")
         da, db = self.devices
         a = self.tower_a.stage1(x.to(da))  # (B, 128, 13, 13) on A
         b = self.tower_b.stage1(x.to(db))  # (B, 128, 13, 13) on B
         both_a = torch.cat([a, b.to(da)], 1)  # cross-device: into conv3
         both_b = torch.cat([a.to(db), b], 1)
-        a = torch.flatten(self.tower_a.stage2(both_a), 1)  # (B, 4608)
-        b = torch.flatten(self.tower_b.stage2(both_b), 1)
+        return self.tower_a.stage2(both_a), self.tower_b.stage2(both_b)
+
+    def _head(self, a: torch.Tensor, b: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """From the towers' halves of fc6's input, (B, 4608) on A and on B: logits, or fc7's output, on A."""
+        da, db = self.devices
         f_a = torch.cat([a, b.to(da)], 1)  # (B, 9216) cross-device: into fc6
         f_b = torch.cat([a.to(db), b], 1)
         ta, tb = self.tower_a, self.tower_b
@@ -136,7 +140,21 @@ class TowerAlexNet(nn.Module):
         g_a = torch.cat([h_a, h_b.to(da)], 1)  # cross-device: into fc7
         g_b = torch.cat([h_a.to(db), h_b], 1)
         h_a, h_b = ta.drop7(ta.relu(ta.fc7(g_a))), tb.drop7(tb.relu(tb.fc7(g_b)))
-        return self.fc8(torch.cat([h_a, h_b.to(da)], 1))  # (B, classes) on A: into fc8
+        fc7 = torch.cat([h_a, h_b.to(da)], 1)  # (B, 4096) on A: into fc8
+        return fc7 if pre_logits else self.fc8(fc7)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self._features(x)
+        return torch.cat([a, b.to(self.devices[0])], 1)  # (B, 256, 6, 6) on A
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(x, 1).to(self.devices[0])  # (B, 9216): tower A's maps, then B's
+        half = x.shape[1] // 2
+        return self._head(x[:, :half], x[:, half:].to(self.devices[1]), pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # each tower's maps stay on its device
+        a, b = self._features(x)
+        return self._head(torch.flatten(a, 1), torch.flatten(b, 1))
 
     # --- the grouped single-device layout, both ways ---------------------------------------------------
 

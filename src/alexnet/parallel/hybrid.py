@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..models.alexnet import AlexNet
-from ..models.layers import KeyedDropout, check_input_size, keyed_dropout, pool_to_grid
+from ..models.layers import KeyedDropout, Network, check_input_size, keyed_dropout, pool_to_grid
 from ..models.owt import AlexNetOWT
 
 
@@ -148,7 +148,7 @@ class Shard:
     size: int
 
 
-class HybridAlexNet(nn.Module):
+class HybridAlexNet(Network):
     """An AlexNet variant (``features``, ``avgpool``, a classifier with three Linear layers) with fc6 and fc7
     sharded over the ranks of ``group``. Parameter names and order are the single model's."""
 

@@ -26,6 +26,8 @@ RUNTIME_DATA = [
     "data/imagenet_classes.txt",
     *(f"recipes/{p.name}" for p in (PACKAGE / "recipes").glob("*.yaml")),
 ]
+# the checkout's files the sdist carries besides src/alexnet (MANIFEST.in; tests/ is copied too, to show it is left out)
+SDIST_TOP = ("pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "CITATION.cff", "MANIFEST.in")
 # the built-in digits, as small as a run goes: 3 steps, a 90-image validation split, 67 px crops
 TINY_TRAIN = ("train --epochs 1 --batch-size 6 --set train.max_steps=3 --set data.val_fraction=0.05 --set data.resize=72"
               " --set data.crop=67 --set data.workers=0 --set train.amp=none").split()  # fmt: skip
@@ -50,7 +52,8 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     tmp = tmp_path_factory.mktemp("dist")
     copy = tmp / "checkout"
     shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "README.md"):
+    shutil.copytree(ROOT / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in SDIST_TOP:
         shutil.copy(ROOT / name, copy / name)
     # no isolation: the build backend is the test extra's setuptools (no download)
     _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp / "out"), str(copy)])
@@ -70,9 +73,11 @@ def test_the_sdist_and_the_wheel_pass_twine_and_carry_every_source_and_data_file
     entry_points = zipfile.ZipFile(dist.wheel).read(f"{meta}/entry_points.txt").decode()
     assert "alexnet = alexnet.cli:main" in entry_points
     with tarfile.open(dist.sdist) as tar:
-        sdist = set(tar.getnames())
-    top = f"alexnet-{alexnet.__version__}"
-    assert {f"{top}/src/alexnet/{f}" for f in _package_files()} <= sdist and f"{top}/pyproject.toml" in sdist
+        top = f"alexnet-{alexnet.__version__}/"
+        files = {m.name[len(top) :] for m in tar.getmembers() if m.isfile() and m.name.startswith(top)}
+    made = {f for f in files if f.startswith("src/alexnet.egg-info/") or f in ("PKG-INFO", "setup.cfg")}  # setuptools'
+    # the package's files and the top-level files above; nothing of the test suite (it needs the whole repository)
+    assert files - made == {*(f"src/alexnet/{f}" for f in _package_files()), *SDIST_TOP}, sorted(files - made)
 
 
 class _Venv(venv.EnvBuilder):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from alexnet import create_model
@@ -372,9 +373,16 @@ def test_finetune_from_torchvision_weights(
 
     run = tmp_path / "ft"
     args = ["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--model", "alexnet_owt", "--weights",
-            "torchvision", "--set", "model.freeze_features=true", "--set", "data.normalize=channel"]  # fmt: skip
+            "torchvision", "--set", "model.freeze_features=true"]  # fmt: skip
     assert main(args) == 0
     from alexnet.io import checkpoint as ckpt_io
+
+    # the network is fed what torchvision trained it on: its published normalisation, not this folder's
+    tv_pre = pytest.importorskip("torchvision").models.AlexNet_Weights.IMAGENET1K_V1.transforms()
+    data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert data["normalize"] == "channel"
+    torch.testing.assert_close(torch.tensor(data["mean"]), torch.tensor(tv_pre.mean), rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(data["std"]), torch.tensor(tv_pre.std), rtol=0, atol=1e-6)
 
     w = ckpt_io.load(run / "checkpoints" / "last.pt")["model"]
     torch.testing.assert_close(w["features.0.weight"], torchvision_cache.features[0].weight)  # frozen

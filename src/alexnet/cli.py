@@ -56,7 +56,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a network (built-in digits with no --data)",
         description="Train a network. With no arguments: the built-in digits dataset and the 'digits' recipe "
-        "(3 min 15 s on a 2-core AVX2 CPU: docs/results.md). Under torchrun every process runs this same command; "
+        "(2 min 36 s on a 2-core AVX2 CPU: docs/results.md). Under torchrun every process runs this same command; "
         "--batch-size is the GLOBAL batch, split evenly across processes.",
     )
     p.add_argument("--data", help="ImageFolder root with train/ and val/ (default: built-in digits)")

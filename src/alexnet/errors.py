@@ -37,6 +37,22 @@ class UserValueError(UserError, ValueError):
     the command line, and to Python callers the ValueError that torch's and torchvision's own checks raise."""
 
 
+def missing_extra(what: str, extra: str) -> UserError:
+    """ "WHAT needs the EXTRA extra: pip install ...", naming the extra's packages as this installation's metadata
+    lists them: the package is installed from its repository, so `pip install "alexnet[EXTRA]"` would look for a
+    project of that name on PyPI, which is not this one."""
+    from importlib import metadata
+
+    try:
+        reqs = metadata.requires("alexnet") or []
+    except metadata.PackageNotFoundError:  # run from a source tree (hubconf.py in a clone)
+        reqs = []
+    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
+    pkgs = [r.split(";")[0].strip() for r in reqs if marker.search(r)]
+    how = " ".join(["pip install", *map(shlex.quote, pkgs)]) if pkgs else f'pip install -e ".[{extra}]" in a clone'
+    return UserError(f"{what} needs the {extra} extra: {how}")
+
+
 _crash_log: str | None = None  # where the next internal error's traceback goes; None: a temporary file
 # a full disk (or quota): the machine's state wherever it is met, never the code's
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

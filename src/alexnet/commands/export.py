@@ -20,7 +20,7 @@ import torch
 
 from ..data.preprocess import Preprocess
 from ..data.transforms import TTA
-from ..errors import UserError
+from ..errors import UserError, missing_extra
 from ..io import export_meta
 from ..io.atomic import atomic_write, atomic_write_bytes, check_output
 from ..io.weights import Loaded, load_weights, save_safetensors
@@ -95,7 +95,7 @@ def export_onnx(
         import onnx  # noqa: F401  (torch.onnx needs it; say so before exporting)
         import onnxruntime as ort
     except ImportError:
-        raise UserError("ONNX export needs the export extra: pip install 'alexnet[export]'") from None
+        raise missing_extra("ONNX export", "export") from None
     size = loaded.preprocess.crop
     model = _network(loaded, with_preprocess)
     batch = torch.export.Dim("batch", min=1, max=4096)

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, save_yaml
 from ..data.loaders import DataBundle, build_data, store_size
+from ..data.preprocess import Preprocess
 from ..data.transforms import BatchAugment
 from ..errors import UserError
 from ..io.weights import load_weights
@@ -87,19 +88,23 @@ def check_amp(amp: str, device: torch.device) -> None:
 
 
 def _starting_weights_options(cfg: Config) -> None:
-    """``model.weights`` naming a file or run (e.g. `alexnet import-weights` output): its variant must be the
-    run's; its architecture options (LRN settings) and, unless set, its input normalisation (mean, std) become
-    the run's, written to config.yaml: the network is fed what it was trained on."""
+    """``model.weights``: their variant must be the run's; their architecture options (LRN settings) and, unless
+    set, their input normalisation (mean, std; torchvision's ImageNet figures for ``torchvision``) become the
+    run's, written to config.yaml: the network is fed what it was trained on."""
     m = cfg.model
-    if m.weights in (None, "torchvision"):
+    if m.weights is None:
         return
-    m.weights = str(Path(m.weights).absolute())
-    src = load_weights(m.weights)
-    if src.variant != m.name:
-        raise UserError(f"{m.weights} holds {src.variant} weights; train it with --model {src.variant}")
-    for key, value in src.options.items():
-        setattr(m, key, value)
-    pre, d = src.preprocess, cfg.data
+    if m.weights == "torchvision":  # its variant is checked with the config (config.check)
+        pre = Preprocess.imagenet()
+    else:
+        m.weights = str(Path(m.weights).absolute())
+        src = load_weights(m.weights)
+        if src.variant != m.name:
+            raise UserError(f"{m.weights} holds {src.variant} weights; train it with --model {src.variant}")
+        for key, value in src.options.items():
+            setattr(m, key, value)
+        pre = src.preprocess
+    d = cfg.data
     if d.mean is None and d.std is None:
         mean = pre.mean if pre.mean_image is None else tuple(float(v) for v in pre.mean_image.mean((1, 2)))
         d.mean, d.std, d.normalize = [float(v) for v in mean], [float(v) for v in pre.std], "channel"

@@ -30,7 +30,7 @@ import torch
 
 from ..data.classes import imagenet_classes
 from ..data.preprocess import Preprocess
-from ..errors import UserError
+from ..errors import UserError, missing_extra
 from ..models import create_model
 from ..models.lrn import LRNSpec
 from .checkpoint import FORMAT, plain_state_dict
@@ -190,7 +190,7 @@ def read_onnx(path: Path) -> SourceNet:
         import onnx
         from onnx import helper, numpy_helper
     except ImportError:
-        raise UserError("importing ONNX needs the export extra: pip install 'alexnet[export]'") from None
+        raise missing_extra("importing ONNX", "export") from None
     try:
         model = onnx.load(str(path))
     except Exception as e:  # onnx raises DecodeError, OSError or its own errors on a bad file

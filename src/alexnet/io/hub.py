@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import UserError
+from ..errors import UserError, missing_extra
 
 PREFIX = "hf-hub:"
 WEIGHTS_FILE = "model.safetensors"
@@ -35,7 +35,7 @@ def _huggingface_hub() -> ModuleType:
     try:
         import huggingface_hub
     except ImportError:
-        raise UserError("hf-hub: weights need the hub extra: pip install 'alexnet[hub]'") from None
+        raise missing_extra("hf-hub: weights", "hub") from None
     return huggingface_hub
 
 

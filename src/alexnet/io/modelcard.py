@@ -114,7 +114,7 @@ def card(loaded: Loaded, name: str, license: str, results: dict | None, cfg: dic
     lines = [front_matter(loaded, name, license, results, _dataset(loaded, cfg)), f"# {name}", "",
              f"`{loaded.variant}`: {info.description}; {len(loaded.class_names)} classes. Weights for the `alexnet` "
              "package (safetensors: loading runs no code).", "", "## Use", "", "```bash",
-             'pip install "alexnet[hub]"', "alexnet predict hf-hub:ORG/NAME image.jpg",
+             'pip install -e ".[hub]"   # in a clone of the alexnet package', "alexnet predict hf-hub:ORG/NAME image.jpg",
              "```", "", "(ORG/NAME: the repository this folder was uploaded to.) In Python, "
              '`alexnet.create_model("' + loaded.variant + '", weights="hf-hub:ORG/NAME")`.', "",
              f"Input: RGB, shorter side resized to {pre.resize} px, centre {pre.crop} x {pre.crop} crop, pixels "

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, missing_extra
 from ..inference import ComputePath, compute_path
 from ..models import Network
 from . import export_meta
@@ -60,7 +60,7 @@ def _session(path: Path, device: torch.device) -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise UserError(f"{path}: running ONNX files needs the export extra: pip install 'alexnet[export]'") from None
+        raise missing_extra(f"{path}: running ONNX files", "export") from None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()  # the process's thread setting, as PyTorch's path has
     opts.log_severity_level = 3  # errors only: no warnings on stderr about unused initializers and the like

@@ -25,8 +25,8 @@ function, chosen by where the tensor is:
     dL/da_c = g_c * d_c^-beta - (2 alpha beta / n) * a_c * sum_{i : c in W(i)} g_i * a_i * d_i^(-beta-1)
 
 Measured by benchmarks/train_step.py (torch 2.14.1, one SGD step of the paper net at batch 64 in bf16 autocast +
-channels_last, against the same net with LRN removed): on a 2-core AMD EPYC with AVX-512 BF16 LRN took 1 % and 18 %
-of the step in two runs with these blocks (9 % timed alone by benchmarks/lrn.py), 58 % and 61 % with
+channels_last, against the same net with LRN removed): on a 2-core AMD EPYC with AVX-512 BF16 LRN took 9 % of
+the step, both in fresh processes and with the two nets' steps alternating in one (5 rounds), 57 % with
 nn.LocalResponseNorm per tower (benchmarks/results/train_step-cpu-avx512bf16.log); on a 2-core AMD EPYC with
 AVX2 only (fp32 + channels_last) 5 % with the two nets' steps alternating in one process (7 % timed alone;
 train_step-cpu-avx2.log); on a 2-core Intel Xeon with AMX the blocks before their last change (d kept, two

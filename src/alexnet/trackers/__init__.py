@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import missing_extra
 from .ledger import Ledger
 from .sender import Channel, Remote, one_line
 from .tensorboard_run import TensorBoard
@@ -33,8 +33,7 @@ def check_installed(names: list[str]) -> None:
     """Before any work starts: each remote tracker asked for is importable, else one line says how to get it."""
     for name in names:
         if name in REMOTE and importlib.util.find_spec(name) is None:
-            raise UserError(f"train.report_to: {name} is not installed; pip install \"alexnet[{name}]\" (or "
-                            "--report-to without it)")  # fmt: skip
+            raise missing_extra(f"train.report_to: {name}", name)
 
 
 def _remote(name: str, run_dir: Path) -> Remote:

@@ -1,4 +1,4 @@
-"""MLflow (`pip install "alexnet[mlflow]"`): one MLflow run per training run, through MlflowClient, where
+"""MLflow (the `mlflow` extra): one MLflow run per training run, through MlflowClient, where
 MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID point (MLflow's own defaults otherwise).
 
 Params are immutable in MLflow: the config is logged once, when the run starts; where a resume's config

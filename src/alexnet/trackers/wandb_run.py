@@ -1,4 +1,4 @@
-"""Weights & Biases (`pip install "alexnet[wandb]"`): one W&B run per training run, where WANDB_PROJECT
+"""Weights & Biases (the `wandb` extra): one W&B run per training run, where WANDB_PROJECT
 (else "alexnet"), WANDB_ENTITY, WANDB_MODE and WANDB_DIR (else the run directory) say; its files in
 RUN/wandb/. W&B's config is mutable: a resume updates it (and a --budget plan is its ``plan`` section).
 

@@ -109,3 +109,31 @@ FAST = (
     "--model alexnet --epochs 1 --batch-size 6 --set data.resize=72 --set data.crop=67 --set data.workers=0"
     " --set train.amp=none --set train.log_every=1"
 ).split()
+
+
+def fill_the_disk(monkeypatch: pytest.MonkeyPatch, after: int, under: str = "") -> None:
+    """Files that io.atomic writes (checkpoints, exports, figures) whose path contains ``under`` take ``after``
+    bytes and then fail as a full disk does, with ENOSPC from the write itself, under whatever writer runs on
+    them (torch.save, safetensors, matplotlib)."""
+    import builtins
+    import errno
+    import io
+
+    from alexnet.io import atomic
+
+    class Full(io.FileIO):
+        def write(self, b: object) -> int:
+            room = after - self.tell()
+            data = memoryview(b).cast("B")  # type: ignore[arg-type]
+            if room < len(data):
+                if room > 0:  # what fits, as a disk does, and the next write is refused
+                    return super().write(data[:room])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    def fake_open(path: object, mode: str = "r", *args: object, **kw: object) -> object:
+        if "w" in mode and under in str(path):
+            return Full(str(path), "w")
+        return builtins.open(path, mode, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(atomic, "open", fake_open, raising=False)

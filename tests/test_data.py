@@ -138,6 +138,8 @@ def test_pca_stats_command(tiny_folder: Path, tmp_path: Path, capsys: pytest.Cap
     capsys.readouterr()
     assert main(["pca-stats", "--data", str(tmp_path / "nope")]) == 2  # was "output directory does not exist"
     assert capsys.readouterr().err.strip() == f"alexnet pca-stats: error: data path not found: {tmp_path / 'nope'}"
+    assert main(["pca-stats", "--data", str(tiny_folder), "--out", str(tmp_path / "p.txt")]) == 2  # an npz as .txt
+    assert "--out must name a .npz file" in capsys.readouterr().err and not (tmp_path / "p.txt").exists()
 
 
 def test_training_picks_up_the_dataset_stats(tiny_folder: Path, tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def _front_matter(card: str) -> dict:
     return yaml.safe_load(card.split("---\n")[1])
 
 
-def test_the_hub_folder_holds_weights_config_and_a_card(hub: dict, tmp_path: Path,
+def test_the_hub_folder_holds_weights_config_and_a_card(hub: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """model.safetensors, config.json (the export metadata) and README.md, whose YAML block the Hub reads:
     library, license, datasets, tags and the results in model-index form, from the run's best validated epoch
@@ -169,6 +169,17 @@ def test_the_hub_folder_holds_weights_config_and_a_card(hub: dict, tmp_path: Pat
                        (["--with-preprocess"], "applies to --format onnx and pt2")):  # fmt: skip
         assert main(["export", str(run), "--out", str(tmp_path / "m.safetensors"), *bad]) == 2
         assert words in capsys.readouterr().err
+    # a disk that fills during the weights: the new folder goes; the one given with --force keeps its own files
+    from .conftest import fill_the_disk
+
+    with monkeypatch.context() as m:
+        fill_the_disk(m, after=100_000)
+        assert main(["export", str(run), "--format", "hub", "--out", str(tmp_path / "new")]) == 2
+        assert not (tmp_path / "new").exists()
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert main([*args, "--force"]) == 2
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert capsys.readouterr().err.strip().endswith("No space left on device")
 
 
 def test_without_huggingface_hub_one_line_says_what_to_install(hub: dict, monkeypatch: pytest.MonkeyPatch,
@@ -181,3 +192,27 @@ def test_without_huggingface_hub_one_line_says_what_to_install(hub: dict, monkey
         "optional-dependencies"
     ]
     assert err.count("\n") == 1 and f"the hub extra: pip install '{extra['hub'][0]}'" in err, err
+
+
+def test_an_unreachable_hub_is_one_line_not_its_retries(hub: dict, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture,
+                                                        capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """huggingface_hub logs two warnings per retry when the Hub cannot be reached (six retries offline, before
+    the answer); the one line that says so is all the user sees."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def unreachable(*args, **kw):
+        import logging
+
+        http = logging.getLogger("huggingface_hub.utils._http")  # where its backoff logs
+        for retry in range(1, 6):
+            http.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD https://huggingface.co")
+            http.warning("Retrying in 1s [Retry %d/5].", retry)
+        raise errors.LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    assert main(["predict", "hf-hub:nobody/nothing", str(hub["image"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not in the Hugging Face cache" in err, err
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]

@@ -199,6 +199,8 @@ def test_mean_image_and_refusals(source: dict[str, np.ndarray], tmp_path: Path, 
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.safetensors").exists()
+    assert main(["import-weights", str(tmp_path), "--out", str(tmp_path / "x.safetensors")]) == 2  # a folder
+    assert f"{tmp_path} is a directory; give the .caffemodel or .onnx file in it" in capsys.readouterr().err
     before = out.read_bytes()
     assert main(["import-weights", str(model), "--out", str(out)]) == 2  # exists: never overwritten
     assert out.read_bytes() == before

@@ -369,6 +369,18 @@ def test_tower_devices_this_machine_lacks_fail_before_anything_is_written(tmp_pa
     assert not out.exists()
 
 
+def test_a_gpu_the_machine_lacks_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device cuda:5 on a machine with two GPUs (torch's own error came at the first tensor moved there)."""
+    from alexnet.errors import UserError
+    from alexnet.parallel.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1) and pick_device("cuda", local_rank=3).index == 1
+    with pytest.raises(UserError, match="device cuda:5: this machine's CUDA GPUs are cuda:0 to cuda:1"):
+        pick_device("cuda:5")
+
+
 def test_a_run_stopped_before_its_first_save_can_be_started_again(tiny_folder: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """A NaN (or an out-of-memory) at the first steps leaves config.yaml and no checkpoint: once that directory
@@ -382,6 +394,26 @@ def test_a_run_stopped_before_its_first_save_can_be_started_again(tiny_folder: P
     assert main(args) == 0
     assert ckpt_io.load(out / "checkpoints" / "last.pt")["config"]["optim"]["lr"] < 1  # the new start's config
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err  # now it has something to lose
+
+
+def test_a_disk_that_fills_at_the_first_save_is_named_and_the_run_starts_again(
+    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save's "unexpected pos" on a full disk was an internal error, and the epoch row written before the
+    failed save made the folder neither resumable ("no checkpoints") nor startable ("already holds a run")."""
+    from .conftest import fill_the_disk
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_folder), "--out", str(out), *FAST]
+    with monkeypatch.context() as m:
+        fill_the_disk(m, after=1_000_000, under=str(out / "checkpoints"))
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "could not write checkpoint" in err and "No space left on device" in err, err
+    assert not list((out / "checkpoints").iterdir())  # no half-written file left
+    assert main(args) == 0  # the space freed, the same command starts it again
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]  # the new start's row only
 
 
 def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

@@ -53,6 +53,23 @@ def test_one_epoch_writes_the_run_directory(tiny_folder: Path, tmp_path: Path, c
     assert "best val top-1" in err and str(run) in err
 
 
+def test_a_folder_of_other_files_is_not_trained_into(tiny_folder: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """--out naming a folder of the user's own files, even ones named as a run's are, is refused, the files as they
+    were; --resume of a folder that is not a run leaves nothing in it."""
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my notes\n")
+    (mine / "stats.npz").write_bytes(b"mine")
+    assert main(["train", "--data", str(tiny_folder), "--out", str(mine), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files that are not a run's (config.yaml, stats.npz)" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "stats.npz"]
+    assert (mine / "config.yaml").read_text() == "my notes\n" and (mine / "stats.npz").read_bytes() == b"mine"
+    assert main(["train", "--resume", str(mine)]) == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "stats.npz"]
+
+
 def test_existing_run_is_not_overwritten(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Nor is its network changed by a resume: --model, LRN constants, init, --weights, freeze_features or another
     --recipe once crashed (a state_dict or optimizer-group mismatch), or were silently ignored or applied to weights
@@ -245,6 +262,8 @@ def test_overrides_reach_the_config_and_unknown_keys_fail(capsys: pytest.Capture
     ("modell:\n  name: alexnet\n", "unknown section 'modell'"),
     (None, "recipe file not found"),
     (b"\xff\xfe\x00\x01", "not valid YAML"),  # not text: was "'utf-8' codec can't decode", without the file
+    ("optim:\n  lr: 0.01\n  lr: 0.1\n", "'lr' given twice, at line 3"),  # YAML itself keeps the last
+    ("", "empty"), ("# all commented out\n", "empty"),  # they trained on the defaults
 ])  # fmt: skip
 def test_a_recipe_file_that_is_not_a_recipe_is_one_line(text: str | bytes | None, says: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip

@@ -87,6 +87,12 @@ def test_evaluate_a_digits_run_on_other_images(digits_run: Path, val_digit_files
     capsys.readouterr()
     assert main(["evaluate", str(st), "--split-dir", str(tmp_path / "mine"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 20
+    (tmp_path / "unreadable" / "0").mkdir(parents=True)  # a folder of files none of which is an image
+    (tmp_path / "unreadable" / "0" / "x.jpg").write_text("hello")
+    (tmp_path / "unreadable" / "0" / "empty.png").write_bytes(b"")
+    assert main(["evaluate", str(st), "--split-dir", str(tmp_path / "unreadable"), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines()[-1].endswith("could be read; nothing evaluated"), err
 
 
 def _write_png_header_only(path: Path, w: int, h: int) -> None:
@@ -177,7 +183,7 @@ def _truncated_jpeg(path: Path) -> Path:
     return path
 
 
-def test_features_npz(digits_run: Path, val_digit_files: list, tmp_path: Path) -> None:
+def test_features_npz(digits_run: Path, val_digit_files: list, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "f.npz"
     paths = [str(p) for p, _ in val_digit_files[:5]]
     assert main(["features", str(digits_run), *paths, "--out", str(out)]) == 0
@@ -192,6 +198,15 @@ def test_features_npz(digits_run: Path, val_digit_files: list, tmp_path: Path) -
     assert np.load(out)["features"].shape == (5, 9216)
     assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "conv5", "--force"]) == 0
     assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", "nope", "--force"]) == 2
+    # the classifier as a whole (the network calls its layers one by one), and an empty name (the whole network)
+    conv5 = out.read_bytes()
+    for layer, said in (("classifier", "'classifier' is never called as a whole; name a layer in it (classifier."),
+                        ("", "unknown layer ''")):  # fmt: skip
+        capsys.readouterr()
+        assert main(["features", str(digits_run), *paths, "--out", str(out), "--layer", layer, "--force"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    assert out.read_bytes() == conv5  # the last good output stays
 
 
 def test_safetensors_round_trip(
@@ -215,6 +230,32 @@ def test_safetensors_round_trip(
         meta = f.metadata()
     assert meta["variant"] == "alexnet" and json.loads(meta["class_names"]) == [str(i) for i in range(10)]
     assert json.loads(meta["preprocess"])["crop"] == 72
+    # a file whose metadata was edited by hand: named as the file at fault, before any image is read
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(st))
+    pre = json.loads(meta["preprocess"])
+    for key, bad in (("model_options", {"lrn_size": "x"}), ("model_options", {"lrn_size": 0}),
+                     ("model_options", {"shape": 3}), ("preprocess", pre | {"resize": -5}),
+                     ("preprocess", pre | {"std": [0, 0, 0]}), ("class_names", "abc")):  # fmt: skip
+        edited = tmp_path / "edited.safetensors"
+        save_file(tensors, str(edited), metadata=meta | {key: json.dumps(bad)})
+        for cmd in (["predict", str(edited), paths[0]], ["export", str(edited), "--out", str(tmp_path / "e.onnx")]):
+            assert main(cmd) == 2, (key, bad, cmd)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"{edited}: incomplete alexnet metadata" in err, err
+    # a file this user may not read: safetensors raises FileNotFoundError for it, as for a missing one (a test
+    # running as root reads any file, so the refusal is played here)
+    import safetensors
+
+    def refused(path, **kw):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(safetensors, "safe_open", refused)
+        m.setattr(os, "access", lambda path, mode: False)
+        assert main(["predict", str(st), paths[0]]) == 2
+    assert f"{st}: Permission denied" in capsys.readouterr().err
 
 
 def test_onnx_parity(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -257,12 +298,19 @@ def test_onnx_parity(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert {n.op_type for n in onnx.load(str(tmp_path / "n.onnx")).graph.node} <= basic
 
 
-def test_pt2_export_loads_without_this_package(digits_run: Path, tmp_path: Path) -> None:
+def test_pt2_export_loads_without_this_package(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """torch.export's ExportedProgram: dynamic batch, parity, and loadable by plain PyTorch."""
     import subprocess
     import sys
 
+    from .conftest import fill_the_disk
+
     out = tmp_path / "m.pt2"
+    with monkeypatch.context() as m:  # a disk that fills under the export: named, nothing left (torch aborted)
+        fill_the_disk(m, after=1_000_000)
+        assert main(["export", str(digits_run), "--format", "pt2", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith("No space left on device") and not list(tmp_path.iterdir())
     assert main(["export", str(digits_run), "--format", "pt2", "--out", str(out)]) == 0
     code = ("import sys, json, torch; m = torch.export.load(sys.argv[1]); y = m.module()(torch.ones(5, 3, 72, 72)); "
             "extra = {'alexnet.json': ''}; torch.export.load(sys.argv[1], extra_files=extra); "
@@ -533,7 +581,7 @@ def test_a_reader_that_leaves_ends_the_command_quietly(digits_run: Path, val_dig
 
 
 def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: list, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+                                             capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The demo network: occluding a digit's strokes lowers its probability more than occluding blank paper."""
     from alexnet.inference.occlusion import occlusion_map
     from alexnet.io.weights import load_weights
@@ -543,6 +591,22 @@ def test_explain_and_the_look_inside_figures(digits_run: Path, val_digit_files: 
     assert main(["explain", str(digits_run), str(path), "--out", str(out), "--target", str(label)]) == 0
     assert "lowest p" in capsys.readouterr().out and Image.open(out).size[0] > 200
     assert main(["explain", str(digits_run), str(path), "--out", str(out)]) == 2  # never overwritten
+    # a disk that fills while the figure is written: the old figure stays whole, nothing half-written is left
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def full(self, fname, **kw):
+        fname.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before, files = out.read_bytes(), sorted(tmp_path.iterdir())
+    with monkeypatch.context() as m:
+        m.setattr(Figure, "savefig", full)
+        assert main(["explain", str(digits_run), str(path), "--out", str(out), "--force"]) == 2
+        assert main(["explain", str(digits_run), str(path), "--out", str(tmp_path / "new.png")]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == before and sorted(tmp_path.iterdir()) == files
     assert main(["explain", str(digits_run), str(path), "--out", str(tmp_path / "x.png"), "--target", "99"]) == 2
     capsys.readouterr()
     assert main(["explain", str(digits_run), str(path), "--out", str(tmp_path / "x.png"), "--patch", "500"]) == 2

@@ -145,6 +145,8 @@ def test_label_and_synsets_files_that_are_wrong_name_themselves(flat: Path, tmp_
     gt.write_text("2\n1\nabc\n")
     synsets.write_text("\n".join(WNIDS) + "\n")
     binary.write_bytes(b"\xff\xfe\x00\x01 not text")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("ImageId,PredictionString\n")
     before = sorted(p.name for p in flat.iterdir())
     cases = [
         (["--labels", str(gt), "--synsets", str(binary)], f"{binary}: not a text synsets file (byte 0xff at offset 0"),
@@ -153,6 +155,12 @@ def test_label_and_synsets_files_that_are_wrong_name_themselves(flat: Path, tmp_
         (["--labels", str(tmp_path)], f"{tmp_path} is a directory, not a label file"),
         (["--labels", str(_csv(tmp_path / "ok.csv")), "--out", "/proc/nope"], "cannot create the folder /proc/nope"),
         (["--labels", str(tmp_path / "ok.csv"), "--out", str(gt)], f"--out {gt} is a file"),
+        # a --synsets that the CSV's labels do not need is still read (it was ignored, even when missing)
+        (
+            ["--labels", str(tmp_path / "ok.csv"), "--synsets", str(tmp_path / "nosuch.mat")],
+            f"no such synsets file: {tmp_path / 'nosuch.mat'}",
+        ),
+        (["--labels", str(header_only)], f"{header_only}: no labels in it"),  # it sorted nothing, and said so with 0
     ]
     for args, says in cases:
         if "/proc/nope" in args and not Path("/proc/self").is_dir():

@@ -44,6 +44,8 @@ def run_evaluate(weights: str, data: str | None = None, split_dir: str | None = 
         norm = None if takes_uint8(w.model) else w.preprocess.normalizer()
         res = evaluate(w.model, batches, norm, w.preprocess.crop, len(w.class_names),
                        dist.device, tta, path.amp, path.channels_last, test_size)  # fmt: skip
+        if res.n == 0:  # every file unreadable (each was named as it was skipped): no accuracy to report
+            raise UserError(f"no image in {split_dir or data_path} could be read; nothing evaluated")
     finally:
         distributed.teardown()
     if dist.is_main:

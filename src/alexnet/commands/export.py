@@ -10,6 +10,7 @@ normalisation into the graph, which then takes uint8 RGB crops (N, H, W, 3).
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -132,7 +133,10 @@ def export_pt2(loaded: Loaded, out: Path, with_preprocess: bool = False) -> floa
     with torch.no_grad():
         program = torch.export.export(model, (_sample(2, size, with_preprocess),), dynamic_shapes={"x": {0: batch}})
     meta = export_meta.dumps(export_meta.document(loaded, with_preprocess, input_name="x"))
-    atomic_write(out, lambda f: torch.export.save(program, f, extra_files={export_meta.PT2_FILE: meta}))
+    # in memory first: torch.export.save aborts the process (a C++ terminate) when the disk fills under it
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={export_meta.PT2_FILE: meta})
+    atomic_write_bytes(out, buf.getbuffer())
     reloaded = torch.export.load(str(out)).module()
     worst = 0.0
     for b in (1, 3):

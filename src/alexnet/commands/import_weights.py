@@ -25,7 +25,8 @@ from ..io.weights import save_safetensors
 def run_import(source: str, out: str, mean: str | None = None, force: bool = False) -> int:
     src, dst = Path(source), Path(out)
     if not src.is_file():
-        raise UserError(f"no such file: {src}")
+        raise UserError(f"{src} is a directory; give the .caffemodel or .onnx file in it" if src.is_dir()
+                        else f"no such file: {src}")  # fmt: skip
     if dst.suffix != ".safetensors":
         raise UserError(f"--out must name a .safetensors file, got {dst}")
     check_output(dst, force)

@@ -119,8 +119,10 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
             is_file = Path(resume).is_file()
             run_dir = ckpt_io.run_dir_of(Path(resume)) if is_file else Path(resume)
             crash_log_at(run_dir / "crash.log")
-            if distributed.launch_rank() == 0 and run_dir.is_dir():  # before its checkpoint is read: no other
-                lock_dir(run_dir, "training into")  # process can replace it while this one starts (make_run_dir)
+            # before its checkpoint is read: no other process can replace it while this one starts (make_run_dir);
+            # only a run's folder (a folder that is not gets no .lock from a refused resume)
+            if distributed.launch_rank() == 0 and (run_dir / "checkpoints").is_dir():
+                lock_dir(run_dir, "training into")
             ck, path = ckpt_io.load_for_resume(Path(resume) if is_file else run_dir)
             cfg = resume_overrides(from_dict(ck["config"], f"checkpoint {path}"), overrides, recipe)
             if out and Path(out) != run_dir:

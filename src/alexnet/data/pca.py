@@ -22,6 +22,8 @@ def run_pca_stats(data: str, out: Path | None, size: int = 256, max_images: int 
     """`alexnet pca-stats`: compute, write, and print the statistics."""
     if not Path(data).exists():  # before the output check, which would name DATA as a missing output directory
         raise UserError(f"data path not found: {data}")
+    if out is not None and out.suffix != ".npz":  # (numpy's archive, whatever the name says)
+        raise UserError(f"--out must name a .npz file, got {out}")
     check_output(out or Path(data) / STATS_FILENAME, force)
     stats, path = pca_stats(data, out, size, max_images, workers)
     print(f"wrote {path} from {stats.count} images")

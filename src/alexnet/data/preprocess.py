@@ -10,6 +10,7 @@ block of the export metadata (export_meta.py), the mean image included.
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,14 @@ class Preprocess:
     mean: tuple[float, float, float]  # channel mean, [0, 1] scale
     std: tuple[float, float, float]
     mean_image: torch.Tensor | None = None  # (3, S, S), [0, 1] scale: subtracted instead of mean/std (paper §2)
+
+    def __post_init__(self) -> None:
+        """What a weights file's metadata must hold to be used (read_weights turns this ValueError into a
+        UserError naming the file)."""
+        if not 1 <= self.crop <= self.resize:
+            raise ValueError(f"crop {self.crop} / resize {self.resize}: need 1 <= crop <= resize")
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"mean {list(self.mean)} / std {list(self.std)}: need finite values, std > 0")
 
     def normalizer(self, stats: ColourStats | None = None) -> Normalizer:
         """uint8 -> network input. ``stats`` adds the PCA eigenpairs that training's colour noise needs."""

@@ -49,6 +49,7 @@ def _text(path: Path, what: str) -> str:
 def read_labels(labels: Path, synsets: Path | None) -> dict[str, str]:
     """file stem (``ILSVRC2012_val_00000001``) -> wnid."""
     text = _text(labels, "label file")
+    order = None if synsets is None else read_synsets(synsets)  # read when given, used or not: a wrong path is named
     if text.startswith("ImageId,PredictionString"):
         out = {}
         reader = csv.reader(io.StringIO(text, newline=""))
@@ -59,10 +60,9 @@ def read_labels(labels: Path, synsets: Path | None) -> dict[str, str]:
                 raise UserError(f"{labels}, line {reader.line_num}: {wnid!r} is not a WordNet id like n01440764")
             out[row[0]] = wnid
     elif re.match(r"^\d+\s*\n", text):
-        if synsets is None:
+        if order is None:
             raise UserError(f"{labels} holds class numbers: pass --synsets (the devkit's meta.mat, or a text file of "
                             "the 1000 wnids in ILSVRC2012_ID order)")  # fmt: skip
-        order = read_synsets(synsets)
         ids = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip() and not (re.fullmatch(r"[0-9]+", line.strip()) and 1 <= int(line) <= len(order)):
@@ -72,6 +72,8 @@ def read_labels(labels: Path, synsets: Path | None) -> dict[str, str]:
     else:
         raise UserError(f"{labels}: unknown label format (expected Kaggle's LOC_val_solution.csv or the devkit's "
                         "ILSVRC2012_validation_ground_truth.txt)")  # fmt: skip
+    if not out:
+        raise UserError(f"{labels}: no labels in it")
     return out
 
 

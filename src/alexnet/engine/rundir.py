@@ -8,20 +8,34 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io.atomic import TEMP_GLOB
-from ..io.locks import lock_dir
+from ..io.locks import LOCK_NAME, lock_dir
 from ..parallel.distributed import launch_rank
+
+# what a run writes at its top, its .lock first: a start that stopped before its first save leaves some of them and
+# may start again there; in a folder without a .lock every file is the user's, which a run must not overwrite
+RUN_ENTRIES = {"checkpoints", "config.yaml", "stats.npz", "plan.json", "metrics.jsonl", "tensorboard", "wandb",
+               "trackers.json", "crash.log", "report.md", "report.html", ".lock", ".write-test"}  # fmt: skip
 
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Refuse to overwrite a run; make sure the directory is writable before any work starts."""
-    # a checkpoint or an epoch's metrics: what a run stopped before its first save (a NaN or out-of-memory at the
-    # first steps) never wrote; its config.yaml, stats.npz and plan are written again by the new start
-    holds = [run_dir / "metrics.jsonl", *(run_dir / "checkpoints").glob("*.pt")]
-    if not resuming and any(p.exists() for p in holds):
+    """Refuse to overwrite a run or train into a folder of other files; make sure the directory is writable before
+    any work starts."""
+    # a checkpoint: what a run stopped before its first save (a NaN or out-of-memory at the first steps, a disk
+    # that filled at the first save) never wrote; its config.yaml, stats.npz, plan and epoch rows are written again
+    # by the new start
+    if not resuming and any((run_dir / "checkpoints").glob("*.pt")):
         raise UserError(
             f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, "
             "or choose a new one with --out DIR"
         )
+    if not resuming and run_dir.is_dir():
+        names = {p.name for p in run_dir.iterdir()}
+        ours = RUN_ENTRIES if LOCK_NAME in names else set()
+        theirs = sorted(n for n in names if n not in ours and not Path(n).match(TEMP_GLOB))
+        if theirs:
+            shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+            raise UserError(f"run directory {run_dir} holds files that are not a run's ({shown}): choose a new or "
+                            "empty folder with --out DIR")  # fmt: skip
     ancestor = run_dir
     while not ancestor.exists():
         ancestor = ancestor.parent

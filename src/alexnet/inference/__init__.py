@@ -140,9 +140,9 @@ def layer_fn(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Ten
     modules = dict(model.named_modules())
     aliases = {"fc6": ["classifier.relu6", "classifier.2"]}
     names = aliases.get(layer, [layer, f"features.{layer}", f"classifier.{layer}"])
-    target = next((modules[n] for n in names if n in modules), None)
+    target = next((modules[n] for n in names if n in modules), None) if layer else None  # "": the whole network
+    shown = [n for n in modules if n and "." in n]
     if target is None:
-        shown = [n for n in modules if n and "." in n]
         raise UserError(f"unknown layer {layer!r}; use fc7, fc6, pool5, logits or one of: {', '.join(shown)}")
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +152,10 @@ def layer_fn(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Ten
             model(x)
         finally:
             handle.remove()
+        if not grabbed:  # a container whose layers the network calls one by one (a Sequential it does not call)
+            inside = [n for n in shown if n.startswith(f"{layer}.")][:4]
+            raise UserError(f"layer {layer!r} is never called as a whole; name a layer in it ({', '.join(inside)}, ...)"
+                            " or use fc7, fc6, pool5, logits")  # fmt: skip
         return torch.flatten(grabbed[0], 1)
 
     return fn

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UserValueError
+from ..io.atomic import atomic_savefig
 from . import autocast
 
 GRID = 28  # ~28 x 28 patch positions per image: 784 forward passes, batched (seconds on a CPU for 227 px)
@@ -165,6 +166,6 @@ def overlay(image: torch.Tensor, m: OcclusionMap, title: str, out: Path, dpi: in
     axes[0].set_title(title, fontsize=9)
     axes[1].set_title(f"p(class) with a {m.patch}px grey square here", fontsize=9)
     fig.colorbar(shown, ax=axes[1], fraction=0.046)
-    fig.savefig(out, bbox_inches="tight", facecolor="white", dpi=dpi)
+    atomic_savefig(fig, out, bbox_inches="tight", facecolor="white", dpi=dpi)
     plt.close(fig)
     return out

@@ -25,6 +25,7 @@ from ..data.folder import default_workers  # noqa: E402
 from ..data.keyed_random import seeded_sample  # noqa: E402
 from ..engine.runlog import read_metrics  # noqa: E402
 from ..errors import UserError  # noqa: E402
+from ..io.atomic import atomic_savefig  # noqa: E402
 from ..io.weights import Loaded  # noqa: E402
 from . import compute_path, feature_fn, predict_probs  # noqa: E402
 from .occlusion import OcclusionMap, TopPatches, occlusion_map, top_patches  # noqa: E402
@@ -228,7 +229,7 @@ def confusion_figure(loaded: Loaded, probs: torch.Tensor, labels: torch.Tensor, 
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, bbox_inches="tight", facecolor="white")
+    atomic_savefig(fig, path, bbox_inches="tight", facecolor="white")
     plt.close(fig)
     return path
 

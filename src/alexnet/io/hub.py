@@ -6,6 +6,7 @@ huggingface_hub is the optional extra ``hub``."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from types import ModuleType
@@ -46,6 +47,10 @@ def download(spec: str, filename: str = WEIGHTS_FILE) -> Path:
     hf = _huggingface_hub()
     from huggingface_hub import constants, errors
 
+    # its retries each log two warnings ("... thrown while requesting HEAD ...", "Retrying in 1s [Retry 1/5]"):
+    # the UserError below says the one thing they add up to
+    quiet, level = logging.getLogger("huggingface_hub"), logging.getLogger("huggingface_hub").level
+    quiet.setLevel(logging.ERROR)
     try:
         return Path(hf.hf_hub_download(repo, filename, revision=revision, library_name="alexnet"))
     except errors.LocalEntryNotFoundError:
@@ -63,3 +68,5 @@ def download(spec: str, filename: str = WEIGHTS_FILE) -> Path:
                         "a repository of this package's weights holds") from None  # fmt: skip
     except (errors.HFValidationError, errors.HfHubHTTPError, OSError) as e:
         raise UserError(f"{spec}: could not download {filename} ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        quiet.setLevel(level)

@@ -157,11 +157,19 @@ def write_hub_folder(loaded: Loaded, out: Path, run_dir: Path | None, results: d
     if results is None and run_dir is not None:
         results = run_results(run_dir)
     text = card(loaded, out.resolve().name, license, results, cfg)
+    made = not out.exists()
     out.mkdir(exist_ok=True)
-    save_safetensors(loaded, out / hub.WEIGHTS_FILE)
     doc = export_meta.document(loaded, input_name="x") | {"weights": hub.WEIGHTS_FILE}
-    atomic_write_text(out / hub.CONFIG_FILE, json.dumps(doc, indent=1) + "\n")
-    atomic_write_text(out / hub.CARD_FILE, text)
+    try:
+        save_safetensors(loaded, out / hub.WEIGHTS_FILE)
+        atomic_write_text(out / hub.CONFIG_FILE, json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(out / hub.CARD_FILE, text)
+    except BaseException:  # (a disk that filled half-way): a folder this made goes, not one with some of the files
+        if made:
+            for name in (hub.WEIGHTS_FILE, hub.CONFIG_FILE, hub.CARD_FILE):
+                (out / name).unlink(missing_ok=True)
+            out.rmdir()
+        raise
     scored = f"; card with {results['from']}" if results else "; card without results (give --results EVAL.json)"
     return (f"wrote {out}: {hub.WEIGHTS_FILE}, {hub.CONFIG_FILE}, {hub.CARD_FILE}{scored}. Upload it with "
             f"`hf upload ORG/NAME {out}` (huggingface_hub >= 1.0, whose `hf` command replaced `huggingface-cli`); "

@@ -6,6 +6,8 @@ makes a model of any of them."""
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,23 @@ def model_options(name: str, model_cfg: dict[str, Any] | None, dropout: bool = T
     if name == "alexnet":
         opts |= {k: m[k] for k in ("lrn_size", "lrn_alpha", "lrn_beta", "lrn_k", "lrn_groups") if k in m}
     return opts
+
+
+# a weights file's architecture options (model_options), what each must be
+_OPTION_TYPES: dict[str, type] = {"dropout": float, "lrn_size": int, "lrn_alpha": float, "lrn_beta": float,
+                                  "lrn_k": float, "lrn_groups": int}  # fmt: skip
+
+
+def _checked_options(options: Any) -> dict[str, Any]:
+    """model_options as read from a file: known keys, numbers of the right kind (ValueError otherwise)."""
+    if not isinstance(options, dict):
+        raise ValueError(f"model_options {str(options)[:60]}")
+    for key, value in options.items():
+        tp = _OPTION_TYPES.get(key)
+        ok = tp is not None and isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or (tp is int and value < 1) or (key == "dropout" and not 0 <= value < 1):
+            raise ValueError(f"model_options {key}={value!r}")
+    return options
 
 
 def read_weights(spec: str) -> WeightsFile:
@@ -81,7 +100,11 @@ def read_safetensors(path: Path) -> WeightsFile:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
-    except FileNotFoundError:
+    except FileNotFoundError:  # also what safetensors raises for a file it may not read
+        if path.is_file():
+            raise UserError(
+                f"{path}: {'Permission denied' if not os.access(path, os.R_OK) else 'cannot be read'}"
+            ) from None
         raise UserError(f"no such file: {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable safetensors file ({e})") from None
@@ -90,8 +113,10 @@ def read_safetensors(path: Path) -> WeightsFile:
     try:
         pre = Preprocess.from_meta(json.loads(meta["preprocess"]), tensors.pop(MEAN_IMAGE_KEY, None))
         names, variant = json.loads(meta["class_names"]), meta["variant"]
-        options = json.loads(meta.get("model_options", "{}"))
+        options = _checked_options(json.loads(meta.get("model_options", "{}")))
         published = json.loads(meta["published"]) if "published" in meta else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"class_names {str(names)[:60]}: need a list of names")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: incomplete alexnet metadata (missing or bad {e})") from None
     return WeightsFile(tensors, variant, names, pre, options, published, str(path))

@@ -46,9 +46,13 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("device cuda requested but no CUDA GPU is available (use --device cpu or auto)")
+            raise UserError(f"device {name} requested but no CUDA GPU is available (use --device cpu or auto)")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"device {name}: this machine's CUDA GPUs are cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("device mps requested but MPS is not available")
     return dev

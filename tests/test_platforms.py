@@ -278,7 +278,9 @@ def test_metrics_rows_are_never_duplicated_by_a_kill(tiny_folder: Path, tmp_path
                 w.add_scalar("step/train_loss", 99.0, step)
 
     run = tmp_path / "rows"
-    killed_run_logged(range(1, 4))  # a start that died before its first checkpoint
+    (run / "checkpoints").mkdir(parents=True)  # a start that died before its first checkpoint: its lock taken
+    (run / ".lock").touch()
+    killed_run_logged(range(1, 4))
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST, "--epochs", "1"]) == 0  # 3 steps
     metrics = run / "metrics.jsonl"
     row = json.loads(metrics.read_text())

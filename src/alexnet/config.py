@@ -25,6 +25,7 @@ import yaml
 from .data.resolution import ladder_below
 from .errors import UserError
 from .io.atomic import atomic_write_text
+from .io.yaml_text import parse_yaml
 from .models.lrn import PAPER_LRN
 
 
@@ -332,24 +333,6 @@ def list_recipes() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
-class _UniqueKeys(yaml.SafeLoader):
-    """yaml.safe_load's loader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
-
-
-def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"{key!r} given twice, at line "
-                                                    f"{key_node.start_mark.line + 1}")  # fmt: skip
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
 def load_recipe(name_or_path: str) -> Config:
     """A shipped recipe by name (``paper``, ``fast``, ...) or a YAML file path."""
     path = Path(name_or_path)
@@ -364,10 +347,7 @@ def load_recipe(name_or_path: str) -> Config:
             )
         text = (resources.files("alexnet") / "recipes" / f"{name_or_path}.yaml").read_text()
         where = f"recipe {name_or_path}"
-    try:
-        data = yaml.load(text, _UniqueKeys)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as e:
-        raise UserError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = parse_yaml(text, where)
     if data is None:
         raise UserError(f"{where}: empty (a recipe is a YAML mapping of sections, e.g. `optim: {{lr: 0.01}}`)")
     if isinstance(data, dict):  # (anything else from_dict refuses with one line)

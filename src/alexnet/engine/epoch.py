@@ -325,5 +325,13 @@ def end_of_epoch(s: Session, st: TrainState) -> dict[str, Any]:
 
 
 def save_epoch(s: Session, st: TrainState) -> None:
-    """The checkpoint of an epoch's end: last.pt, and best.pt when this epoch is the best so far."""
-    save(s, st, ("last", "best") if st.best["epoch"] == st.epoch else ("last",))
+    """The checkpoint of an epoch's end: last.pt, and best.pt when this epoch is the best so far. When the run's
+    first save fails (a full disk), the rows written before it go too: with no checkpoint to resume from, the
+    same command starts the run again, which a metrics.jsonl left behind would refuse as a run to keep."""
+    first = s.main and not any((s.run_dir / "checkpoints").glob("*.pt"))
+    try:
+        save(s, st, ("last", "best") if st.best["epoch"] == st.epoch else ("last",))
+    except BaseException:
+        if first:
+            (s.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        raise

@@ -20,10 +20,11 @@ RUN_ENTRIES = {"checkpoints", "config.yaml", "stats.npz", "plan.json", "metrics.
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
     """Refuse to overwrite a run or train into a folder of other files; make sure the directory is writable before
     any work starts."""
-    # a checkpoint: what a run stopped before its first save (a NaN or out-of-memory at the first steps, a disk
-    # that filled at the first save) never wrote; its config.yaml, stats.npz, plan and epoch rows are written again
-    # by the new start
-    if not resuming and any((run_dir / "checkpoints").glob("*.pt")):
+    # a checkpoint or an epoch's metrics: what a run stopped before its first save (a NaN or out-of-memory at the
+    # first steps; a failed first save removes its rows) never wrote; its config.yaml, stats.npz and plan are
+    # written again by the new start
+    holds = [run_dir / "metrics.jsonl", *(run_dir / "checkpoints").glob("*.pt")]
+    if not resuming and any(p.exists() for p in holds):
         raise UserError(
             f"run directory {run_dir} already holds a run: resume it with --resume {run_dir}, "
             "or choose a new one with --out DIR"

@@ -242,7 +242,8 @@ def setup(cfg: Config, run_dir: Path, resume: dict[str, Any] | None, dist: DistI
     if cfg.train.channels_last:  # the augmentation writes the model's layout directly
         augment.memory_format = torch.channels_last
     logger = RunLogger(run_dir if dist.is_main else None, state.global_step)
-    logger.keep_epochs(state.epoch)  # a new start (epoch 0) drops the rows of one there that never saved
+    if resume is not None:
+        logger.keep_epochs(state.epoch)
     if dist.is_main:
         _announce(cfg, data, state, dist, run_dir)
     return Session(cfg, dist, run_dir, data, model, eval_model, augment, logger, verbose), state

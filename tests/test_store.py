@@ -353,3 +353,29 @@ def test_jpeg_decode_gpu_hands_the_store_batches_to_the_gpu_decoder(tiny_folder:
         assert asked == ["cuda:0"]
         if batches is data.train:
             assert torch.equal(x, images[idx])  # the same pixels as the CPU path's
+
+
+def test_a_disk_that_fills_during_prepare_says_how_to_continue(tiny_folder: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """It said only "No space left on device"; what was written is kept and the same command finishes it."""
+    import errno
+
+    from alexnet.cli import main
+
+    out, real, calls = tmp_path / "store", store_mod._save_manifest, {"n": 0}
+
+    def fills_after_two_saves(dst: Path, manifest: dict) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(dst, manifest)
+
+    args = ["prepare", "--data", str(tiny_folder), "--out", str(out), "--size", "72", "--workers", "0"]
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "_save_manifest", fills_after_two_saves)
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the progress lines)
+    assert err == (f"alexnet prepare: error: {out}: No space left on device; what was written is kept: free space "
+                   "and run the same command again to continue")  # fmt: skip
+    assert main(args) == 0 and "train 18" in capsys.readouterr().out

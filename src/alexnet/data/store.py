@@ -11,6 +11,7 @@ works for train, evaluate and pca-stats with no other change.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -143,7 +144,13 @@ def _prepare_locked(src: Path, dst: Path, indexes: dict[str, FolderIndex], size:
 
 def run_prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int = 90, workers: int = -1) -> int:
     """`alexnet prepare`: write the store and say what is in it."""
-    m = prepare(data, out, size, fmt, quality, workers, progress=True)
+    try:
+        m = prepare(data, out, size, fmt, quality, workers, progress=True)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        raise UserError(f"{out}: {e.strerror}; what was written is kept: free space and run the same command "
+                        "again to continue") from None  # fmt: skip
     counts = ", ".join(f"{k} {v['count_written']}" for k, v in m["splits"].items())
     print(f"wrote {out}: {counts} images at {m['size']}x{m['size']} ({m['format']})")
     return 0

@@ -55,7 +55,7 @@ def missing_extra(what: str, extra: str) -> UserError:
 
 _crash_log: str | None = None  # where the next internal error's traceback goes; None: a temporary file
 # a full disk (or quota): the machine's state wherever it is met, never the code's
-_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def crash_log_at(path: str | os.PathLike[str] | None) -> None:
@@ -76,7 +76,7 @@ def describe(e: BaseException, argv: Sequence[str] = ()) -> tuple[str, int] | No
         return f"error: {_worker_message(str(e))}", 2
     if isinstance(e, KeyboardInterrupt):
         return "interrupted", 130
-    if isinstance(e, OSError) and (e.errno in _DISK_FULL or _on_given_path(e, argv)):
+    if isinstance(e, OSError) and (e.errno in DISK_FULL or _on_given_path(e, argv)):
         if isinstance(e, FileNotFoundError):
             return f"error: no such file: {e.filename}", 2
         return f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", 2

@@ -11,7 +11,6 @@ works for train, evaluate and pca-stats with no other change.
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import io
@@ -30,7 +29,7 @@ import torch
 
 from ..engine.progress import Progress
 from ..engine.signals import ignore_stop_signals
-from ..errors import UserError
+from ..errors import DISK_FULL, UserError
 from ..io.atomic import atomic_write, atomic_write_text, fsync_dir
 from ..io.locks import LOCK_NAME, lock_dir, unlock_dir
 from .folder import FolderIndex, default_workers, scan_folder
@@ -147,7 +146,7 @@ def run_prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality:
     try:
         m = prepare(data, out, size, fmt, quality, workers, progress=True)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        if e.errno not in DISK_FULL:
             raise
         raise UserError(f"{out}: {e.strerror}; what was written is kept: free space and run the same command "
                         "again to continue") from None  # fmt: skip

@@ -52,6 +52,17 @@ def test_all_figures(folder_run: tuple[Path, Path], tmp_path: Path, capsys: pyte
         _check_png(out / f"{name}.png")
     assert main(["figures", str(run), "--out", str(out), "--which", "filters,bogus"]) == 2
     assert "unknown figure bogus" in capsys.readouterr().err
+    # a second run into the same folder replaces nothing without --force (it once overwrote every PNG)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == sorted([f"{f}.png" for f in DEFAULT_FIGURES] + ["neighbours.json"])
+    assert main(["figures", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"alexnet figures: error: {out / 'filters.png'} exists (and 5 more); "
+                                               "pass --force to overwrite, or another --out")  # fmt: skip
+    (out / "filters.png").write_bytes(b"mine")
+    assert main(["figures", str(run), "--out", str(out), "--which", "filters"]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before | {"filters.png": b"mine"}
+    assert main(["figures", str(run), "--out", str(out), "--which", "filters", "--force"]) == 0
+    _check_png(out / "filters.png")
 
 
 def test_figures_into_a_file_is_one_line(folder_run: tuple[Path, Path], tmp_path: Path,

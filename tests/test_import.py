@@ -206,6 +206,27 @@ def test_mean_image_and_refusals(source: dict[str, np.ndarray], tmp_path: Path, 
     assert out.read_bytes() == before
 
 
+@pytest.mark.parametrize("v1", [False, True], ids=["layer", "v1-layers"])
+def test_a_renamed_caffemodel_is_known_by_its_content(source: dict[str, np.ndarray], tmp_path: Path, v1: bool,
+                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """bvlc_alexnet.caffemodel saved as model.pt: every command that takes weights names it a Caffe model (it once
+    said "corrupt or truncated checkpoint"), and import-weights converts it as it converts the .caffemodel."""
+    model = tmp_path / "bvlc_alexnet.caffemodel"
+    write_caffemodel(source, model, v1)
+    renamed = tmp_path / "model.pt"
+    renamed.write_bytes(model.read_bytes())
+    for cmd in (["evaluate", str(renamed), "--data", str(tmp_path)], ["train", "--resume", str(renamed)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{renamed} is a Caffe model, by its content: convert it once" in err, err
+    assert main(["import-weights", str(model), "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert main(["import-weights", str(renamed), "--out", str(tmp_path / "b.safetensors")]) == 0
+    a, b = load_weights(str(tmp_path / "a.safetensors")), load_weights(str(tmp_path / "b.safetensors"))
+    assert a.options == b.options and a.preprocess == b.preprocess
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb), ka
+
+
 def test_onnx_import_matches_onnxruntime(source: dict[str, np.ndarray], tmp_path: Path) -> None:
     """The model zoo's layout: input data_0, grouped Conv, LRN, MaxPool, Flatten, Gemm (transB), Softmax."""
     onnx = pytest.importorskip("onnx")

@@ -60,6 +60,37 @@ def test_training_steps_and_evaluation_make_no_float64(tiny_folder: Path, tmp_pa
         torch.ones(2, dtype=torch.float64)
 
 
+def test_predict_features_and_explain_make_no_float64(tiny_folder: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """What runs on the device for predict (TTA views), features and explain's occlusion map, from the batch's
+    normalisation to the result back on the host, under the same mode."""
+    import alexnet.commands.explain
+    import alexnet.commands.predict
+
+    def stepped(gen_fn):  # noqa: ANN001, ANN202  (a generator: each step under the mode)
+        def wrapped(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            gen = gen_fn(*a, **k)
+            while True:
+                with NoFloat64():
+                    item = next(gen, None)
+                if item is None:
+                    return
+                yield item
+
+        return wrapped
+
+    monkeypatch.setattr(alexnet.commands.predict, "run", stepped(alexnet.commands.predict.run))
+    monkeypatch.setattr(alexnet.commands.explain, "occlusion_map", _no_float64(alexnet.commands.explain.occlusion_map))
+    run = tmp_path / "mps-like"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *FAST]) == 0
+    images = [str(p) for p in sorted((tiny_folder / "val").rglob("*.png"))[:3]]
+    assert len(images) == 3
+    assert main(["predict", str(run), *images, "--tta", "10crop", "--json"]) == 0
+    for layer in ("conv5", "fc7"):
+        assert main(["features", str(run), *images, "--layer", layer, "--out", str(tmp_path / f"{layer}.npz")]) == 0
+    assert main(["explain", str(run), images[0], "--out", str(tmp_path / "occlusion.png"), "--stride", "40"]) == 0
+
+
 # PyTorch's list of CUDA ops with no deterministic kernel (torch.use_deterministic_algorithms' docstring,
 # torch 2.14: "will throw a RuntimeError"), as the aten ops a CPU run calls; NLLLoss's are the 2-d kernels
 # (the 1-d CUDA kernels reduce in a fixed order, aten/src/ATen/native/cuda/Loss.cu).

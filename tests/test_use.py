@@ -515,9 +515,11 @@ def test_files_mistaken_for_weights_are_named(digits_run: Path, val_digit_files:
     value = lambda name: onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1])  # noqa: E731
     onnx.save(onnx.helper.make_model(onnx.helper.make_graph([node], "g", [value("x")], [value("y")])),
               str(tmp_path / "bvlcalexnet-12.onnx"))  # fmt: skip
+    (tmp_path / "zoo.pt").write_bytes((tmp_path / "bvlcalexnet-12.onnx").read_bytes())  # renamed on the way
     torch.save({"features.0.weight": torch.ones(1), "classifier.6.weight": torch.ones(1)}, tmp_path / "owt.pth")
     said = {"m.ts": "is a TorchScript archive", "m.pt2": "is a torch.export program (.pt2)",
             "bvlcalexnet-12.onnx": "is an ONNX model: convert it once with `alexnet import-weights",
+            "zoo.pt": "zoo.pt is an ONNX model, by its content: convert it once with `alexnet import-weights",
             image: "is an image, not weights", "owt.pth": "bare state_dict in torchvision's layout",
             str(digits_run / "config.yaml"): f"is a file of the run {digits_run}, not its weights: pass the run "
                                              "directory itself", "notes.txt": "is a text file, not weights"}  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .engine.runlog import setup_logging
@@ -116,8 +117,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _pca_stats(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .data.pca import run_pca_stats
 
     setup_logging()
@@ -160,8 +159,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .commands.predict import features
 
     setup_logging(verbose=False)
@@ -183,8 +180,6 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .commands.export import run_export
 
     setup_logging(verbose=False)
@@ -279,12 +274,10 @@ def _add_prepare_val(sub: argparse._SubParsersAction) -> None:
 
 
 def _figures(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .commands.figures import run_figures
 
     return run_figures(args.weights, Path(args.out), args.which, args.data, args.device, args.max_val, args.max_train,
-                       args.workers)  # fmt: skip
+                       args.workers, args.force)  # fmt: skip
 
 
 def _add_figures(sub: argparse._SubParsersAction) -> None:
@@ -298,12 +291,11 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
     add_samples(p)
     p.add_argument("--workers", type=workers, default=0, help="data-loader processes (0: in this one)")
     add_device(p)
+    add_force(p, "figures already in --out")
     p.set_defaults(func=_figures)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .commands.report import run_report
 
     return run_report(Path(args.run), args.data, not args.no_data_figures, args.max_val, args.max_train, args.device)

@@ -75,8 +75,8 @@ def add_tta(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_force(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+def add_force(p: argparse.ArgumentParser, what: str = "an existing file") -> None:
+    p.add_argument("--force", action="store_true", help=f"overwrite {what}")
 
 
 def add_samples(p: argparse.ArgumentParser) -> None:

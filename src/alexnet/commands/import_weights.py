@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io.atomic import check_output
-from ..io.checkpoint import foreign_kind
+from ..io.checkpoint import foreign_kind, protobuf_kind
 from ..io.foreign import (
     published_for,
     read_caffemodel,
@@ -33,8 +33,9 @@ def run_import(source: str, out: str, mean: str | None = None, force: bool = Fal
     if foreign_kind(src) == "safetensors":
         raise UserError(f"{src} is a safetensors weights file, this package's own format: every command takes it as "
                         f"it is (`alexnet predict {src} IMAGE`, `--weights {src}`)")  # fmt: skip
-    readers = {".caffemodel": read_caffemodel, ".onnx": read_onnx}
-    if src.suffix not in readers and zipfile.is_zipfile(src):  # torch.save's format: torchvision's layout
+    readers = {".caffemodel": read_caffemodel, ".onnx": read_onnx, "caffe": read_caffemodel, "onnx": read_onnx}
+    kind = src.suffix if src.suffix in readers else protobuf_kind(src)  # a model-zoo file renamed on the way
+    if kind is None and zipfile.is_zipfile(src):  # torch.save's format: torchvision's layout
         if mean:
             raise UserError("--mean is Caffe's mean image; a PyTorch file comes with torchvision's preprocessing")
         loaded = read_torchvision_state(src)
@@ -43,10 +44,10 @@ def run_import(source: str, out: str, mean: str | None = None, force: bool = Fal
               f"{' (ImageNet, in sorted wnid order)' if len(loaded.class_names) == 1000 else ''}; resize 256, centre "
               "crop 224, ImageNet mean/std")  # fmt: skip
         return 0
-    if src.suffix not in readers:
+    if kind is None:
         raise UserError(f"{src}: unknown format; expected a .caffemodel (Caffe), .onnx, or PyTorch (.pth) file")
     mean_image = read_mean_binaryproto(Path(mean)) if mean else None
-    loaded = to_loaded(readers[src.suffix](src), mean_image, published_for(src))
+    loaded = to_loaded(readers[kind](src), mean_image, published_for(src))
     save_safetensors(loaded, dst)
     lrn, pre = loaded.options, loaded.preprocess
     how = "mean image " + mean if mean else "per-channel mean (B, G, R) = (104, 117, 123)"

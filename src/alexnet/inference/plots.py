@@ -25,7 +25,7 @@ from ..data.folder import default_workers  # noqa: E402
 from ..data.keyed_random import seeded_sample  # noqa: E402
 from ..engine.runlog import read_metrics  # noqa: E402
 from ..errors import UserError  # noqa: E402
-from ..io.atomic import atomic_savefig  # noqa: E402
+from ..io.atomic import atomic_savefig, atomic_write_text  # noqa: E402
 from ..io.weights import Loaded  # noqa: E402
 from . import compute_path, feature_fn, predict_probs  # noqa: E402
 from .occlusion import OcclusionMap, TopPatches, occlusion_map, top_patches  # noqa: E402
@@ -34,6 +34,13 @@ DEFAULT_FIGURES = ("filters", "predictions", "neighbours", "curves", "confusion"
 FIGURES = (*DEFAULT_FIGURES, "occlusion", "units")  # a look inside: on request (seconds per image on a CPU)
 DPI = 100
 BATCH = 64  # images per forward pass of the figures that run the network
+
+
+def figure_files(out: Path, which: list[str]) -> list[Path]:
+    """The files the ``which`` figures write into ``out``: NAME.png each, and the neighbours' list beside theirs."""
+    if unknown := sorted(set(which) - set(FIGURES)):
+        raise UserError(f"unknown figure {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    return [out / f"{name}.{ext}" for name in which for ext in (("png", "json") if name == "neighbours" else ("png",))]
 
 
 @dataclass
@@ -142,7 +149,7 @@ def neighbours_figure(loaded: Loaded, val: ImageSet, val_feats: torch.Tensor, tr
     for c in range(1, idx.shape[1] + 1):
         axes[0, c].set_title(f"neighbour {c}", fontsize=9)
     fig.suptitle("Training images nearest in fc7 space (Euclidean), as the paper's Figure 4 (right)")
-    (out / "neighbours.json").write_text(json.dumps(record, indent=1))
+    atomic_write_text(out / "neighbours.json", json.dumps(record, indent=1))
     return _save(fig, out / "neighbours.png")
 
 
@@ -293,9 +300,7 @@ def _pass(loaded: Loaded, src: _Source, idx: list[int], device: torch.device, wa
 
 def make_figures(loaded: Loaded, run_dir: Path | None, data: str | None, out: Path, which: list[str],
                  device: torch.device, max_val: int = 2000, max_train: int = 5000, workers: int = 0) -> list[Path]:  # fmt: skip
-    unknown = sorted(set(which) - set(FIGURES))
-    if unknown:
-        raise UserError(f"unknown figure {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    figure_files(out, which)  # the names are figures'
     if "curves" in which and run_dir is None:  # every precondition before the first file is written
         raise UserError("the curves figure needs a run directory (it reads metrics.jsonl)")
     sources = _sources(loaded, data) if set(which) - {"filters", "curves"} else None

@@ -69,13 +69,66 @@ _IMAGE = (
 )
 
 
+# Top-level fields of the two protobuf files users hand around, by number (onnx.proto's ModelProto, caffe.proto's
+# NetParameter): ONNX opens with ir_version (1, a varint) and holds a graph (7); Caffe's name (1) is a string and
+# its layers are 100 (or 2 in the V1 format of bvlc_alexnet).
+_ONNX_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25, 26}
+_CAFFE_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 100}
+
+
+def _varint(f: Any) -> int | None:
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = f.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    return None
+
+
+def protobuf_kind(path: Path) -> str | None:
+    """``"onnx"`` or ``"caffe"`` when the file parses, to its last byte, as the top level of an ONNX model or a
+    Caffe net (protobuf has no signature: its field numbers and wire types are what tells), else None. Only the
+    tags are read: each field's payload is skipped."""
+    fields: dict[int, int] = {}
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        while f.tell() < size and len(fields) <= 16:
+            tag = _varint(f)
+            if tag is None or tag >> 3 == 0:
+                return None
+            number, wire = tag >> 3, tag & 7
+            if number not in _ONNX_FIELDS | _CAFFE_FIELDS:
+                return None
+            if wire == 0:
+                if _varint(f) is None:
+                    return None
+            elif wire == 2:
+                length = _varint(f)
+                if length is None or f.tell() + length > size:
+                    return None
+                f.seek(length, os.SEEK_CUR)
+            else:  # neither file has fixed-width fields at the top
+                return None
+            if fields.setdefault(number, wire) != wire:
+                return None
+    if fields.get(1) == 0 and fields.get(7) == 2 and fields.keys() <= _ONNX_FIELDS:
+        return "onnx"
+    if fields.get(1, 2) == 2 and (100 in fields or 2 in fields) and fields.keys() <= _CAFFE_FIELDS:
+        return "caffe"
+    return None
+
+
 def foreign_kind(path: Path) -> str | None:
     """What ``path`` is when it is one of the files mistaken for weights, with what to do instead; else None.
     ``"safetensors"`` for a safetensors file of any name."""
     with open(path, "rb") as f:
         head = f.read(16)
-    if path.suffix.lower() in (".onnx", ".caffemodel"):  # protobuf has no signature: the name is all there is
-        if path.suffix.lower() == ".onnx":
+    suffix = path.suffix.lower()
+    if suffix in (".onnx", ".caffemodel"):
+        if suffix == ".onnx":
             return f"an ONNX model: {_IMPORT.format(path=path)}{_OUR_ONNX}"
         return f"a Caffe model: {_IMPORT.format(path=path)}"
     if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
@@ -92,6 +145,8 @@ def foreign_kind(path: Path) -> str | None:
         return "safetensors"  # an 8-byte little-endian header length, then the JSON header
     if (path.parent / "metrics.jsonl").is_file() and (path.parent / "checkpoints").is_dir():  # RUN/config.yaml...
         return f"a file of the run {path.parent}, not its weights: pass the run directory itself, {path.parent}"
+    if kind := protobuf_kind(path):
+        return f"{'an ONNX' if kind == 'onnx' else 'a Caffe'} model, by its content: {_IMPORT.format(path=path)}"
     if head.startswith(b"\xef\xbb\xbf") or (head and all(32 <= b < 127 or b in b"\t\n\r" for b in head)):
         return "a text file, not weights or a checkpoint"
     return None

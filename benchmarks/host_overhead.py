@@ -1,6 +1,6 @@
 """The training loop's host path at ImageNet scale: what the engine does around each step besides the step.
 
-    python benchmarks/host_overhead.py [--steps 200] [--worlds 1 8 64] [--batches 128 256]
+    python benchmarks/host_overhead.py [--steps 200] [--worlds 1 8 64] [--batches 128 256] [--profile]
 
 One rank of a run on ImageNet's 1,281,167 training samples at world size W (rank 0 simulated: the other ranks'
 collectives are no-ops without a process group), per-rank batch B, the `fast` recipe's loop (onecycle lr per
@@ -172,6 +172,28 @@ def order_ms(world: int) -> tuple[float, float]:
     return 1000 * (t1 - t0), 1000 * (time.perf_counter() - t1)
 
 
+def profile(world: int, batch: int, steps: int, dev: torch.device, top: int = 12) -> None:
+    """The functions the engine's steps spend their own time in (cProfile's tottime), in ms per step."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s, st = engine_for(world, batch, Path(tmp), dev)
+        engine_rounds(s, st, steps, 1)
+        prof = cProfile.Profile()
+        prof.enable()
+        engine_rounds(s, st, steps, 1)
+        prof.disable()
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    rows = sorted(((tt, f"{Path(f).name}:{line}({name})") for (f, line, name), (_, _, tt, _, _) in stats.items()),
+                  reverse=True)  # fmt: skip
+    total = sum(tt for tt, _ in rows)
+    print(f"cProfile, world {world}, batch {batch}, {steps + 20} steps: {1000 * total / (steps + 20):.2f} ms per step "
+          "in all (the profiler's own cost included); own time per step of the top functions:")  # fmt: skip
+    for tt, where in rows[:top]:
+        print(f"  {1000 * tt / (steps + 20):6.3f} ms  {where}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200, help="steps per timed round (default 200)")
@@ -179,9 +201,13 @@ def main() -> None:
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--batches", type=int, nargs="+", default=[128, 256], help="per-rank batch sizes")
     ap.add_argument("--device", default="cpu", help="cpu (default), or cuda: the same loop's host path there")
+    ap.add_argument("--profile", action="store_true", help="instead: the engine's own time per step by function "
+                    "(cProfile, one round at the first world and batch)")  # fmt: skip
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
+    if args.profile:
+        return profile(args.worlds[0], args.batches[0], args.steps, dev)
     print(f"device {dev}, threads {torch.get_num_threads()}, {N_IMAGENET:,} samples, images 3x{SIDE}x{SIDE}, trivial module, "
           f"train.sync_every=20; medians of {args.rounds} interleaved rounds of {args.steps} steps")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,6 +65,23 @@ def test_all_figures(folder_run: tuple[Path, Path], tmp_path: Path, capsys: pyte
     _check_png(out / "filters.png")
 
 
+def test_a_disk_that_fills_under_a_figure_keeps_the_old_one(folder_run: tuple[Path, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    from .conftest import fill_the_disk
+
+    out = tmp_path / "figs"
+    assert main(["figures", str(folder_run[0]), "--out", str(out), "--which", "filters,curves"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        fill_the_disk(m, after=4096, under="figs")
+        assert main(["figures", str(folder_run[0]), "--out", str(out), "--which", "filters,curves", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # whole, and no temporary file left
+
+
 def test_figures_into_a_file_is_one_line(folder_run: tuple[Path, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     notes = tmp_path / "notes.txt"

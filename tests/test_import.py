@@ -271,6 +271,10 @@ def test_onnx_import_matches_onnxruntime(source: dict[str, np.ndarray], tmp_path
     got = imported_logits(out, img).softmax(-1).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
     assert json.loads(json.dumps(load_weights(str(out)).class_names))[:2] == ["class_0", "class_1"]
+    renamed = tmp_path / "bvlcalexnet.bin"  # the same file under another name: known by its content
+    renamed.write_bytes(path.read_bytes())
+    assert main(["import-weights", str(renamed), "--out", str(tmp_path / "renamed.safetensors")]) == 0
+    np.testing.assert_array_equal(imported_logits(tmp_path / "renamed.safetensors", img).softmax(-1).numpy(), got)
 
 
 def test_imported_weights_evaluate_and_fine_tune(source: dict[str, np.ndarray], tmp_path: Path,

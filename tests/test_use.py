@@ -463,16 +463,24 @@ def test_malicious_pickle_is_refused(tmp_path: Path, val_digit_files: list, caps
 def test_a_folder_that_refuses_writes_is_named_in_one_line(digits_run: Path, val_digit_files: list, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    """A read-only folder (as a non-root user meets it): the error names the file asked for, not the hidden
-    temporary file it is written through, and is one line."""
+    """--out naming a folder, or a file in a missing folder, and a read-only folder (as a non-root user meets it):
+    one line, before any work; the error names the file asked for, not the hidden temporary file it is written
+    through."""
     from alexnet.io import atomic
 
     def read_only(file, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
         raise PermissionError(13, "Permission denied", str(file))
 
+    image, folder = str(val_digit_files[0][0]), tmp_path / "d.npz"
+    folder.mkdir()
+    for out, said in ((folder, f"{folder} is a directory; --out names the file to write"),
+                      (tmp_path / "no" / "f.npz", f"output directory does not exist: {tmp_path / 'no'}")):  # fmt: skip
+        assert main(["features", str(digits_run), image, "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"alexnet features: error: {said}"
+    folder.rmdir()  # and it was left empty
     monkeypatch.setattr(atomic, "open", read_only, raising=False)
     out = tmp_path / "f.npz"
-    assert main(["features", str(digits_run), str(val_digit_files[0][0]), "--out", str(out)]) == 2
+    assert main(["features", str(digits_run), image, "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"alexnet features: error: {out}: Permission denied"
     assert not list(tmp_path.iterdir())
 

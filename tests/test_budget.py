@@ -369,7 +369,9 @@ def test_the_weight_average_is_an_exponential_moving_average() -> None:
 
 
 def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture,
+                                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     real_probe = budget.probe
 
     def disturbed_probe(*args: object) -> Costs:  # what a busy machine during the probe looks like
@@ -384,6 +386,7 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     )
     plan = json.loads((run / "plan.json").read_text())
     assert plan["predicted_s"] <= plan["budget_s"] and plan["max_steps"] >= 5
+    assert "--epochs 4 is not used: --budget plans the epochs itself" in caplog.text  # it once went unsaid
     # checked on real steps after every epoch's end (epochs of 5 steps: too short for a check mid-epoch), the
     # last one too when it found nothing more fits (then the run ends there, not one step and validation later);
     # the first check timed steps 2-5 against the disturbed probe's 1 s, and planned more steps
@@ -416,9 +419,18 @@ def test_a_budget_run_plans_and_its_probe_leaves_no_trace(tiny_folder: Path, tmp
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [json.loads(r)["train_size"] for r in (same / "metrics.jsonl").read_text().splitlines()] == plan["sizes"]
-    # a resumed budget run keeps its plan (config.yaml holds it): nothing is left to do
-    assert main(["train", "--resume", str(run)]) == 0
+    # a resumed budget run keeps its plan (config.yaml holds it): nothing is left to do; the same --budget again
+    # (a requeue script) is fine, another is refused (it only relabelled the plan in config.yaml)
+    assert main(["train", "--resume", str(run), "--budget", "0.5m"]) == 0
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["global_step"] == plan["max_steps"]
+    capsys.readouterr()
+    for resumed, budget_now in ((run, "2h"), (same, "30s")):
+        assert main(["train", "--resume", str(resumed), "--budget", budget_now]) == 2
+        was = "30s" if resumed == run else "no --budget"
+        assert (
+            f"--budget {budget_now}: a resumed run keeps the plan it was started with ({was})"
+            in capsys.readouterr().err
+        )
 
 
 def test_each_epoch_gets_the_nearest_allowed_crop() -> None:

@@ -294,3 +294,28 @@ def test_compiled_ddp_matches_one_process_and_splits_at_buckets(odd_folder: Path
     for k in wa:
         if wa[k].is_floating_point():
             assert (wa[k] - wb[k]).norm() <= 2e-4 * wa[k].norm() + 1e-7, k
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"RANK": "1"}, "RANK=1 with WORLD_SIZE=1 (ranks are 0 to 0); a torchrun launch sets both: unset RANK"),
+    ({"RANK": "3", "WORLD_SIZE": "2"}, "RANK=3 with WORLD_SIZE=2 (ranks are 0 to 1)"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 but MASTER_ADDR and MASTER_PORT not set: start the processes "
+                                       "with torchrun"),
+    ({"RANK": "abc"}, "RANK='abc' is not a whole number"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0: the number of processes must be at least 1"),
+])  # fmt: skip
+def test_a_launch_variable_left_in_the_shell_is_one_line(env: dict[str, str], said: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """torchrun's variables without torchrun: RANK=1 alone once trained a run that wrote nothing and exited 0
+    (every rank-0 check said no), and the others were internal errors or a hang at the rendezvous."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    run = tmp_path / "run"
+    for cmd in (["train", "--out", str(run), *FAST], ["evaluate", str(tmp_path), "--json"]):
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    assert not run.exists()

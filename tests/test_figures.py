@@ -82,6 +82,33 @@ def test_a_disk_that_fills_under_a_figure_keeps_the_old_one(folder_run: tuple[Pa
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # whole, and no temporary file left
 
 
+def test_report_of_a_run_without_a_validated_epoch_or_with_an_edited_config(folder_run: tuple[Path, Path],
+                                                                           tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Once internal errors: a run stopped before its first validation (train.eval_every), and a config.yaml
+    edited into invalid YAML or into something else (report, and the hub export that reads it)."""
+    run = tmp_path / "run"
+    shutil.copytree(folder_run[0], run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if not k.startswith("val_")})
+                                               + "\n" for r in rows))  # fmt: skip
+    assert main(["report", str(run), "--no-data-figures"]) == 2
+    assert f"{run}: no validated epoch yet" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = run / "config.yaml"
+    for text, said in (
+        ("model: {name: alexnet\n", "not valid YAML"),
+        ("model: {name: alexnet}\n", "not a run's config"),
+    ):
+        config.write_text(text)
+        for cmd in (["report", str(run), "--no-data-figures"], ["export", str(run), "--format", "hub", "--out",
+                                                                  str(tmp_path / "hub")]):  # fmt: skip
+            assert main(cmd) == 2, cmd
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"{config}: {said}" in err, err
+    assert not (tmp_path / "hub").exists() and not (run / "report.md").exists()
+
+
 def test_figures_into_a_file_is_one_line(folder_run: tuple[Path, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     notes = tmp_path / "notes.txt"

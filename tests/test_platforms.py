@@ -463,7 +463,16 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
     monkeypatch.setattr(alexnet.commands.summary, "summarize", oom)
     assert main(["summary"]) == 2
     err = capsys.readouterr().err
-    assert "out of memory" in err and "lower --batch-size" in err and len(err.strip().splitlines()) == 1
+    assert (
+        err
+        == "alexnet summary: error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); lower the image size\n"
+    )
+    from alexnet.errors import describe  # what each command has to lower is what it names
+
+    said = {c: describe(torch.OutOfMemoryError("CUDA out of memory"), [c, "x"]) for c in ("train", "predict")}
+    assert said["train"] == ("error: out of memory (CUDA out of memory); lower --batch-size (or the image size), or use "
+                             "train.amp=bf16/fp16 where the device has it", 2)  # fmt: skip
+    assert said["predict"] == ("error: out of memory (CUDA out of memory); lower --batch-size (or the image size)", 2)
 
     def broken(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise KeyError("preprocess")
@@ -490,11 +499,14 @@ def test_unexpected_failures_and_out_of_memory_are_one_line(monkeypatch: pytest.
             "you tried to allocate 9481462518528 bytes. Error code 12 (Cannot allocate memory)"
         )
 
-    monkeypatch.setattr(alexnet.commands.summary, "summarize", cpu_oom)
-    assert main(["summary"]) == 2
-    err = capsys.readouterr().err
-    assert "out of memory on the device (8830.3 GiB asked for); lower --batch-size" in err
-    assert len(err.strip().splitlines()) == 1
+    def host_oom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202 - Python's own (numpy, PIL: prepare --size 100000)
+        raise MemoryError()
+
+    for fn, said in ((cpu_oom, "out of memory (8830.3 GiB asked for); lower the image size"),
+                     (host_oom, "out of memory (no more could be had); lower the image size")):  # fmt: skip
+        monkeypatch.setattr(alexnet.commands.summary, "summarize", fn)
+        assert main(["summary"]) == 2  # summary has no --batch-size to lower: the message names what it has
+        assert capsys.readouterr().err.strip() == f"alexnet summary: error: {said}"
 
 
 def test_our_bugs_are_internal_errors_and_the_users_paths_their_errors(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -219,6 +219,10 @@ def test_prepare_never_writes_among_other_files(tiny_folder: Path, tmp_path: Pat
         assert main(["prepare", "--data", str(tiny_folder), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
+    # a size no memory holds (about 30 GB an image at 100000 px) was a MemoryError in the workers
+    assert main(["prepare", "--data", str(tiny_folder), "--out", str(tmp_path / "big"), "--size", "100000"]) == 2
+    assert capsys.readouterr().err.strip() == "alexnet prepare: error: --size must be 1 to 4096 pixels, got 100000"
+    assert not (tmp_path / "big").exists()
     assert sorted(p.relative_to(tiny_folder) for p in tiny_folder.rglob("*")) == before
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"
 

@@ -377,6 +377,10 @@ def resume_overrides(saved: Config, overrides: list[str], recipe: str | None = N
     if recipe is not None and recipe != saved.recipe and load_recipe(recipe).recipe != saved.recipe:
         raise UserError(f"--recipe {recipe}: a resumed run keeps its recipe ({saved.recipe}); change values with --set")
     cfg = apply_overrides(copy.deepcopy(saved), overrides)
+    budgets = {parse_duration(b) if b else None for b in (cfg.train.budget, saved.train.budget)}
+    if len(budgets) > 1:  # the plan is the checkpoint's: another --budget would only be a label in config.yaml
+        raise UserError(f"--budget {cfg.train.budget}: a resumed run keeps the plan it was started with ("
+                        f"{saved.train.budget or 'no --budget'}); for another, start a new run (--weights RUN)")  # fmt: skip
     for key in FIXED_ON_RESUME:
         section, name = key.split(".")
         old, new = getattr(getattr(saved, section), name), getattr(getattr(cfg, section), name)

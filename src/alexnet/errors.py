@@ -80,11 +80,13 @@ def describe(e: BaseException, argv: Sequence[str] = ()) -> tuple[str, int] | No
         if isinstance(e, FileNotFoundError):
             return f"error: no such file: {e.filename}", 2
         return f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", 2
-    if isinstance(e, _torch_oom()) or "can't allocate memory" in first:  # CUDA/MPS; the CPU allocator's RuntimeError
+    if isinstance(e, (MemoryError, _torch_oom())) or "can't allocate memory" in first:  # the CPU allocator's too
         asked = re.search(r"allocate (\d+) bytes", first)  # the CPU allocator says how much it was asked for
-        what = f"{int(asked[1]) / 2**30:.1f} GiB asked for" if asked else first[:120]
-        return (f"error: out of memory on the device ({what}); lower --batch-size (or the image size), or use "
-                "train.amp=bf16/fp16 where the device has it", 2)  # fmt: skip
+        what = f"{int(asked[1]) / 2**30:.1f} GiB asked for" if asked else first[:120] or "no more could be had"
+        command = argv[0] if argv else ""
+        lower = "--batch-size (or the image size)" if command in _BATCHED else "the image size"
+        amp = ", or use train.amp=bf16/fp16 where the device has it" if command == "train" else ""
+        return f"error: out of memory ({what}); lower {lower}{amp}", 2
     if "out of shared memory" in first:  # torch's DataLoader: a worker's bus error (a container's small /dev/shm)
         return ("error: the data-loader workers ran out of shared memory (/dev/shm, small in containers): give it "
                 "more (docker --shm-size) or use fewer workers (--set data.workers=0)", 2)  # fmt: skip
@@ -95,6 +97,9 @@ def describe(e: BaseException, argv: Sequence[str] = ()) -> tuple[str, int] | No
         f"traceback written to {where}" if where else "the traceback could not be written: rerun with ALEXNET_DEBUG=1"
     )
     return f"internal error: {type(e).__name__}: {first[:300]}; {said} (please report it)", 1
+
+
+_BATCHED = ("train", "evaluate", "predict", "features")  # the commands with --batch-size
 
 
 def _worker_message(text: str) -> str:

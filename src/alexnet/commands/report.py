@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from ..data.classes import is_imagenet
-from ..engine.runlog import read_metrics, setup_logging
+from ..engine.runlog import read_metrics, read_run_config, setup_logging
 from ..errors import UserError
 from ..inference.plots import make_figures
 from ..io.atomic import atomic_write_text
@@ -35,8 +35,11 @@ def build_report(run_dir: Path, class_names: list[str], figures_dir: Path) -> li
     rows = read_metrics(run_dir)
     if not rows:
         raise UserError(f"{run_dir}: no metrics.jsonl yet; train first")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = read_run_config(run_dir)
     validated = [r for r in rows if "val_top1" in r]  # train.eval_every may skip epochs; the last is validated
+    if not validated:
+        raise UserError(f"{run_dir}: no validated epoch yet (train.eval_every skips epochs; the last one is "
+                        f"validated): `alexnet train --resume {run_dir}` goes on")  # fmt: skip
     best = max(validated, key=lambda r: r["val_top1"])
     last = validated[-1]
     wall = sum(r["seconds"] for r in rows)

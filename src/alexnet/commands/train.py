@@ -132,6 +132,8 @@ def run_train(data: str | None = None, recipe: str | None = None, out: str | Non
             cfg = apply_overrides(load_recipe(recipe or ("paper" if data else "digits")), overrides)
             if cfg.train.budget and cfg.train.max_steps:
                 raise UserError("--budget plans train.max_steps itself; give one or the other")
+            if cfg.train.budget and any(o.partition("=")[0].strip() == "train.epochs" for o in overrides):
+                log.warning("--epochs %d is not used: --budget plans the epochs itself", cfg.train.epochs)
             if hub.is_hub(cfg.model.weights):  # the cached snapshot: its folder names the repository and commit
                 snapshot = hub.download(str(cfg.model.weights)).parent
                 log.info("weights %s: %s", cfg.model.weights, snapshot)

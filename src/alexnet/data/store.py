@@ -40,6 +40,7 @@ log = logging.getLogger("alexnet")
 MANIFEST = "manifest.json"
 VERSION = 1
 CHUNK = 256
+MAX_SIZE = 4096  # --size: a 4096 px square is 48 MiB a raw image; beyond it a store is not what anyone trains from
 
 
 def is_store(path: str | Path) -> bool:
@@ -85,8 +86,8 @@ def prepare(data: str, out: str, size: int = 256, fmt: str = "raw", quality: int
     src, dst = Path(data), Path(out)
     if fmt not in ("raw", "jpeg"):
         raise UserError(f"--format must be raw or jpeg, got {fmt!r}")
-    if size < 1:
-        raise UserError(f"--size must be positive, got {size}")
+    if not 1 <= size <= MAX_SIZE:
+        raise UserError(f"--size must be 1 to {MAX_SIZE} pixels, got {size}")
     if is_store(src):
         raise UserError(f"{src} is already a prepared store")
     if dst.exists() and not dst.is_dir():

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..io.atomic import atomic_write_text
+from ..io.yaml_text import parse_yaml
 from ..parallel.distributed import launch_rank
 from ..trackers import Trackers
 
@@ -76,6 +77,17 @@ class RunLogger:
         if self.trackers is not None:
             self.trackers.close(code)
             self.trackers = None
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """RUN/config.yaml, the resolved config training wrote; a file edited into something else is one error."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{path}: missing (training writes it; `alexnet train --resume {run_dir}` writes it again)")
+    cfg = parse_yaml(path.read_text(errors="replace"), str(path))
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("model", "data", "train")):
+        raise UserError(f"{path}: not a run's config (training writes its model, data and train sections)")
+    return cfg
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

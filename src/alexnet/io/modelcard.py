@@ -15,7 +15,7 @@ import yaml
 
 from ..config import load_recipe
 from ..data.classes import is_imagenet
-from ..engine.runlog import read_metrics
+from ..engine.runlog import read_metrics, read_run_config
 from ..errors import UserError
 from ..models import get_model_info
 from . import export_meta, hub
@@ -149,11 +149,7 @@ def check_folder(out: Path, force: bool) -> None:
 
 def write_hub_folder(loaded: Loaded, out: Path, run_dir: Path | None, results: dict | None, license: str) -> str:
     """The folder (``check_folder`` first), file by file, each written atomically; returns what to say."""
-    cfg = (
-        yaml.safe_load((run_dir / "config.yaml").read_text())
-        if run_dir and (run_dir / "config.yaml").is_file()
-        else None
-    )
+    cfg = read_run_config(run_dir) if run_dir and (run_dir / "config.yaml").is_file() else None
     if results is None and run_dir is not None:
         results = run_results(run_dir)
     text = card(loaded, out.resolve().name, license, results, cfg)

@@ -58,16 +58,44 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{name}={value!r} is not a whole number; torchrun sets it, or unset it to run one "
+                        "process") from None  # fmt: skip
+
+
+def launch_env() -> tuple[int, int, int]:
+    """(world size, rank, local rank) as the launcher (torchrun) set them, checked: a variable left over in the
+    shell (RANK without WORLD_SIZE once made a run that trained, wrote nothing and exited 0) is one error."""
+    world, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if world < 1:
+        raise UserError(f"WORLD_SIZE={world}: the number of processes must be at least 1")
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} with WORLD_SIZE={world} (ranks are 0 to {world - 1})"
+                        + ("; a torchrun launch sets both: unset RANK to run one process" if world == 1 else ""))  # fmt: skip
+    if local_rank < 0:
+        raise UserError(f"LOCAL_RANK={local_rank} must be 0 or more")
+    if world > 1 and not dist.is_initialized():
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={world} but {' and '.join(missing)} not set: start the processes with "
+                            "torchrun (it sets them), or unset WORLD_SIZE to run one")  # fmt: skip
+    return world, rank, local_rank
+
+
 def launch_rank() -> int:
     """This process's global rank as its launcher (torchrun) set it; 0 when started on its own. Readable before
     the process group exists (logging, the run directory)."""
-    return int(os.environ.get("RANK", "0"))
+    return launch_env()[1]
 
 
 def setup(device: str = "auto") -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = launch_rank()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = launch_env()
     dev = pick_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -300,7 +300,7 @@ def _pass(loaded: Loaded, src: _Source, idx: list[int], device: torch.device, wa
 
 def make_figures(loaded: Loaded, run_dir: Path | None, data: str | None, out: Path, which: list[str],
                  device: torch.device, max_val: int = 2000, max_train: int = 5000, workers: int = 0) -> list[Path]:  # fmt: skip
-    figure_files(out, which)  # the names are figures'
+    figure_files(out, which)  # refuses a name that is not a figure's
     if "curves" in which and run_dir is None:  # every precondition before the first file is written
         raise UserError("the curves figure needs a run directory (it reads metrics.jsonl)")
     sources = _sources(loaded, data) if set(which) - {"filters", "curves"} else None

@@ -95,7 +95,9 @@ def protobuf_kind(path: Path) -> str | None:
     fields: dict[int, int] = {}
     size = path.stat().st_size
     with open(path, "rb") as f:
-        while f.tell() < size and len(fields) <= 16:
+        for _ in range(10_000):  # a net has a few dozen top-level fields; no file makes this loop crawl
+            if f.tell() >= size:
+                break
             tag = _varint(f)
             if tag is None or tag >> 3 == 0:
                 return None
@@ -114,6 +116,8 @@ def protobuf_kind(path: Path) -> str | None:
                 return None
             if fields.setdefault(number, wire) != wire:
                 return None
+        else:
+            return None
     if fields.get(1) == 0 and fields.get(7) == 2 and fields.keys() <= _ONNX_FIELDS:
         return "onnx"
     if fields.get(1, 2) == 2 and (100 in fields or 2 in fields) and fields.keys() <= _CAFFE_FIELDS:

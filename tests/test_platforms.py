@@ -303,10 +303,15 @@ def test_metrics_rows_are_never_duplicated_by_a_kill(tiny_folder: Path, tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
+    def next_second() -> None:  # events files sort by the second they were opened in, then by a per-process
+        time.sleep(1.01 - time.time() % 1)  # counter compared as text ("10" < "9"): one file per second here
+
     def killed_run_logged(steps: range) -> None:
+        next_second()
         with SummaryWriter(str(run / "tensorboard")) as w:
             for step in steps:
                 w.add_scalar("step/train_loss", 99.0, step)
+        next_second()
 
     run = tmp_path / "rows"
     (run / "checkpoints").mkdir(parents=True)  # a start that died before its first checkpoint: its lock taken
